@@ -1,0 +1,84 @@
+#pragma once
+// Shared arithmetic of the low-rank deep-clustering statistics and gradient.
+//
+// Statistics of one item: the Gram matrix Z^T W Z of Z = [V | Y] (N x E, E = D + C
+// for a dense target) holds V^T W V, V^T W Y and Y^T W Y at once. It is symmetric,
+// so only its lower triangle is accumulated, as a packed list of (i, j) pairs.
+// For index targets Y is never materialised: V^T W Y and Y^T W Y are scattered by label.
+#include <cstdint>
+#include <cmath>
+#include "common/macros.h"
+
+namespace chimera {
+namespace affinity {
+
+CHIMERA_HD int64_t tri_size(int64_t n) { return n * (n + 1) / 2; }
+
+CHIMERA_HD int64_t tri_index(int64_t i, int64_t j) { return i * (i + 1) / 2 + j; }  // j <= i
+
+// Inverse of tri_index: pair p -> (i, j) with j <= i.
+CHIMERA_HD void tri_unpack(int64_t p, int64_t& i, int64_t& j) {
+  i = static_cast<int64_t>((sqrt(8.0 * static_cast<double>(p) + 1.0) - 1.0) / 2.0);
+  while (tri_index(i + 1, 0) <= p) ++i;  // guard against rounding of sqrt
+  while (tri_index(i, 0) > p) --i;
+  j = p - tri_index(i, 0);
+}
+
+// Spread a packed lower-triangle Gram of Z = [V | Y] (E = D + C) into V^T W V (D x D),
+// V^T W Y (D x C) and Y^T W Y (C x C), all row-major. Pass C = 0 for the V-only Gram
+// of index targets (then vy and yy are left untouched).
+template <typename Acc, typename Out>
+CHIMERA_HD void unpack_gram(const Acc* tri, int64_t D, int64_t C, Out* vv, Out* vy, Out* yy) {
+  const int64_t E = D + C;
+  for (int64_t i = 0; i < E; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      const Out s = static_cast<Out>(tri[tri_index(i, j)]);
+      if (i < D) {                       // both in V
+        vv[i * D + j] = s;
+        vv[j * D + i] = s;
+      } else if (j < D) {                // row of Y, column of V
+        vy[j * C + (i - D)] = s;
+      } else {                           // both in Y
+        yy[(i - D) * C + (j - D)] = s;
+        yy[(j - D) * C + (i - D)] = s;
+      }
+    }
+  }
+}
+
+// dL/dV of one bin for a dense target row y (length C):
+//   out[j] = w * (sum_i v[i] G[i][j] + sum_c y[c] H[c][j]),
+// with G = dL/d(VᵀWV) + its transpose (D x D) and H = (dL/d(VᵀWY))ᵀ (C x D).
+template <typename T>
+CHIMERA_HD void gradient_row_dense(const T* v, const T* y, T w, const T* G, const T* H,
+                                   int64_t D, int64_t C, T* out) {
+  for (int64_t j = 0; j < D; ++j) out[j] = T(0);
+  for (int64_t i = 0; i < D; ++i) {
+    const T vi = v[i];
+    const T* g = G + i * D;
+    for (int64_t j = 0; j < D; ++j) out[j] += vi * g[j];
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const T yc = y[c];
+    const T* h = H + c * D;
+    for (int64_t j = 0; j < D; ++j) out[j] += yc * h[j];
+  }
+  for (int64_t j = 0; j < D; ++j) out[j] *= w;
+}
+
+// The same for an index target: the row of Y is one-hot, so Y H is a row of H.
+template <typename T>
+CHIMERA_HD void gradient_row_index(const T* v, int64_t label, T w, const T* G, const T* H,
+                                   int64_t D, T* out) {
+  const T* h = H + label * D;
+  for (int64_t j = 0; j < D; ++j) out[j] = h[j];
+  for (int64_t i = 0; i < D; ++i) {
+    const T vi = v[i];
+    const T* g = G + i * D;
+    for (int64_t j = 0; j < D; ++j) out[j] += vi * g[j];
+  }
+  for (int64_t j = 0; j < D; ++j) out[j] *= w;
+}
+
+}  // namespace affinity
+}  // namespace chimera

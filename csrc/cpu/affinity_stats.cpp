@@ -1,0 +1,246 @@
+// CPU kernels of chimera::affinity_stats and chimera::affinity_stats_backward.
+//
+// Forward: each task takes a range of bins of one item, copies a tile of TILE bins
+// feature-major (Zt[e][n] and w*Zt[e][n]) and adds the tile's dot products for every
+// pair of the packed lower-triangle Gram into float64 accumulators. The tile dot runs
+// in the input precision over TILE bins (vectorised), the sum over tiles in float64,
+// which keeps float32 error below that of a float32 bmm. Extra memory: one Gram per
+// task, O(B * D^2 * tasks per item).
+#include <ATen/core/Tensor.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/add.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common/affinity.h"
+
+namespace chimera {
+namespace {
+
+using affinity::tri_size;
+using affinity::tri_unpack;
+
+constexpr int64_t TILE = 64;          // bins per tile: 2 * E * TILE values stay in L1
+constexpr int64_t MIN_TASK = 8192;    // bins per parallel task, at least
+constexpr int LANES = 16;             // independent partial sums: lets gcc vectorise the dot
+
+template <typename T>
+inline double tile_dot(const T* __restrict a, const T* __restrict b) {
+  T acc[LANES] = {};
+  for (int64_t n = 0; n < TILE; n += LANES)
+    for (int l = 0; l < LANES; ++l) acc[l] += a[n + l] * b[n + l];
+  double s = 0;
+  for (int l = 0; l < LANES; ++l) s += acc[l];
+  return s;
+}
+
+struct Shape {
+  int64_t B, N, D, C;
+  bool index_target, weighted;
+};
+
+Shape check_inputs(const at::Tensor& emb, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                   int64_t num_classes) {
+  TORCH_CHECK(emb.dim() == 3, "affinity_stats: embedding must be (B, N, D), got ", emb.sizes());
+  TORCH_CHECK(emb.scalar_type() == at::kFloat || emb.scalar_type() == at::kDouble,
+              "affinity_stats (CPU): embedding must be float32 or float64, got ", emb.scalar_type());
+  Shape s{emb.size(0), emb.size(1), emb.size(2), 0, target.scalar_type() == at::kLong, weight.has_value()};
+  if (s.index_target) {
+    TORCH_CHECK(target.dim() == 2 && target.size(0) == s.B && target.size(1) == s.N,
+                "affinity_stats: index target must be (B, N) = (", s.B, ", ", s.N, "), got ", target.sizes());
+    TORCH_CHECK(num_classes > 0, "affinity_stats: num_classes must be positive for an index target");
+    s.C = num_classes;
+  } else {
+    TORCH_CHECK(target.dim() == 3 && target.size(0) == s.B && target.size(1) == s.N,
+                "affinity_stats: dense target must be (B, N, C), got ", target.sizes());
+    TORCH_CHECK(target.scalar_type() == emb.scalar_type(), "affinity_stats: dense target dtype ",
+                target.scalar_type(), " differs from embedding dtype ", emb.scalar_type());
+    s.C = target.size(2);
+    TORCH_CHECK(num_classes == s.C || num_classes <= 0, "affinity_stats: num_classes=", num_classes,
+                " but the target has ", s.C, " classes");
+  }
+  if (s.weighted) {
+    TORCH_CHECK(weight->dim() == 2 && weight->size(0) == s.B && weight->size(1) == s.N,
+                "affinity_stats: weight must be (B, N), got ", weight->sizes());
+    TORCH_CHECK(weight->scalar_type() == emb.scalar_type(), "affinity_stats: weight dtype ",
+                weight->scalar_type(), " differs from embedding dtype ", emb.scalar_type());
+  }
+  return s;
+}
+
+// Split each item's bins into the same number of tasks.
+int64_t tasks_per_item(const Shape& s) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t wanted = std::max<int64_t>(1, (2 * threads + s.B - 1) / s.B);
+  return std::max<int64_t>(1, std::min(wanted, (s.N + MIN_TASK - 1) / MIN_TASK));
+}
+
+template <typename T>
+void stats_cpu(const Shape& s, const T* V, const T* Yd, const int64_t* labels, const T* W,
+               double* vv, double* vy, double* yy, double* wsum) {
+  const int64_t D = s.D, C = s.C, N = s.N;
+  const int64_t E = s.index_target ? D : D + C;  // columns of the Gram
+  const int64_t P = tri_size(E);
+  const int64_t per_item = tasks_per_item(s);
+  const int64_t chunk = (N + per_item - 1) / per_item;
+  // Per task: packed Gram (P), V^T W Y by label (C * D), label weights (C), sum w (1).
+  const int64_t stride = P + C * D + C + 1;
+  std::vector<double> partial(static_cast<size_t>(s.B * per_item * stride), 0.0);
+  std::vector<int64_t> pair_i(P), pair_j(P);
+  for (int64_t p = 0; p < P; ++p) tri_unpack(p, pair_i[p], pair_j[p]);
+
+  at::parallel_for(0, s.B * per_item, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> zt(E * TILE), wzt(E * TILE), vy_tile(C * D);
+    std::vector<T> y_tile(C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / per_item;
+      const int64_t n0 = (task % per_item) * chunk, n1 = std::min(N, n0 + chunk);
+      double* acc = partial.data() + task * stride;
+      double* acc_vy = acc + P;
+      double* acc_yy = acc_vy + C * D;
+      double& acc_w = acc_yy[C];
+      const T* Vb = V + b * N * D;
+      for (int64_t t0 = n0; t0 < n1; t0 += TILE) {
+        const int64_t nt = std::min(TILE, n1 - t0);
+        std::fill(zt.begin(), zt.end(), T(0));
+        std::fill(wzt.begin(), wzt.end(), T(0));
+        if (s.index_target) {
+          std::fill(vy_tile.begin(), vy_tile.end(), T(0));
+          std::fill(y_tile.begin(), y_tile.end(), T(0));
+        }
+        T wt = 0;
+        for (int64_t n = 0; n < nt; ++n) {
+          const int64_t g = b * N + t0 + n;
+          const T w = W ? W[g] : T(1);
+          const T* v = Vb + (t0 + n) * D;
+          wt += w;
+          for (int64_t d = 0; d < D; ++d) {
+            zt[d * TILE + n] = v[d];
+            wzt[d * TILE + n] = w * v[d];
+          }
+          if (s.index_target) {
+            const int64_t c = labels[g];
+            TORCH_CHECK(c >= 0 && c < C, "affinity_stats: target label ", c, " out of range [0, ", C, ")");
+            T* row = vy_tile.data() + c * D;
+            for (int64_t d = 0; d < D; ++d) row[d] += w * v[d];
+            y_tile[c] += w;
+          } else {
+            const T* y = Yd + g * C;
+            for (int64_t c = 0; c < C; ++c) {
+              zt[(D + c) * TILE + n] = y[c];
+              wzt[(D + c) * TILE + n] = w * y[c];
+            }
+          }
+        }
+        for (int64_t p = 0; p < P; ++p) acc[p] += tile_dot(zt.data() + pair_i[p] * TILE, wzt.data() + pair_j[p] * TILE);
+        if (s.index_target) {
+          for (int64_t k = 0; k < C * D; ++k) acc_vy[k] += vy_tile[k];
+          for (int64_t c = 0; c < C; ++c) acc_yy[c] += y_tile[c];
+        }
+        acc_w += wt;
+      }
+    }
+  });
+
+  // Reduce the tasks of each item and spread the packed Gram into the outputs.
+  std::vector<double> tri(P);
+  for (int64_t b = 0; b < s.B; ++b) {
+    std::fill(tri.begin(), tri.end(), 0.0);
+    double* ovv = vv + b * D * D;
+    double* ovy = vy + b * D * C;
+    double* oyy = yy + b * C * C;
+    double w = 0;
+    std::vector<double> lab_vy(C * D, 0.0), lab_yy(C, 0.0);
+    for (int64_t k = 0; k < per_item; ++k) {
+      const double* acc = partial.data() + (b * per_item + k) * stride;
+      for (int64_t p = 0; p < P; ++p) tri[p] += acc[p];
+      for (int64_t q = 0; q < C * D; ++q) lab_vy[q] += acc[P + q];
+      for (int64_t c = 0; c < C; ++c) lab_yy[c] += acc[P + C * D + c];
+      w += acc[P + C * D + C];
+    }
+    if (s.index_target) {
+      affinity::unpack_gram(tri.data(), D, 0, ovv, ovy, oyy);
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t d = 0; d < D; ++d) ovy[d * C + c] = lab_vy[c * D + d];
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t e = 0; e < C; ++e) oyy[c * C + e] = (c == e) ? lab_yy[c] : 0.0;
+    } else {
+      affinity::unpack_gram(tri.data(), D, C, ovv, ovy, oyy);
+    }
+    wsum[b] = w;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cpu(
+    const at::Tensor& embedding, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t num_classes) {
+  const Shape s = check_inputs(embedding, target, weight, num_classes);
+  const auto opts = embedding.options().dtype(at::kDouble);
+  at::Tensor vv = at::empty({s.B, s.D, s.D}, opts), vy = at::empty({s.B, s.D, s.C}, opts);
+  at::Tensor yy = at::empty({s.B, s.C, s.C}, opts), wsum = at::empty({s.B}, opts);
+  const at::Tensor V = embedding.contiguous();
+  const at::Tensor Y = target.contiguous();
+  const at::Tensor W = s.weighted ? weight->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "affinity_stats_cpu", [&] {
+    stats_cpu<scalar_t>(s, V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
+                        s.index_target ? Y.const_data_ptr<int64_t>() : nullptr,
+                        s.weighted ? W.const_data_ptr<scalar_t>() : nullptr, vv.mutable_data_ptr<double>(),
+                        vy.mutable_data_ptr<double>(), yy.mutable_data_ptr<double>(), wsum.mutable_data_ptr<double>());
+  });
+  return {vv, vy, yy, wsum};
+}
+
+at::Tensor affinity_stats_backward_cpu(const at::Tensor& grad_vv, const at::Tensor& grad_vy,
+                                       const at::Tensor& embedding, const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight) {
+  const bool index_target = target.scalar_type() == at::kLong;
+  const Shape s = check_inputs(embedding, target, weight, index_target ? grad_vy.size(-1) : target.size(-1));
+  TORCH_CHECK(grad_vv.dim() == 3 && grad_vv.size(0) == s.B && grad_vv.size(1) == s.D && grad_vv.size(2) == s.D,
+              "affinity_stats_backward: grad_vv must be (B, D, D), got ", grad_vv.sizes());
+  TORCH_CHECK(grad_vy.dim() == 3 && grad_vy.size(0) == s.B && grad_vy.size(1) == s.D && grad_vy.size(2) == s.C,
+              "affinity_stats_backward: grad_vy must be (B, D, C), got ", grad_vy.sizes());
+  const at::Tensor V = embedding.contiguous();
+  const at::Tensor Y = target.contiguous();
+  const at::Tensor W = s.weighted ? weight->contiguous() : at::Tensor();
+  // G = g_vv + g_vv^T and H = g_vy^T, in the embedding's precision.
+  const at::Tensor G = at::add(grad_vv, grad_vv.transpose(1, 2)).to(V.scalar_type()).contiguous();
+  const at::Tensor H = grad_vy.transpose(1, 2).to(V.scalar_type()).contiguous();
+  at::Tensor dV = at::empty_like(V);
+  const int64_t D = s.D, C = s.C, N = s.N;
+  AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "affinity_stats_backward_cpu", [&] {
+    const scalar_t* v = V.const_data_ptr<scalar_t>();
+    const scalar_t* w = s.weighted ? W.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* g = G.const_data_ptr<scalar_t>();
+    const scalar_t* h = H.const_data_ptr<scalar_t>();
+    scalar_t* out = dV.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, s.B * N, 2048, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t b = k / N;
+        const scalar_t wk = w ? w[k] : scalar_t(1);
+        if (s.index_target) {
+          const int64_t c = Y.const_data_ptr<int64_t>()[k];
+          TORCH_CHECK(c >= 0 && c < C, "affinity_stats_backward: target label ", c, " out of range [0, ", C, ")");
+          affinity::gradient_row_index(v + k * D, c, wk, g + b * D * D, h + b * C * D, D, out + k * D);
+        } else {
+          affinity::gradient_row_dense(v + k * D, Y.const_data_ptr<scalar_t>() + k * C, wk, g + b * D * D,
+                                       h + b * C * D, D, C, out + k * D);
+        }
+      }
+    });
+  });
+  return dV;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(chimera, CPU, m) {
+  m.impl("affinity_stats", &affinity_stats_cpu);
+  m.impl("affinity_stats_backward", &affinity_stats_backward_cpu);
+}
+
+}  // namespace chimera

@@ -1,0 +1,33 @@
+// Op schemas of the `chimera` library, declared once here. Kernels register
+// per backend in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); fake kernels
+// and autograd are registered from Python (chimera/ops/).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(chimera, m) {
+  // --- deep clustering (csrc/common/affinity.h) ---
+  // Per batch item: V^T W V (B,D,D), V^T W Y (B,D,C), Y^T W Y (B,C,C), sum(w) (B,),
+  // accumulated in one pass. `target` is (B,N) int64 class indices or (B,N,C) float.
+  m.def("affinity_stats(Tensor embedding, Tensor target, Tensor? weight, int num_classes) -> (Tensor, Tensor, Tensor, Tensor)");
+  // dL/dV = W (V (G_vv + G_vv^T) + Y G_vy^T), one pass.
+  m.def("affinity_stats_backward(Tensor grad_vv, Tensor grad_vy, Tensor embedding, Tensor target, Tensor? weight) -> Tensor");
+
+  // --- codebook masks (csrc/common/codebook.h) ---
+
+  // --- overlap-add inverse STFT (csrc/common/overlap_add.h) ---
+}
+
+// A plain Python module so `import chimera._C` loads the library and runs the
+// registrations above; it carries only build facts for `chimera info`.
+extern "C" __attribute__((visibility("default"))) PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "chimera kernels (torch.ops.chimera)", -1, nullptr};
+  PyObject* mod = PyModule_Create(&module);
+  if (mod == nullptr) return nullptr;
+  PyModule_AddStringConstant(mod, "torch_version", CHIMERA_TORCH_VERSION);
+#ifdef CHIMERA_WITH_CUDA
+  PyModule_AddIntConstant(mod, "with_cuda", 1);
+#else
+  PyModule_AddIntConstant(mod, "with_cuda", 0);
+#endif
+  return mod;
+}

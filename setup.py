@@ -1,0 +1,88 @@
+"""Build chimera and its torch extension ``chimera._C``.
+
+The extension is a CppExtension (CPU kernels) that becomes a CUDAExtension when
+the installed torch is a CUDA build and a CUDA toolkit is found; CHIMERA_CUDA=0|1
+overrides that choice. Build with ``pip install --no-build-isolation .`` so the
+extension is compiled against the torch that is actually installed.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # keep this message short: it is what a user sees first
+    sys.exit(
+        "chimera: PyTorch is not importable in this environment.\n"
+        "Install torch first (e.g. `pip install torch`), then build chimera with\n"
+        "    pip install --no-build-isolation .\n"
+        "(with build isolation pip compiles against a different torch than the one "
+        "installed, and the extension cannot load)."
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_sources(kind):
+    """One list of sources for setup.py and CMakeLists.txt: csrc/sources.txt."""
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        entries = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    return [path for k, path in entries if k == kind]
+
+
+def find_cuda_home():
+    home = cpp_extension.CUDA_HOME
+    if home is None and shutil.which("nvcc") and os.path.isdir("/usr/local/cuda"):
+        home = "/usr/local/cuda"
+    return home
+
+
+def want_cuda():
+    flag = os.environ.get("CHIMERA_CUDA")
+    if flag is not None:
+        if flag not in ("0", "1"):
+            sys.exit(f"chimera: CHIMERA_CUDA must be 0 or 1, got {flag!r}")
+        if flag == "1" and torch.version.cuda is None:
+            sys.exit("chimera: CHIMERA_CUDA=1 but the installed torch is a CPU-only build")
+        if flag == "1" and find_cuda_home() is None:
+            sys.exit("chimera: CHIMERA_CUDA=1 but no CUDA toolkit found (set CUDA_HOME)")
+        return flag == "1"
+    return torch.version.cuda is not None and find_cuda_home() is not None
+
+
+def torch_nvidia_includes():
+    """Headers that torch's CUDA headers include (cublas_v2.h, ...) ship in the
+    nvidia-* wheels next to torch; a bare nvcc install lacks them."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+
+
+def extension():
+    cxx = ["-O3", "-g0", "-std=c++17", "-fvisibility=hidden", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
+    sources = read_sources("cpp")
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "chimera._C", sources, extra_compile_args={"cxx": cxx}, include_dirs=[os.path.join(ROOT, "csrc")]
+        )
+    cuda_home = find_cuda_home()
+    os.environ.setdefault("CUDA_HOME", cuda_home)
+    cpp_extension.CUDA_HOME = cuda_home
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # Hopper: build hosts without a GPU still build
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DCHIMERA_WITH_CUDA"]
+    return cpp_extension.CUDAExtension(
+        "chimera._C",
+        sources + read_sources("cuda"),
+        extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA"], "nvcc": nvcc},
+        include_dirs=[os.path.join(ROOT, "csrc")] + torch_nvidia_includes(),
+    )
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+)
