@@ -10,8 +10,6 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
-
 try:
     import torch
     from torch.utils import cpp_extension
@@ -23,6 +21,8 @@ except ImportError:  # keep this message short: it is what a user sees first
         "(with build isolation pip compiles against a different torch than the one "
         "installed, and the extension cannot load)."
     )
+
+from setuptools import setup  # noqa: E402  (after the torch check: its message comes first)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

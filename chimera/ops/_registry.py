@@ -13,6 +13,7 @@ DEVICES = ("cpu", "cuda")
 _DISPATCH_KEY = {"cpu": "CPU", "cuda": "CUDA"}
 _fallback_lib = None  # torch.library.Library holding schemas/kernels defined from Python
 _backends = {}        # op name -> {device: "cpp" | "cuda" | "reference"}
+schemas = {}          # op name -> schema text as declared from Python (checked against C++)
 
 
 def _library():
@@ -27,6 +28,7 @@ def define(name, schema, reference, fake, backward=None, setup_context=None):
     """Make `torch.ops.chimera.<name>` usable on every device. `schema` is the text
     after the op name, identical to the one in csrc/ops.cpp (a test checks this)."""
     qualname = f"chimera::{name}"
+    schemas[name] = schema
     from_cpp = _extension.module is not None and _schema_from_cpp(name)
     if not from_cpp:
         _library().define(name + schema)

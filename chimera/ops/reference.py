@@ -17,8 +17,18 @@ def _dense_target(embedding, target, num_classes):
     return target.to(torch.float64)
 
 
+def _check_affinity_inputs(embedding, target, weight):
+    if embedding.dim() != 3:
+        raise RuntimeError(f"affinity_stats: embedding must be (B, N, D), got {tuple(embedding.shape)}")
+    if tuple(target.shape[:2]) != tuple(embedding.shape[:2]):
+        raise RuntimeError(f"affinity_stats: target must be (B, N[, C]), got {tuple(target.shape)}")
+    if weight is not None and tuple(weight.shape) != tuple(embedding.shape[:2]):
+        raise RuntimeError(f"affinity_stats: weight must be (B, N), got {tuple(weight.shape)}")
+
+
 def affinity_stats(embedding, target, weight, num_classes):
     """(VᵀWV, VᵀWY, YᵀWY, Σw) per item, in float64."""
+    _check_affinity_inputs(embedding, target, weight)
     V = embedding.to(torch.float64)
     Y = _dense_target(embedding, target, num_classes)
     w = torch.ones(V.shape[:2], dtype=torch.float64, device=V.device) if weight is None else weight.to(torch.float64)
@@ -33,6 +43,7 @@ def affinity_stats(embedding, target, weight, num_classes):
 
 def affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight):
     """dL/dV = W (V (G_vv + G_vvᵀ) + Y G_vyᵀ)."""
+    _check_affinity_inputs(embedding, target, weight)
     V = embedding.to(torch.float64)
     Y = _dense_target(embedding, target, grad_vy.shape[-1])
     w = torch.ones(V.shape[:2], dtype=torch.float64, device=V.device) if weight is None else weight.to(torch.float64)

@@ -1,0 +1,5 @@
+import sys
+
+from chimera.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""Batched k-means for deep-clustering inference."""
+import torch
+
+
+def _pairwise_sq_dist(x, centres):
+    # ‖x‖² − 2 x·c + ‖c‖², clamped: (B, N, K)
+    return (x.square().sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2)
+            + centres.square().sum(-1).unsqueeze(1)).clamp_min(0)
+
+
+def _kmeans_pp(x, w, k, generator):
+    """k-means++ seeding, batched: each next centre drawn with probability ∝ w·d²."""
+    B, N, _ = x.shape
+    batch = torch.arange(B, device=x.device)
+    probs = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+    first = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(x.device)
+    centres = [x[batch, first]]
+    d2 = _pairwise_sq_dist(x, centres[0].unsqueeze(1)).squeeze(-1)
+    for _ in range(1, k):
+        p = w * d2
+        total = p.sum(-1, keepdim=True)
+        # all mass on chosen points (fewer distinct points than k): fall back to weights
+        p = torch.where(total > 0, p / total.clamp_min(1e-30), probs)
+        idx = torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(x.device)
+        centres.append(x[batch, idx])
+        d2 = torch.minimum(d2, _pairwise_sq_dist(x, centres[-1].unsqueeze(1)).squeeze(-1))
+    return torch.stack(centres, 1)
+
+
+@torch.no_grad()
+def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, tol=1e-6):
+    """Weighted k-means on each item of a batch, on the embedding's device.
+
+    embedding: (B, N, D); weight: (B, N) or None. k-means++ initialisation from `seed`.
+    `whiten=True` first whitens each item's embeddings with (VᵀWV)^{-1/2}, the metric
+    that DC-W training optimises. Returns (labels (B, N) int64, centres (B, K, D)) —
+    centres in the (possibly whitened) space the clustering ran in.
+    """
+    x = embedding.detach().to(torch.float32 if embedding.dtype in (torch.float16, torch.bfloat16) else embedding.dtype)
+    if x.dim() != 3:
+        raise ValueError(f"embedding must be (B, N, D), got shape {tuple(x.shape)}")
+    B, N, D = x.shape
+    if N < n_clusters:
+        raise ValueError(f"cannot form {n_clusters} clusters from {N} points")
+    w = torch.ones(B, N, dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+    if whiten:
+        cov = (x * w.unsqueeze(-1)).transpose(1, 2) @ x / w.sum(-1).clamp_min(1e-30)[:, None, None]
+        evals, evecs = torch.linalg.eigh(cov + 1e-6 * torch.eye(D, dtype=x.dtype, device=x.device))
+        x = x @ (evecs * evals.clamp_min(1e-12).rsqrt().unsqueeze(1)) @ evecs.transpose(1, 2)
+    generator = torch.Generator().manual_seed(seed)
+    centres = _kmeans_pp(x, w, n_clusters, generator)
+    labels = None
+    for _ in range(n_iter):
+        new_labels = _pairwise_sq_dist(x, centres).argmin(-1)
+        onehot = torch.nn.functional.one_hot(new_labels, n_clusters).to(x.dtype) * w.unsqueeze(-1)
+        mass = onehot.sum(1)                                         # (B, K)
+        sums = onehot.transpose(1, 2) @ x                            # (B, K, D)
+        # an empty cluster keeps its previous centre
+        new_centres = torch.where(mass.unsqueeze(-1) > 0, sums / mass.clamp_min(1e-30).unsqueeze(-1), centres)
+        shift = (new_centres - centres).square().sum(-1).max()
+        centres = new_centres
+        if labels is not None and torch.equal(labels, new_labels) and shift <= tol:
+            break
+        labels = new_labels
+    labels = _pairwise_sq_dist(x, centres).argmin(-1)
+    return labels, centres
+
+
+def masks_from_labels(labels, n_clusters, shape=None):
+    """Binary masks (B, K, N) from cluster labels (B, N); `shape` reshapes N (e.g. (T, F))."""
+    masks = torch.nn.functional.one_hot(labels, n_clusters).transpose(1, 2).to(torch.float32)
+    return masks if shape is None else masks.reshape(labels.shape[0], n_clusters, *shape)

@@ -1,0 +1,120 @@
+"""The extension build, the op registry and the fallbacks."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import chimera.ops as ops
+from chimera.ops import _extension, _registry, reference
+from conftest import EXT_DISABLED
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC_OPS = sorted(_registry.schemas)
+
+
+def run(args, env_extra=None, **kw):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_")}
+    env.update(env_extra or {})
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=ROOT, **kw)
+
+
+def test_every_op_has_a_twin_with_the_same_signature():
+    import inspect
+    for name in PUBLIC_OPS:
+        twin = getattr(reference, name)
+        params = list(inspect.signature(twin).parameters)
+        schema = torch._C.parse_schema("chimera::" + name + _registry.schemas[name])
+        assert params == [a.name for a in schema.arguments], name
+
+
+@pytest.mark.skipif(EXT_DISABLED, reason="extension disabled")
+def test_extension_loads_and_every_op_runs_cpp_on_cpu():
+    info = ops.extension_info()
+    assert info["loaded"], info
+    assert info["built_against_torch"] == torch.__version__
+    assert set(ops.backend("cpu").values()) == {"cpp"}
+    expected_cuda = "cuda" if info["with_cuda"] else "reference"
+    assert set(ops.backend("cuda").values()) == {expected_cuda}
+
+
+@pytest.mark.skipif(EXT_DISABLED, reason="extension disabled")
+def test_python_schemas_equal_the_cpp_ones():
+    for name in PUBLIC_OPS:
+        cpp = getattr(torch.ops.chimera, name).default._schema
+        py = torch._C.parse_schema("chimera::" + name + _registry.schemas[name])
+        assert str(cpp) == str(py), name
+
+
+def test_disabled_extension_runs_references():
+    out = run([sys.executable, "-c", "import chimera.ops as o; print(sorted({v for b in o.backend().values() for v in b.values()}))"],
+              {"CHIMERA_DISABLE_EXT": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['reference']"
+
+
+def test_require_and_disable_contradict():
+    out = run([sys.executable, "-c", "import chimera.ops"], {"CHIMERA_DISABLE_EXT": "1"} | {"CHIMERA_REQUIRE_EXT": "1"})
+    assert out.returncode != 0 and "contradict" in out.stderr
+
+
+def _fake_import(exc):
+    def fake(name, *a, **k):
+        if name == "chimera._C":
+            raise exc
+        return __import__(name)
+    return fake
+
+
+def test_missing_extension_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.delenv("CHIMERA_DISABLE_EXT", raising=False)
+    monkeypatch.delenv("CHIMERA_REQUIRE_EXT", raising=False)
+    monkeypatch.setattr(_extension.importlib, "import_module", _fake_import(ModuleNotFoundError("no", name="chimera._C")))
+    with pytest.warns(RuntimeWarning, match="not built"):
+        module, reason = _extension._load()
+    assert module is None and "not built" in reason
+
+
+def test_broken_extension_is_never_silent(monkeypatch):
+    monkeypatch.delenv("CHIMERA_DISABLE_EXT", raising=False)
+    monkeypatch.delenv("CHIMERA_REQUIRE_EXT", raising=False)
+    broken = ImportError("_C.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")
+    monkeypatch.setattr(_extension.importlib, "import_module", _fake_import(broken))
+    with pytest.warns(RuntimeWarning, match="undefined symbol"):
+        module, _ = _extension._load()
+    assert module is None
+    monkeypatch.setenv("CHIMERA_REQUIRE_EXT", "1")
+    with pytest.raises(_extension.ExtensionError, match="undefined symbol"):
+        _extension._load()
+
+
+def test_kernel_tests_pass_on_the_references():
+    """The op test modules, again with CHIMERA_DISABLE_EXT=1 (every op on its twin)."""
+    files = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py")
+                   if p.name.startswith(("test_affinity", "test_codebook", "test_signal")) and "cuda" not in p.name)
+    out = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files],
+              {"CHIMERA_DISABLE_EXT": "1"}, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def test_chimera_info_lists_every_op():
+    out = run([sys.executable, "-m", "chimera", "info"])
+    assert out.returncode == 0, out.stderr
+    for name in PUBLIC_OPS:
+        assert name in out.stdout
+    assert f"torch   {torch.__version__}" in out.stdout
+    if not EXT_DISABLED:
+        assert f"built against torch {torch.__version__}" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="no system python")
+def test_setup_without_torch_stops_with_the_hint(tmp_path):
+    # an interpreter that cannot import torch: a fresh venv without it
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    out = subprocess.run([str(venv / "bin" / "python"), "setup.py", "--name"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "--no-build-isolation" in out.stderr and "install torch" in out.stderr.lower()
