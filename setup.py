@@ -62,7 +62,7 @@ def torch_nvidia_includes():
 
 
 def extension():
-    cxx = ["-O3", "-g0", "-std=c++17", "-fvisibility=hidden", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
+    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
     sources = read_sources("cpp")
     if not want_cuda():
         return cpp_extension.CppExtension(
@@ -73,7 +73,7 @@ def extension():
     cpp_extension.CUDA_HOME = cuda_home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # Hopper: build hosts without a GPU still build
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DCHIMERA_WITH_CUDA"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DCHIMERA_WITH_CUDA"]
     return cpp_extension.CUDAExtension(
         "chimera._C",
         sources + read_sources("cuda"),

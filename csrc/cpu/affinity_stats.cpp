@@ -25,18 +25,49 @@ namespace {
 using affinity::tri_size;
 using affinity::tri_unpack;
 
-constexpr int64_t TILE = 64;          // bins per tile: 2 * E * TILE values stay in L1
+constexpr int64_t TILE = 128;         // bins per tile: 2 * E * TILE values stay in L1
 constexpr int64_t MIN_TASK = 8192;    // bins per parallel task, at least
 constexpr int LANES = 16;             // independent partial sums: lets gcc vectorise the dot
 
 template <typename T>
-inline double tile_dot(const T* __restrict a, const T* __restrict b) {
+__attribute__((always_inline)) inline double tile_dot(const T* __restrict a, const T* __restrict b) {
   T acc[LANES] = {};
   for (int64_t n = 0; n < TILE; n += LANES)
     for (int l = 0; l < LANES; ++l) acc[l] += a[n + l] * b[n + l];
   double s = 0;
   for (int l = 0; l < LANES; ++l) s += acc[l];
   return s;
+}
+
+// The packed Gram pairs of one tile. Compiled for AVX-512, AVX2+FMA and baseline x86-64
+// (chosen at load time), so one binary runs anywhere and uses the wide units where present.
+template <typename T>
+__attribute__((always_inline)) inline void tile_pairs(const T* zt, const T* wzt, const int64_t* pi,
+                                                      const int64_t* pj, int64_t P, double* acc) {
+  for (int64_t p = 0; p < P; ++p) acc[p] += tile_dot(zt + pi[p] * TILE, wzt + pj[p] * TILE);
+}
+
+#if defined(__x86_64__) && !defined(__clang__)
+#define CHIMERA_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define CHIMERA_CLONES
+#endif
+
+CHIMERA_CLONES void tile_pairs_f32(const float* zt, const float* wzt, const int64_t* pi, const int64_t* pj,
+                                   int64_t P, double* acc) {
+  tile_pairs(zt, wzt, pi, pj, P, acc);
+}
+CHIMERA_CLONES void tile_pairs_f64(const double* zt, const double* wzt, const int64_t* pi, const int64_t* pj,
+                                   int64_t P, double* acc) {
+  tile_pairs(zt, wzt, pi, pj, P, acc);
+}
+inline void tile_pairs_any(const float* zt, const float* wzt, const int64_t* pi, const int64_t* pj, int64_t P,
+                           double* acc) {
+  tile_pairs_f32(zt, wzt, pi, pj, P, acc);
+}
+inline void tile_pairs_any(const double* zt, const double* wzt, const int64_t* pi, const int64_t* pj, int64_t P,
+                           double* acc) {
+  tile_pairs_f64(zt, wzt, pi, pj, P, acc);
 }
 
 struct Shape {
@@ -137,7 +168,7 @@ void stats_cpu(const Shape& s, const T* V, const T* Yd, const int64_t* labels, c
             }
           }
         }
-        for (int64_t p = 0; p < P; ++p) acc[p] += tile_dot(zt.data() + pair_i[p] * TILE, wzt.data() + pair_j[p] * TILE);
+        tile_pairs_any(zt.data(), wzt.data(), pair_i.data(), pair_j.data(), P, acc);
         if (s.index_target) {
           for (int64_t k = 0; k < C * D; ++k) acc_vy[k] += vy_tile[k];
           for (int64_t c = 0; c < C; ++c) acc_yy[c] += y_tile[c];
