@@ -1,5 +1,6 @@
 """The `chimera` console script: `chimera info` (later: predict, train, evaluate)."""
 import argparse
+import os
 import platform
 import sys
 
@@ -36,12 +37,115 @@ def _info(args):
     return 0
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
+
+
+class InputError(Exception):
+    pass
+
+
+def _collect_inputs(paths):
+    """Files as given; folders: every audio file inside (recursively, sorted)."""
+    found, problems = [], []
+    for p in paths:
+        if os.path.isdir(p):
+            inside = sorted(os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs
+                            if f.lower().endswith(AUDIO_EXTENSIONS))
+            if not inside:
+                problems.append(f"{p}: folder contains no audio files")
+            found += inside
+        else:
+            found.append(p)
+    return found, problems
+
+
+def _load_model(path):
+    from chimera.models import CheckpointError, load_checkpoint
+    from chimera.pretrained import default_model_path
+    path = path or default_model_path()
+    try:
+        model, _ = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such model file") from None
+    return model
+
+
+def _fail(message, args):
+    print(f"chimera: error: {message}", file=sys.stderr)
+
+
+def _predict(args):
+    from chimera.separate import SeparationError, Separator
+    inputs, problems = _collect_inputs(args.inputs)
+    for p in problems:
+        _fail(p, args)
+    if args.output_files is not None and len(inputs) != 1:
+        _fail(f"--output-files needs exactly one input, got {len(inputs)}", args)
+        return 2
+    try:
+        model = _load_model(args.model)
+        separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
+                              batch_size=args.batch_size, method=args.method, misi_iters=args.misi)
+    except (InputError, SeparationError, ValueError) as exc:
+        _fail(str(exc), args)
+        return 2
+    subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
+    failed = len(problems)
+    for path in inputs:
+        try:
+            written = separator.separate_file(
+                path, out_dir=args.out, output_files=args.output_files, filename=args.filename, ext=args.format,
+                subtype=subtype, clip=args.clip_mode, force=args.force, progress=not args.quiet)
+        except SeparationError as exc:
+            failed += 1
+            _fail(str(exc), args)
+            continue
+        except Exception as exc:  # one bad input must not stop the others
+            failed += 1
+            if args.verbose:
+                import traceback
+                traceback.print_exc()
+            _fail(f"{path}: {type(exc).__name__}: {exc}", args)
+            continue
+        if not args.quiet:
+            print(f"{path} -> " + ", ".join(written))
+    return 1 if failed else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="chimera", description=chimera.__doc__)
     parser.add_argument("--version", action="version", version=f"chimera {chimera.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = sub.add_parser("info", help="versions, extension build and the backend of each op")
     info.set_defaults(func=_info)
+
+    p = sub.add_parser("predict", help="separate audio files (any length, bounded memory)",
+                       description="Separate each INPUT (files, or folders of audio files) into its sources.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--model", help="checkpoint file (default: the bundled vocals/accompaniment model)")
+    p.add_argument("--out", default="separated", help="output folder (default: separated/)")
+    p.add_argument("--filename", default="{track}/{stem}.{ext}",
+                   help="output name under --out; fields {track}, {stem} (source name), {ext}")
+    p.add_argument("--output-files", nargs="+", metavar="FILE",
+                   help="one input only: write its sources to these files, in the model's source order")
+    p.add_argument("--segment", type=float, default=10.0, help="seconds per segment (default 10)")
+    p.add_argument("--overlap", type=float, default=1.0, help="seconds of cross-fade between segments (default 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--batch-size", type=int, default=4, help="segments (x channels) per forward pass")
+    p.add_argument("--method", choices=["mask", "kmeans"], help="mask head (default) or k-means on DC embeddings")
+    p.add_argument("--misi", type=int, default=0, metavar="N", help="MISI phase-reconstruction iterations")
+    p.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "aiff"], help="output format")
+    p.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac)")
+    p.add_argument("--int24", action="store_true", help="24-bit integer output")
+    p.add_argument("--float32", action="store_true", help="32-bit float output")
+    p.add_argument("--clip-mode", choices=["clamp", "none"], default="clamp",
+                   help="clamp samples to [-1, 1] (default) or leave them (use with --float32)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--verbose", action="store_true", help="tracebacks for unexpected errors")
+    p.set_defaults(func=_predict)
     return parser
 
 
