@@ -23,7 +23,13 @@ import math
 import torch
 
 from . import signal
-from .losses import deep_clustering_loss, ideal_binary_labels, magnitude_ratio_weights, voice_activity_weights
+
+
+def _losses():
+    # Imported on use: chimera.losses re-exports this module, so neither may import the other at load time.
+    from . import losses
+
+    return losses
 
 NORMS = ("l1", "l2")
 
@@ -175,15 +181,15 @@ def dc_targets(mixture_spec, source_specs, weights=None):
     ``weights``: None, ``"mr"`` (magnitude ratio, DC-W) or ``"va"`` (voice activity)."""
     B, C = source_specs.shape[:2]
     # Work in (B, [C,] T, F) so that a plain reshape gives frequency-fastest bins.
-    labels = ideal_binary_labels(source_specs.abs().transpose(-1, -2)).reshape(B, -1)
+    labels = _losses().ideal_binary_labels(source_specs.abs().transpose(-1, -2)).reshape(B, -1)
     target = torch.nn.functional.one_hot(labels.long(), C).to(source_specs.real.dtype)
     mix_mag = mixture_spec.abs().transpose(-1, -2)
     if weights is None:
         weight = None
     elif weights == "mr":
-        weight = magnitude_ratio_weights(mix_mag).reshape(B, -1)
+        weight = _losses().magnitude_ratio_weights(mix_mag).reshape(B, -1)
     elif weights == "va":
-        weight = voice_activity_weights(mix_mag).reshape(B, -1)
+        weight = _losses().voice_activity_weights(mix_mag).reshape(B, -1)
     else:
         raise ValueError(f"unknown DC weights {weights!r}; use None, 'mr' or 'va'")
     return target, weight
@@ -226,7 +232,7 @@ class _DC(Objective):
     def __call__(self, output, mixture, sources):
         _need(output, "embedding", self.name)
         target, weight = dc_targets(output.mixture_spec, _source_specs(output, sources), self.weights)
-        return deep_clustering_loss(output.embedding, target.to(output.embedding.dtype), weight)
+        return _losses().deep_clustering_loss(output.embedding, target.to(output.embedding.dtype), weight)
 
 
 class _MI(Objective):
