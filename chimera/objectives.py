@@ -278,24 +278,28 @@ class _MI(Objective):
 
 
 class _Chimera(Objective):
-    def __init__(self, name, alpha=0.975, mi="tpsa", dc="dcw", **mi_options):
+    def __init__(self, name, alpha=0.975, mi="tpsa", dc="dcw", dc_weights="default", **mi_options):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"objective 'chimera': alpha must be in [0, 1], got {alpha}")
         if mi not in MI_NAMES:
             raise ValueError(f"objective 'chimera': mi must be one of {MI_NAMES}, got {mi!r}")
         if dc not in ("dc", "dcw"):
             raise ValueError(f"objective 'chimera': dc must be 'dc' or 'dcw', got {dc!r}")
-        self.dc, self.mi = objective(dc), objective(mi, **mi_options)
-        super().__init__(name, alpha=alpha, mi=mi, dc=dc, **self.mi.options)
+        self.dc = objective(dc) if dc_weights == "default" else objective(dc, weights=dc_weights)
+        self.mi = objective(mi, **mi_options)
+        super().__init__(name, alpha=alpha, mi=mi, dc=dc, dc_weights=self.dc.weights, **self.mi.options)
         self.alpha = alpha
+        self.last = {}  # detached DC and MI terms of the latest call, for logging
 
     def __call__(self, output, mixture, sources):
         a = self.alpha
-        loss = 0.0
+        loss, self.last = 0.0, {}
         if a > 0:
-            loss = loss + a * self.dc(output, mixture, sources)
+            dc = self.dc(output, mixture, sources)
+            loss, self.last["dc"] = loss + a * dc, dc.detach()
         if a < 1:
-            loss = loss + (1 - a) * self.mi(output, mixture, sources)
+            mi = self.mi(output, mixture, sources)
+            loss, self.last["mi"] = loss + (1 - a) * mi, mi.detach()
         return loss
 
 
@@ -311,7 +315,8 @@ def objective(name: str, **options) -> Objective:
     - ``"msa"``, ``"tpsa"`` (``gamma=2.0``), ``"csa"``: MI losses, ``norm="l1"|"l2"``.
     - ``"wa"``; ``"wa-misi"`` (``misi_iters=5``); ``"si-sdr"`` (negative SI-SDR after iSTFT).
     - ``"chimera"``: ``alpha``·DC + (1 − ``alpha``)·MI with ``alpha=0.975`` (Chimera++; the
-      torch-chimera recipe uses 0.95), ``mi="tpsa"``, ``dc="dcw"``; other options go to the MI loss.
+      torch-chimera recipe uses 0.95), ``mi="tpsa"``, ``dc="dcw"`` (``dc_weights`` overrides its
+      weights); other options go to the MI loss. Its ``last`` dict holds the latest DC and MI terms.
 
     MI losses take ``pit=True`` for permutation-invariant training (default: fixed order).
     """

@@ -7,6 +7,7 @@ from chimera.models import (
     CheckpointError, SeparationModel, StftConfig, fit_statistics, load_checkpoint, preset, save_checkpoint,
 )
 from chimera.models import checkpoint as ckpt
+from conftest import cuda
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 
@@ -143,3 +144,18 @@ def test_refuses_incompatible_files(tmp_path):
     missing = {k: v for k, v in raw.items() if k != "state_dict"}
     torch.save(missing, tmp_path / "missing.pt")
     _expect_refusal(tmp_path / "missing.pt", "missing")
+
+
+@cuda
+def test_checkpoint_saved_on_cuda_loads_on_cpu(tmp_path):
+    model = _model("chimerapp-phasebook").cuda().eval()
+    path = tmp_path / "gpu.pt"
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(1, 600, device="cuda")).masks.abs().sum().backward()
+    opt.step()
+    save_checkpoint(path, model, {"optimizer": opt.state_dict()})
+    loaded, state = load_checkpoint(path, map_location="cpu")
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert all(t.device.type == "cpu" for s in state["optimizer"]["state"].values() for t in s.values())
+    x = torch.randn(1, 700)
+    torch.testing.assert_close(loaded(x).masks, model(x.cuda()).masks.cpu(), atol=1e-4, rtol=1e-4)

@@ -8,6 +8,7 @@ from chimera.models import (
     fit_statistics, flatten_bins, make_mask_head, preset,
 )
 from chimera.objectives import objective, si_sdr
+from conftest import cuda
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 TINY = dict(hidden=16, layers=2, stft=STFT)
@@ -241,3 +242,26 @@ def test_small_chimerapp_overfits_one_mixture():
     assert (before < 10).all() and (after > 20).all(), (before, after)
     # the DC embeddings learnt the partition too
     assert (si_sdr(model.separate(mix, method="kmeans"), sources).max(-1).values > 10).all()
+
+
+def test_float64_input_and_dtype_errors():
+    model = SeparationModel(preset("chimerapp", **TINY)).eval()
+    x = torch.randn(1, 900)
+    a, b = model(x), model(x.double())
+    assert b.mixture_spec.dtype == torch.complex128
+    torch.testing.assert_close(b.masks.float(), a.masks, atol=1e-5, rtol=1e-5)
+    assert model.separate(x.double()).dtype == torch.float64
+    with pytest.raises(TypeError, match="floating"):
+        model.separate(torch.zeros(900, dtype=torch.int16))
+    with pytest.raises(TypeError, match="floating"):
+        model(torch.zeros(1, 900, dtype=torch.int16))
+
+
+@cuda
+def test_cuda_forward_matches_cpu():
+    model = SeparationModel(preset("chimerapp-combook", **TINY)).eval()
+    x = torch.randn(2, 900)
+    ref = model(x)
+    out = model.cuda()(x.cuda())
+    torch.testing.assert_close(out.masks.cpu(), ref.masks, atol=1e-4, rtol=1e-4)
+    assert model.separate(x.cuda(), misi_iters=1).device.type == "cuda"

@@ -204,6 +204,14 @@ def test_chimera_is_the_alpha_combination():
     dc, mi = objective("dcw")(out, mix, sources), objective("tpsa", norm="l2")(out, mix, sources)
     got = objective("chimera", alpha=0.9, mi="tpsa", norm="l2")(out, mix, sources)
     torch.testing.assert_close(got, 0.9 * dc + 0.1 * mi)
+    chim = objective("chimera", alpha=0.9, mi="tpsa", norm="l2")
+    chim(out, mix, sources)
+    torch.testing.assert_close(chim.last["dc"], dc.detach())
+    torch.testing.assert_close(chim.last["mi"], mi.detach())
+    va = objective("chimera", alpha=0.5, dc_weights="va")
+    assert va.dc.weights == "va" and va.options["dc_weights"] == "va"
+    want = 0.5 * objective("dc", weights="va")(out, mix, sources) + 0.5 * objective("tpsa")(out, mix, sources)
+    torch.testing.assert_close(va(out, mix, sources), want)
     assert objective("chimera").alpha == 0.975
     torch.testing.assert_close(objective("chimera", alpha=1.0)(out, mix, sources), dc)
 
@@ -236,7 +244,7 @@ def test_a_few_steps_lower_the_objective(name):
     loss_fn = objective(name, misi_iters=2) if name == "wa-misi" else objective(name)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(20):
+    for _ in range(24):
         loss = loss_fn(model(mix), mix, sources)
         opt.zero_grad()
         loss.backward()

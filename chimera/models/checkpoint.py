@@ -129,7 +129,8 @@ def load_checkpoint(path, map_location="cpu"):
     if stft != config.stft:
         raise fail(f"STFT config {stft} disagrees with the model config's {config.stft}")
     if list(payload["source_names"]) != list(config.source_names):
-        raise fail(f"source names {payload['source_names']} disagree with the model config's {list(config.source_names)}")
+        raise fail(f"source names {payload['source_names']} disagree with the model config's "
+                   f"{list(config.source_names)}")
     state = payload["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise fail("state_dict is not a mapping of tensors")

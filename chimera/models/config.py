@@ -106,7 +106,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: n_sources must be >= 1, got {self.n_sources}")
         if len(self.source_names) != self.n_sources:
             raise ValueError(
-                f"ModelConfig: {len(self.source_names)} source names {self.source_names} for n_sources={self.n_sources}")
+                f"ModelConfig: {len(self.source_names)} source names {self.source_names} "
+                f"for n_sources={self.n_sources}")
         if self.layers < 1 or self.hidden < 1:
             raise ValueError(f"ModelConfig: layers and hidden must be >= 1, got {self.layers}, {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
@@ -116,7 +117,8 @@ class ModelConfig:
         if self.embedding_dim < 0:
             raise ValueError(f"ModelConfig: embedding_dim must be >= 0, got {self.embedding_dim}")
         if self.embedding_activation not in EMBEDDING_ACTIVATIONS:
-            raise ValueError(f"ModelConfig: embedding_activation {self.embedding_activation!r} not in {EMBEDDING_ACTIVATIONS}")
+            raise ValueError(
+                f"ModelConfig: embedding_activation {self.embedding_activation!r} not in {EMBEDDING_ACTIVATIONS}")
         if self.mask is not None and self.mask not in MASK_KINDS:
             raise ValueError(f"ModelConfig: unknown mask {self.mask!r}; choose one of {MASK_KINDS} or None")
         if self.mask_input not in MASK_INPUTS:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..signal import stft as _stft
-
 # Absolute floor (linear magnitude) so that an all-silent input still gives finite features.
 _ABS_FLOOR = 1e-8
 
@@ -53,7 +51,7 @@ def fit_statistics(model, mixtures, min_std: float = 1e-3):
         wav = torch.as_tensor(wav)
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
-        spec = model.spectrogram(wav.to(model.window.device, torch.float32))
+        spec = model.spectrogram(wav.to(model.window.device, features.mean.dtype))
         logmag = features.log_magnitude(spec.abs()).to(torch.float64).cpu()  # (B, F, T)
         total += logmag.sum((0, 2))
         total_sq += logmag.pow(2).sum((0, 2))

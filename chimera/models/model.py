@@ -97,12 +97,14 @@ class SeparationModel(nn.Module):
     def forward(self, mixture: torch.Tensor) -> ModelOutput:
         """``mixture``: waveform ``(B, L)``."""
         if mixture.dim() != 2:
-            raise ValueError(f"SeparationModel.forward: expected a (batch, samples) waveform, got {tuple(mixture.shape)}")
+            raise ValueError(
+                f"SeparationModel.forward: expected a (batch, samples) waveform, got {tuple(mixture.shape)}")
         if mixture.is_complex() or not mixture.is_floating_point():
             raise TypeError(f"SeparationModel.forward: expected a real floating waveform, got {mixture.dtype}")
         spec = self.spectrogram(mixture)  # (B, F, T)
         B, F, T = spec.shape
-        h = self.trunk(self.features(spec.abs()))  # (B, T, 2H)
+        feats = self.features(spec.abs()).to(self.features.mean.dtype)  # float64 input, float32 model
+        h = self.trunk(feats)  # (B, T, 2H)
         embedding = self.embedding_head(h) if self.embedding_head is not None else None
         masks = estimates = None
         if self.mask_head is not None:
@@ -134,8 +136,10 @@ class SeparationModel(nn.Module):
             raise ValueError("separate: this model has no embedding head; use method='mask'")
         if misi_iters < 0:
             raise ValueError(f"separate: misi_iters must be >= 0, got {misi_iters}")
+        if waveform.is_complex() or not waveform.is_floating_point():
+            raise TypeError(f"separate: expected a real floating waveform, got {waveform.dtype}")
         lead, L = waveform.shape[:-1], waveform.shape[-1]
-        x = waveform.reshape(-1, L).to(self.window.device, torch.float32)
+        x = waveform.reshape(-1, L).to(self.window.device, self.features.mean.dtype)
         was_training = self.training
         self.eval()
         try:
@@ -159,4 +163,4 @@ class SeparationModel(nn.Module):
             y = signal.misi(x, estimates, misi_iters, st.n_fft, st.hop_length, self._window(x))
         else:
             y = self.waveform(estimates, L)
-        return y.reshape(*lead, self.n_sources, L).to(waveform.dtype)
+        return y.reshape(*lead, self.n_sources, L).to(waveform.device, waveform.dtype)
