@@ -252,3 +252,17 @@ def test_a_few_steps_lower_the_objective(name):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
+
+
+def test_losses_gradcheck_float64():
+    X = torch.randn(1, 4, 5, dtype=torch.complex128)
+    S = torch.randn(1, 2, 4, 5, dtype=torch.complex128)
+    m = torch.rand(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    mc = torch.randn(1, 2, 4, 5, dtype=torch.complex128, requires_grad=True)
+    for norm in ("l1", "l2"):
+        assert torch.autograd.gradcheck(lambda m: tpsa_loss(m, X, S, norm=norm), (m,))
+        assert torch.autograd.gradcheck(lambda m: msa_loss(m, X, S, norm=norm), (m,))
+        assert torch.autograd.gradcheck(lambda m: csa_loss(m, X, S, norm=norm, pit=True), (mc,))
+    est = torch.randn(2, 3, 40, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(2, 3, 40, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda e: si_sdr_loss(e, ref, zero_mean=True), (est,))
