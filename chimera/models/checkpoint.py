@@ -1,0 +1,149 @@
+"""Self-describing single-file checkpoints.
+
+A checkpoint is a ``torch.save``d dict of plain containers, primitives and CPU tensors,
+so ``torch.load(path, weights_only=True)`` reads it anywhere:
+
+``format`` ("chimera.checkpoint"), ``version``, ``chimera_version``, ``model_config``
+(``ModelConfig.to_dict()``), ``stft`` (sample rate, n_fft, hop, window), ``source_names``,
+``feature_stats`` (``mean``/``std`` per frequency), ``state_dict`` (weights, feature
+statistics included), ``checksum`` (SHA-256 over configs and weights) and optionally
+``training_state`` (any weights_only-loadable dict: optimizer state, step, ...).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import torch
+
+from .config import ModelConfig, StftConfig
+from .model import SeparationModel
+
+FORMAT = "chimera.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a usable chimera checkpoint; the message names the file and why."""
+
+
+def _checksum(meta: dict, state_dict: dict) -> str:
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(state_dict[name].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _cpu(obj):
+    # Training state may hold device tensors; keep it loadable on a CPU-only machine.
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, _cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path, model: SeparationModel, training_state: dict | None = None) -> None:
+    """Write ``model`` (and optional ``training_state``) to ``path`` atomically: a temporary
+    file in the same folder, fsynced, then renamed over ``path``."""
+    if not isinstance(model, SeparationModel):
+        raise TypeError(f"save_checkpoint: expected a SeparationModel, got {type(model).__name__}")
+    if training_state is not None and not isinstance(training_state, dict):
+        raise TypeError(f"save_checkpoint: training_state must be a dict, got {type(training_state).__name__}")
+    cfg = model.config
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    meta = {"model_config": cfg.to_dict(), "stft": cfg.stft.to_dict(), "source_names": list(cfg.source_names)}
+    from .. import __version__
+
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "chimera_version": __version__,
+        **meta,
+        "feature_stats": {"mean": state["features.mean"], "std": state["features.std"]},
+        "state_dict": state,
+        "checksum": _checksum(meta, state),
+        "training_state": _cpu(training_state),
+    }
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns ``(model, training_state)``; the model is in eval mode on ``map_location``
+    and ``training_state`` is None when none was saved. Raises :class:`CheckpointError`
+    for a missing, corrupt, truncated, foreign or incompatible file.
+    """
+    path = os.fspath(path)
+
+    def fail(why):
+        return CheckpointError(f"{path}: {why}")
+
+    if not os.path.isfile(path):
+        raise fail("no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle/EOF errors differ by torch version
+        raise fail(f"cannot be read as a checkpoint (corrupt, truncated or not a torch file): {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        what = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise fail(f"not a chimera checkpoint (format {what!r}, expected {FORMAT!r})")
+    version = payload.get("version")
+    if not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise fail(f"incompatible checkpoint format version {version!r}; this chimera reads versions 1..{VERSION}")
+    missing = [k for k in ("model_config", "stft", "source_names", "state_dict", "checksum") if k not in payload]
+    if missing:
+        raise fail(f"incomplete checkpoint, missing {missing}")
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        stft = StftConfig.from_dict(payload["stft"])
+    except (TypeError, ValueError) as e:
+        raise fail(f"incompatible model configuration: {e}") from e
+    if stft != config.stft:
+        raise fail(f"STFT config {stft} disagrees with the model config's {config.stft}")
+    if list(payload["source_names"]) != list(config.source_names):
+        raise fail(f"source names {payload['source_names']} disagree with the model config's "
+                   f"{list(config.source_names)}")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise fail("state_dict is not a mapping of tensors")
+    meta = {"model_config": payload["model_config"], "stft": payload["stft"], "source_names": payload["source_names"]}
+    if _checksum(meta, state) != payload["checksum"]:
+        raise fail("checksum mismatch: the weights or configuration are corrupt")
+    model = SeparationModel(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise fail(f"weights do not fit the configured model: {e}") from e
+    if map_location is not None and isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    model.eval()
+    # Training state stays on the CPU: optimizer.load_state_dict moves it to the parameters.
+    return model, payload.get("training_state")

@@ -1,0 +1,146 @@
+"""Dataclass configurations of the separation models.
+
+Both configs round-trip through plain dicts of primitives (``to_dict``/``from_dict``)
+so that checkpoints can be read back with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+WINDOWS = ("hann", "hamming", "blackman", "rectangular", "sqrt_hann")
+EMBEDDING_ACTIVATIONS = ("tanh", "sigmoid")
+MASK_KINDS = ("sigmoid", "softmax", "doubled_sigmoid", "clipped_relu", "magbook", "phasebook", "combook")
+COMPLEX_MASK_KINDS = ("phasebook", "combook")
+MASK_INPUTS = ("trunk", "embedding")
+
+
+def _from_dict(cls, data, what):
+    if not isinstance(data, dict):
+        raise TypeError(f"{what}: expected a dict, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; known: {sorted(names)}")
+    return cls(**data)
+
+
+@dataclass
+class StftConfig:
+    """Short-time Fourier transform used by the model (and needed to invert its outputs)."""
+
+    sample_rate: int = 8000
+    n_fft: int = 256
+    hop_length: int = 64
+    window: str = "hann"
+
+    def __post_init__(self):
+        if int(self.sample_rate) <= 0:
+            raise ValueError(f"StftConfig: sample_rate must be positive, got {self.sample_rate}")
+        if int(self.n_fft) < 2:
+            raise ValueError(f"StftConfig: n_fft must be >= 2, got {self.n_fft}")
+        if not 0 < int(self.hop_length) <= int(self.n_fft):
+            raise ValueError(f"StftConfig: hop_length must be in [1, n_fft={self.n_fft}], got {self.hop_length}")
+        if self.window not in WINDOWS:
+            raise ValueError(f"StftConfig: unknown window {self.window!r}; choose one of {WINDOWS}")
+
+    @property
+    def n_freq(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def window_tensor(self, device=None, dtype=None):
+        import torch
+
+        kw = dict(periodic=True, device=device, dtype=dtype)
+        if self.window == "hann":
+            return torch.hann_window(self.n_fft, **kw)
+        if self.window == "sqrt_hann":
+            return torch.hann_window(self.n_fft, **kw).sqrt()
+        if self.window == "hamming":
+            return torch.hamming_window(self.n_fft, **kw)
+        if self.window == "blackman":
+            return torch.blackman_window(self.n_fft, **kw)
+        return torch.ones(self.n_fft, device=device, dtype=dtype)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StftConfig":
+        return _from_dict(cls, data, "StftConfig")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a :class:`~chimera.models.SeparationModel`.
+
+    ``embedding_dim = 0`` drops the deep-clustering head, ``mask = None`` drops the
+    mask-inference head (at least one is needed). ``mask_input`` chooses what the mask
+    head reads: the BLSTM output (Chimera++) or the embeddings (original Chimera).
+    ``mask_options`` go to the codebook heads (e.g. ``{"codebook_size": 4}``).
+    """
+
+    n_sources: int = 2
+    source_names: tuple = ()
+    stft: StftConfig = field(default_factory=StftConfig)
+    # features
+    floor_db: float = -80.0  # log-magnitude floor relative to the loudest bin of the utterance
+    # trunk
+    layers: int = 4
+    hidden: int = 600
+    dropout: float = 0.3
+    residual: bool = False
+    # heads
+    embedding_dim: int = 20
+    embedding_activation: str = "tanh"
+    mask: str | None = "sigmoid"
+    mask_input: str = "trunk"
+    mask_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.stft, dict):
+            self.stft = StftConfig.from_dict(self.stft)
+        self.source_names = tuple(self.source_names) or tuple(f"source{i}" for i in range(self.n_sources))
+        self.mask_options = dict(self.mask_options)
+        if self.n_sources < 1:
+            raise ValueError(f"ModelConfig: n_sources must be >= 1, got {self.n_sources}")
+        if len(self.source_names) != self.n_sources:
+            raise ValueError(
+                f"ModelConfig: {len(self.source_names)} source names {self.source_names} "
+                f"for n_sources={self.n_sources}")
+        if self.layers < 1 or self.hidden < 1:
+            raise ValueError(f"ModelConfig: layers and hidden must be >= 1, got {self.layers}, {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.floor_db >= 0:
+            raise ValueError(f"ModelConfig: floor_db must be negative (dB below the loudest bin), got {self.floor_db}")
+        if self.embedding_dim < 0:
+            raise ValueError(f"ModelConfig: embedding_dim must be >= 0, got {self.embedding_dim}")
+        if self.embedding_activation not in EMBEDDING_ACTIVATIONS:
+            raise ValueError(
+                f"ModelConfig: embedding_activation {self.embedding_activation!r} not in {EMBEDDING_ACTIVATIONS}")
+        if self.mask is not None and self.mask not in MASK_KINDS:
+            raise ValueError(f"ModelConfig: unknown mask {self.mask!r}; choose one of {MASK_KINDS} or None")
+        if self.mask_input not in MASK_INPUTS:
+            raise ValueError(f"ModelConfig: mask_input {self.mask_input!r} not in {MASK_INPUTS}")
+        if self.mask is None and self.embedding_dim == 0:
+            raise ValueError("ModelConfig: the model needs an embedding head (embedding_dim > 0) or a mask head")
+        if self.mask is not None and self.mask_input == "embedding" and self.embedding_dim == 0:
+            raise ValueError("ModelConfig: mask_input='embedding' needs an embedding head (embedding_dim > 0)")
+
+    @property
+    def complex_mask(self) -> bool:
+        return self.mask in COMPLEX_MASK_KINDS
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stft"] = self.stft.to_dict()
+        d["source_names"] = list(self.source_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        if "stft" in data:
+            data["stft"] = StftConfig.from_dict(data["stft"])
+        return _from_dict(cls, data, "ModelConfig")

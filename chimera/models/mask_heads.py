@@ -1,0 +1,83 @@
+"""Output heads: the deep-clustering embedding head and the mask-inference heads.
+
+Every head reads frame-wise features ``(B, T, in_features)``. Embeddings come out as
+``(B, T·F, D)`` with the frequency index running fastest (bin ``n = t·F + f``), masks as
+``(B, C, F, T)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as Fn
+
+from .config import EMBEDDING_ACTIVATIONS, MASK_KINDS
+
+
+class EmbeddingHead(nn.Module):
+    """Linear → tanh/sigmoid → unit norm per time-frequency bin; ``(B, T, in) → (B, T·F, D)``."""
+
+    def __init__(self, in_features: int, n_freq: int, dim: int, activation: str = "tanh"):
+        super().__init__()
+        if activation not in EMBEDDING_ACTIVATIONS:
+            raise ValueError(f"EmbeddingHead: activation {activation!r} not in {EMBEDDING_ACTIVATIONS}")
+        self.n_freq, self.dim, self.activation = n_freq, dim, activation
+        self.linear = nn.Linear(in_features, n_freq * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        v = self.linear(x)
+        v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
+        return Fn.normalize(v.reshape(B, T * self.n_freq, self.dim), dim=-1, eps=1e-8)
+
+
+def _sigmoid(z):
+    return torch.sigmoid(z)
+
+
+def _doubled_sigmoid(z):
+    return 2.0 * torch.sigmoid(z)
+
+
+def _clipped_relu(z):
+    return z.clamp(0.0, 2.0)
+
+
+class MaskHead(nn.Module):
+    """Real masks ``(B, C, F, T)`` from a linear layer and a bounded activation.
+
+    ``sigmoid`` ∈ [0, 1]; ``softmax`` over sources (masks sum to one); ``doubled_sigmoid``
+    2σ ∈ [0, 2]; ``clipped_relu`` min(max(z, 0), 2) ∈ [0, 2] — the last two can reach the
+    phase-sensitive targets above one (Wang et al. 2018).
+    """
+
+    _ACTIVATIONS = {"sigmoid": _sigmoid, "doubled_sigmoid": _doubled_sigmoid, "clipped_relu": _clipped_relu}
+
+    def __init__(self, in_features: int, n_freq: int, n_sources: int, kind: str = "sigmoid"):
+        super().__init__()
+        if kind not in ("softmax", *self._ACTIVATIONS):
+            raise ValueError(f"MaskHead: unknown kind {kind!r}")
+        self.n_freq, self.n_sources, self.kind = n_freq, n_sources, kind
+        self.linear = nn.Linear(in_features, n_freq * n_sources)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        z = self.linear(x).reshape(B, T, self.n_freq, self.n_sources).permute(0, 3, 2, 1)
+        if self.kind == "softmax":
+            return z.softmax(dim=1)
+        return self._ACTIVATIONS[self.kind](z)
+
+
+def make_mask_head(kind: str, in_features: int, n_freq: int, n_sources: int, **options) -> nn.Module:
+    """Mask head by name: the real heads above, or the codebook heads of
+    :mod:`chimera.models.heads` (``magbook``, ``phasebook``, ``combook``; Le Roux et al.
+    2019), which receive ``options`` (e.g. the codebook size)."""
+    if kind in MaskHead._ACTIVATIONS or kind == "softmax":
+        if options:
+            raise ValueError(f"make_mask_head: mask {kind!r} takes no options, got {sorted(options)}")
+        return MaskHead(in_features, n_freq, n_sources, kind)
+    if kind in ("magbook", "phasebook", "combook"):
+        from . import heads
+
+        cls = {"magbook": heads.MagbookHead, "phasebook": heads.PhasebookHead, "combook": heads.CombookHead}[kind]
+        return cls(in_features, n_freq, n_sources, **options)
+    raise ValueError(f"make_mask_head: unknown mask {kind!r}; choose one of {MASK_KINDS}")

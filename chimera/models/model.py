@@ -1,0 +1,166 @@
+"""The separation model: STFT → log-magnitude features → BLSTM trunk → heads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import signal
+from .config import ModelConfig, StftConfig
+from .features import LogMagnitude
+from .mask_heads import EmbeddingHead, make_mask_head
+from .trunk import BLSTMTrunk
+
+
+def flatten_bins(x: torch.Tensor) -> torch.Tensor:
+    """``(..., F, T)`` → ``(..., T·F)`` with frequency fastest: the bin order of
+    ``ModelOutput.embedding``. Use it for deep-clustering targets and weights."""
+    return x.transpose(-1, -2).reshape(*x.shape[:-2], -1)
+
+
+@dataclass
+class ModelOutput:
+    """What :meth:`SeparationModel.forward` returns.
+
+    ``embedding``: ``(B, N, D)`` unit-norm, ``N = T·F`` in the order of :func:`flatten_bins`
+    (bin ``n = t·F + f``), or None without a DC head. ``masks``: ``(B, C, F, T)``, real or
+    complex (codebook heads); ``estimates = masks · mixture_spec``; both None without a
+    mask head. ``length`` is the input length in samples (for the inverse STFT).
+    """
+
+    mixture_spec: torch.Tensor
+    embedding: torch.Tensor | None
+    masks: torch.Tensor | None
+    estimates: torch.Tensor | None
+    stft: StftConfig
+    length: int
+
+
+class SeparationModel(nn.Module):
+    """Deep clustering / Chimera / Chimera++ network (see :func:`chimera.models.preset`)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = ModelConfig.from_dict(config)
+        self.config = config
+        st = config.stft
+        n_freq = st.n_freq
+        # Derived from the config, so not saved in the state dict.
+        self.register_buffer("window", st.window_tensor(dtype=torch.float32), persistent=False)
+        self.features = LogMagnitude(n_freq, config.floor_db)
+        self.trunk = BLSTMTrunk(n_freq, config.hidden, config.layers, config.dropout, config.residual)
+        width = self.trunk.output_size
+        self.embedding_head = (
+            EmbeddingHead(width, n_freq, config.embedding_dim, config.embedding_activation)
+            if config.embedding_dim > 0 else None
+        )
+        self.mask_head = None
+        if config.mask is not None:
+            mask_in = width if config.mask_input == "trunk" else n_freq * config.embedding_dim
+            self.mask_head = make_mask_head(config.mask, mask_in, n_freq, config.n_sources, **config.mask_options)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def stft(self) -> StftConfig:
+        return self.config.stft
+
+    @property
+    def source_names(self) -> tuple:
+        return self.config.source_names
+
+    @property
+    def n_sources(self) -> int:
+        return self.config.n_sources
+
+    # ------------------------------------------------------------------ signal helpers
+    def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(..., L)`` waveform → ``(..., F, T)`` complex STFT with the model's settings."""
+        st = self.stft
+        if waveform.shape[-1] <= st.n_fft // 2:
+            raise ValueError(
+                f"SeparationModel: input of {waveform.shape[-1]} samples is too short for n_fft={st.n_fft} "
+                f"(needs more than {st.n_fft // 2})")
+        return signal.stft(waveform, st.n_fft, st.hop_length, self._window(waveform), center=True)
+
+    def waveform(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """``(..., F, T)`` complex → ``(..., length)`` waveform (inverse STFT)."""
+        st = self.stft
+        return signal.istft(spec, st.n_fft, st.hop_length, self._window(spec), center=True, length=length)
+
+    def _window(self, like: torch.Tensor) -> torch.Tensor:
+        dtype = like.real.dtype if like.is_complex() else like.dtype
+        return self.window.to(like.device, dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, mixture: torch.Tensor) -> ModelOutput:
+        """``mixture``: waveform ``(B, L)``."""
+        if mixture.dim() != 2:
+            raise ValueError(
+                f"SeparationModel.forward: expected a (batch, samples) waveform, got {tuple(mixture.shape)}")
+        if mixture.is_complex() or not mixture.is_floating_point():
+            raise TypeError(f"SeparationModel.forward: expected a real floating waveform, got {mixture.dtype}")
+        spec = self.spectrogram(mixture)  # (B, F, T)
+        B, F, T = spec.shape
+        feats = self.features(spec.abs()).to(self.features.mean.dtype)  # float64 input, float32 model
+        h = self.trunk(feats)  # (B, T, 2H)
+        embedding = self.embedding_head(h) if self.embedding_head is not None else None
+        masks = estimates = None
+        if self.mask_head is not None:
+            x = h if self.config.mask_input == "trunk" else embedding.reshape(B, T, -1)
+            masks = self.mask_head(x)
+            if masks.shape != (B, self.n_sources, F, T):
+                raise RuntimeError(f"mask head returned {tuple(masks.shape)}, expected {(B, self.n_sources, F, T)}")
+            estimates = masks * spec.unsqueeze(1)
+        return ModelOutput(spec, embedding, masks, estimates, self.stft, mixture.shape[-1])
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def separate(self, waveform: torch.Tensor, method: str | None = None, misi_iters: int = 0,
+                 kmeans_iters: int = 20, seed: int = 0) -> torch.Tensor:
+        """Separate ``(..., L)`` mixtures into ``(..., C, L)`` source waveforms.
+
+        ``method``: ``"mask"`` (the mask head), ``"kmeans"`` (k-means on the DC embeddings
+        of the bins that are not silent, giving binary masks), or None for the mask head
+        when the model has one. ``misi_iters`` > 0 refines the phases with MISI.
+        Runs in eval mode (dropout off) and restores the previous mode.
+        """
+        if method is None:
+            method = "mask" if self.mask_head is not None else "kmeans"
+        if method not in ("mask", "kmeans"):
+            raise ValueError(f"separate: unknown method {method!r}; use 'mask' or 'kmeans'")
+        if method == "mask" and self.mask_head is None:
+            raise ValueError("separate: this model has no mask head; use method='kmeans'")
+        if method == "kmeans" and self.embedding_head is None:
+            raise ValueError("separate: this model has no embedding head; use method='mask'")
+        if misi_iters < 0:
+            raise ValueError(f"separate: misi_iters must be >= 0, got {misi_iters}")
+        if waveform.is_complex() or not waveform.is_floating_point():
+            raise TypeError(f"separate: expected a real floating waveform, got {waveform.dtype}")
+        lead, L = waveform.shape[:-1], waveform.shape[-1]
+        x = waveform.reshape(-1, L).to(self.window.device, self.features.mean.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(x)
+        finally:
+            self.train(was_training)
+        if method == "mask":
+            estimates = out.estimates
+        else:
+            from ..cluster import kmeans
+            from ..losses import voice_activity_weights
+
+            spec = out.mixture_spec
+            B, F, T = spec.shape
+            weight = voice_activity_weights(spec.abs().transpose(-1, -2)).reshape(B, -1).to(out.embedding.dtype)
+            labels, _ = kmeans(out.embedding, self.n_sources, n_iter=kmeans_iters, weight=weight, seed=seed)
+            masks = nn.functional.one_hot(labels.reshape(B, T, F), self.n_sources).permute(0, 3, 2, 1)
+            estimates = masks.to(spec.real.dtype) * spec.unsqueeze(1)
+        if misi_iters > 0:
+            st = self.stft
+            y = signal.misi(x, estimates, misi_iters, st.n_fft, st.hop_length, self._window(x))
+        else:
+            y = self.waveform(estimates, L)
+        return y.reshape(*lead, self.n_sources, L).to(waveform.device, waveform.dtype)

@@ -1,0 +1,161 @@
+import os
+
+import pytest
+import torch
+
+from chimera.models import (
+    CheckpointError, SeparationModel, StftConfig, fit_statistics, load_checkpoint, preset, save_checkpoint,
+)
+from chimera.models import checkpoint as ckpt
+from conftest import cuda
+
+STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small LSTMs run many times faster on one thread than on contended cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(name="chimerapp", **kw):
+    model = SeparationModel(preset(name, hidden=8, layers=2, stft=STFT, source_names=("voice", "music"), **kw))
+    fit_statistics(model, [torch.randn(2, 800)])
+    return model
+
+
+@pytest.mark.parametrize("name", ["dc", "chimera", "chimerapp", "chimerapp-phasebook", "chimerapp-combook"])
+def test_round_trip_gives_identical_outputs(tmp_path, name):
+    model = _model(name).eval()
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model)
+    loaded, state = load_checkpoint(path)
+    assert state is None and not loaded.training
+    assert loaded.config == model.config and loaded.source_names == ("voice", "music")
+    x = torch.randn(2, 700)
+    a, b = model(x), loaded(x)
+    assert torch.equal(a.embedding, b.embedding)
+    if a.masks is not None:
+        assert torch.equal(a.masks, b.masks)
+    assert torch.equal(loaded.features.mean, model.features.mean)
+    assert not torch.equal(loaded.features.std, torch.ones_like(loaded.features.std))
+
+
+def test_training_state_and_plain_weights_only_load(tmp_path):
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(1, 600)).masks.sum().backward()
+    opt.step()
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, {"optimizer": opt.state_dict(), "step": 7, "history": [1.5, 1.25]})
+    raw = torch.load(path, weights_only=True)  # no pickled classes anywhere
+    assert raw["format"] == ckpt.FORMAT and raw["version"] == ckpt.VERSION
+    assert raw["stft"] == {"sample_rate": 8000, "n_fft": 128, "hop_length": 32, "window": "hann"}
+    assert raw["source_names"] == ["voice", "music"]
+    assert torch.equal(raw["feature_stats"]["mean"], model.features.mean)
+    assert all(t.device.type == "cpu" for t in raw["state_dict"].values())
+    loaded, state = load_checkpoint(path)
+    assert state["step"] == 7 and state["history"] == [1.5, 1.25]
+    opt2 = torch.optim.Adam(loaded.parameters(), lr=1e-3)
+    opt2.load_state_dict(state["optimizer"])
+    for p, q in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert torch.equal(p["exp_avg"], q["exp_avg"])
+
+
+def test_save_is_atomic_and_overwrites(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model())
+    second = _model("chimerapp-combook")
+    save_checkpoint(str(path), second)
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary left behind
+    assert load_checkpoint(path)[0].config.mask == "combook"
+    with pytest.raises(TypeError, match="SeparationModel"):
+        save_checkpoint(path, torch.nn.Linear(2, 2))
+
+
+def _expect_refusal(path, match):
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_refuses_truncated_corrupt_and_foreign_files(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, _model())
+    data = good.read_bytes()
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    _expect_refusal(truncated, "corrupt, truncated")
+
+    # flip bytes inside the largest tensor record: the zip may still open, the checksum must not match
+    raw = torch.load(good, weights_only=True)
+    weight = max(raw["state_dict"].values(), key=lambda t: t.numel())
+    needle = weight.contiguous().view(torch.uint8).numpy().tobytes()[:64]
+    pos = data.find(needle)
+    assert pos > 0
+    flipped = bytearray(data)
+    for i in range(pos, pos + 16):
+        flipped[i] ^= 0xFF
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(flipped))
+    _expect_refusal(corrupt, "corrupt")
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    _expect_refusal(text, "cannot be read")
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": raw["state_dict"]}, foreign)
+    _expect_refusal(foreign, "not a chimera checkpoint")
+
+    plain = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), plain)
+    _expect_refusal(plain, "not a chimera checkpoint")
+
+    _expect_refusal(tmp_path / "missing.pt", "no such")
+
+
+def test_refuses_incompatible_files(tmp_path):
+    model = _model()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model)
+    raw = torch.load(path, weights_only=True)
+
+    def write(**changes):
+        payload = {**raw, **changes}
+        meta = {k: payload[k] for k in ("model_config", "stft", "source_names")}
+        payload["checksum"] = ckpt._checksum(meta, payload["state_dict"])
+        out = tmp_path / "edited.pt"
+        torch.save(payload, out)
+        return out
+
+    _expect_refusal(write(version=ckpt.VERSION + 1), "format version")
+    bigger = {**raw["model_config"], "hidden": 12}
+    _expect_refusal(write(model_config=bigger), "do not fit")
+    unknown = {**raw["model_config"], "attention": True}
+    _expect_refusal(write(model_config=unknown), "unknown field")
+    other_stft = {**raw["stft"], "hop_length": 64}
+    _expect_refusal(write(stft=other_stft), "disagrees")
+    _expect_refusal(write(source_names=["a", "b"]), "source names")
+    missing = {k: v for k, v in raw.items() if k != "state_dict"}
+    torch.save(missing, tmp_path / "missing.pt")
+    _expect_refusal(tmp_path / "missing.pt", "missing")
+
+
+@cuda
+def test_checkpoint_saved_on_cuda_loads_on_cpu(tmp_path):
+    model = _model("chimerapp-phasebook").cuda().eval()
+    path = tmp_path / "gpu.pt"
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(1, 600, device="cuda")).masks.abs().sum().backward()
+    opt.step()
+    save_checkpoint(path, model, {"optimizer": opt.state_dict()})
+    loaded, state = load_checkpoint(path, map_location="cpu")
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert all(t.device.type == "cpu" for s in state["optimizer"]["state"].values() for t in s.values())
+    x = torch.randn(1, 700)
+    torch.testing.assert_close(loaded(x).masks, model(x.cuda()).masks.cpu(), atol=1e-4, rtol=1e-4)

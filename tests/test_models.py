@@ -1,0 +1,267 @@
+import math
+
+import pytest
+import torch
+
+from chimera.models import (
+    PRESETS, BLSTMTrunk, EmbeddingHead, LogMagnitude, MaskHead, ModelConfig, SeparationModel, StftConfig,
+    fit_statistics, flatten_bins, make_mask_head, preset,
+)
+from chimera.objectives import objective, si_sdr
+from conftest import cuda
+
+STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
+TINY = dict(hidden=16, layers=2, stft=STFT)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small LSTMs run many times faster on one thread than on contended cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tone_and_noise(seconds=1.0, sr=8000, seed=0):
+    """(1, 2, L): a harmonic tone below 1.2 kHz and noise bursts above 2 kHz."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * sr)
+    t = torch.arange(n) / sr
+    tone = sum(0.3 / k * torch.sin(2 * math.pi * 220 * k * t) for k in range(1, 6))
+    W = torch.fft.rfft(torch.randn(n, generator=g))
+    W[: int(2000 * n / sr)] = 0
+    noise = 0.3 * torch.fft.irfft(W, n) * ((t * 4) % 1 < 0.5).float()
+    return torch.stack([tone, noise])[None]
+
+
+# ------------------------------------------------------------------ shapes and gradients
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_shapes_and_gradient_flow_into_every_head(name):
+    model = SeparationModel(preset(name, **TINY))
+    B, L = 2, 1000
+    sources = torch.randn(B, 2, L)
+    mix = sources.sum(1)
+    out = model(mix)
+    F, T = STFT.n_freq, L // STFT.hop_length + 1
+    assert out.mixture_spec.shape == (B, F, T) and out.mixture_spec.is_complex()
+    assert out.embedding.shape == (B, T * F, 20)
+    torch.testing.assert_close(out.embedding.norm(dim=-1), torch.ones(B, T * F))
+    if name == "dc":
+        assert out.masks is None and out.estimates is None
+        loss = objective("dc")(out, mix, sources)
+    else:
+        assert out.masks.shape == (B, 2, F, T)
+        assert out.masks.is_complex() == (name in ("chimerapp-phasebook", "chimerapp-combook"))
+        torch.testing.assert_close(out.estimates, out.masks * out.mixture_spec.unsqueeze(1))
+        loss = objective("chimera", alpha=0.5, mi="csa")(out, mix, sources)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: no gradient reaches {pname}"
+    heads = [m for m in (model.embedding_head, model.mask_head) if m is not None]
+    assert len(heads) == (1 if name == "dc" else 2)
+
+
+def test_paper_sizes():
+    for name in PRESETS:
+        cfg = preset(name, "paper")
+        assert (cfg.layers, cfg.hidden, cfg.embedding_dim) == (4, 600, 20)
+    assert preset("chimera").mask_input == "embedding"
+    assert preset("chimerapp").mask_input == "trunk"
+    assert preset("chimerapp-phasebook").mask == "phasebook"
+    assert preset("chimerapp-combook").mask == "combook"
+    assert preset("dc").mask is None
+    for name, fn in PRESETS.items():
+        assert fn.__doc__ and any(y in fn.__doc__ for y in ("2016", "2017", "2018", "2019")), name
+
+
+def test_preset_overrides_and_errors():
+    cfg = preset("chimerapp", n_sources=4, source_names=["bass", "drums", "other", "vocals"],
+                 stft={"sample_rate": 44100, "n_fft": 1024, "hop_length": 256, "window": "hann"})
+    assert cfg.stft.n_fft == 1024 and cfg.source_names == ("bass", "drums", "other", "vocals")
+    with pytest.raises(ValueError, match="unknown model"):
+        preset("tasnet")
+    with pytest.raises(ValueError, match="unknown size"):
+        preset("dc", "huge")
+    with pytest.raises(ValueError, match="unknown override"):
+        preset("dc", hiden=3)
+
+
+def test_config_round_trip_and_validation():
+    cfg = preset("chimerapp-phasebook", "paper", mask_options={"codebook_size": 8})
+    d = cfg.to_dict()
+    assert isinstance(d["stft"], dict) and isinstance(d["source_names"], list)
+    assert ModelConfig.from_dict(d) == cfg
+    assert cfg.complex_mask and not preset("chimerapp").complex_mask
+    with pytest.raises(ValueError, match="unknown mask"):
+        ModelConfig(mask="relu")
+    with pytest.raises(ValueError, match="source names"):
+        ModelConfig(n_sources=3, source_names=("a", "b"))
+    with pytest.raises(ValueError, match="embedding head"):
+        ModelConfig(embedding_dim=0, mask=None)
+    with pytest.raises(ValueError, match="unknown field"):
+        ModelConfig.from_dict({**d, "colour": "red"})
+    with pytest.raises(ValueError, match="window"):
+        StftConfig(window="kaiser")
+    with pytest.raises(ValueError, match="hop_length"):
+        StftConfig(n_fft=64, hop_length=128)
+
+
+# ------------------------------------------------------------------ parts
+
+def test_trunk_forget_bias_residual_and_dropout():
+    trunk = BLSTMTrunk(10, 6, 3, dropout=0.5, residual=True)
+    for lstm in trunk.lstms:
+        for n, p in lstm.named_parameters():
+            if n.startswith("bias_ih"):
+                assert (p[6:12] == 1).all() and not (p[:6] == 1).all()
+            elif n.startswith("bias_hh"):
+                assert (p[6:12] == 0).all()
+    x = torch.randn(2, 7, 10)
+    trunk.eval()
+    y = trunk(x)
+    assert y.shape == (2, 7, 12)
+    plain = BLSTMTrunk(10, 6, 3, residual=False).eval()
+    plain.load_state_dict(trunk.state_dict())
+    assert not torch.allclose(plain(x), y)
+    torch.testing.assert_close(trunk(x), y)  # eval: no dropout
+    trunk.train()
+    assert not torch.allclose(trunk(x), y)
+
+
+def test_embedding_head_activations():
+    x = torch.randn(2, 5, 8)
+    for act in ("tanh", "sigmoid"):
+        v = EmbeddingHead(8, 3, 4, act)(x)
+        assert v.shape == (2, 15, 4)
+        torch.testing.assert_close(v.norm(dim=-1), torch.ones(2, 15))
+        if act == "sigmoid":
+            assert (v >= 0).all()
+    with pytest.raises(ValueError, match="activation"):
+        EmbeddingHead(8, 3, 4, "relu")
+
+
+def test_mask_head_ranges():
+    x = 20 * torch.randn(2, 5, 8)
+    ranges = {"sigmoid": (0, 1), "softmax": (0, 1), "doubled_sigmoid": (0, 2), "clipped_relu": (0, 2)}
+    for kind, (lo, hi) in ranges.items():
+        head = MaskHead(8, 3, 4, kind)
+        m = head(x)
+        assert m.shape == (2, 4, 3, 5) and not m.is_complex()
+        assert m.min() >= lo and m.max() <= hi
+        assert m.max() > hi - 0.05, kind  # large inputs reach the top of the range
+    torch.testing.assert_close(MaskHead(8, 3, 4, "softmax")(x).sum(1), torch.ones(2, 3, 5))
+    clipped = MaskHead(8, 3, 4, "clipped_relu")(x)
+    assert (clipped == 0).any() and (clipped == 2).any()
+    assert isinstance(make_mask_head("sigmoid", 8, 3, 2), MaskHead)
+    with pytest.raises(ValueError, match="unknown mask"):
+        make_mask_head("tanh", 8, 3, 2)
+    with pytest.raises(ValueError, match="no options"):
+        make_mask_head("sigmoid", 8, 3, 2, codebook_size=4)
+
+
+@pytest.mark.parametrize("kind", ["magbook", "phasebook", "combook"])
+def test_codebook_heads_from_factory(kind):
+    head = make_mask_head(kind, 8, 3, 2)
+    m = head(torch.randn(2, 5, 8))
+    assert m.shape == (2, 2, 3, 5)
+    assert m.is_complex() == (kind != "magbook")
+
+
+def test_features_floor_and_statistics():
+    feats = LogMagnitude(4, floor_db=-60.0)
+    mag = torch.zeros(1, 4, 6)
+    mag[0, 1, 2] = 10.0  # 20 dB peak, the rest silence or padding
+    out = feats(mag)
+    assert out.shape == (1, 6, 4)
+    assert out.max().item() == pytest.approx(20.0) and out.min().item() == pytest.approx(-40.0)
+    assert torch.isfinite(feats(torch.zeros(1, 4, 6))).all()
+
+    model = SeparationModel(preset("chimerapp", **TINY))
+    data = [torch.randn(2, 800) * s for s in (0.1, 1.0, 3.0)]
+    mean, std = fit_statistics(model, data)
+    assert mean.shape == std.shape == (STFT.n_freq,)
+    norm = torch.cat([model.features(model.spectrogram(x).abs()) for x in data], 1)  # (2, T, F)
+    torch.testing.assert_close(norm.mean((0, 1)), torch.zeros(STFT.n_freq), atol=1e-4, rtol=0)
+    torch.testing.assert_close(norm.std((0, 1), unbiased=False), torch.ones(STFT.n_freq), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="no mixtures"):
+        fit_statistics(model, [])
+
+
+def test_flatten_bins_is_frequency_fastest():
+    x = torch.arange(2 * 3 * 4).reshape(2, 3, 4)  # (B, F, T)
+    flat = flatten_bins(x)
+    assert flat.shape == (2, 12)
+    for t in range(4):
+        for f in range(3):
+            assert flat[1, t * 3 + f] == x[1, f, t]
+
+
+# ------------------------------------------------------------------ separate
+
+def test_separate_shapes_methods_and_mode():
+    model = SeparationModel(preset("chimera", **TINY))  # softmax masks sum to one
+    model.train()
+    mix = torch.randn(2, 3, 900)
+    y = model.separate(mix)
+    assert y.shape == (2, 3, 2, 900) and model.training
+    torch.testing.assert_close(y.sum(-2), mix, atol=1e-4, rtol=1e-4)
+    assert model.separate(mix[0, 0]).shape == (2, 900)
+    k = model.separate(mix[0], method="kmeans")
+    assert k.shape == (3, 2, 900)
+    torch.testing.assert_close(k.sum(-2), mix[0], atol=1e-4, rtol=1e-4)  # binary masks partition the bins
+    assert model.separate(mix[0], misi_iters=2).shape == (3, 2, 900)
+    dc = SeparationModel(preset("dc", **TINY))
+    assert dc.separate(mix[0]).shape == (3, 2, 900)  # defaults to k-means
+    with pytest.raises(ValueError, match="no mask head"):
+        dc.separate(mix[0], method="mask")
+    with pytest.raises(ValueError, match="unknown method"):
+        model.separate(mix[0], method="ica")
+    with pytest.raises(ValueError, match="too short"):
+        model(torch.randn(1, 40))
+    with pytest.raises(ValueError, match="batch, samples"):
+        model(torch.randn(900))
+
+
+def test_small_chimerapp_overfits_one_mixture():
+    torch.manual_seed(0)
+    sources = tone_and_noise()  # 1 s at 8 kHz
+    mix = sources.sum(1)
+    model = SeparationModel(preset("chimerapp", stft=StftConfig(8000, 256, 64)))
+    fit_statistics(model, [mix])
+    loss_fn = objective("chimera", alpha=0.975, mi="tpsa")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    before = si_sdr(model.separate(mix), sources)
+    for _ in range(60):
+        loss = loss_fn(model(mix), mix, sources)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = si_sdr(model.separate(mix), sources)
+    assert (before < 10).all() and (after > 20).all(), (before, after)
+    # the DC embeddings learnt the partition too
+    assert (si_sdr(model.separate(mix, method="kmeans"), sources).max(-1).values > 10).all()
+
+
+def test_float64_input_and_dtype_errors():
+    model = SeparationModel(preset("chimerapp", **TINY)).eval()
+    x = torch.randn(1, 900)
+    a, b = model(x), model(x.double())
+    assert b.mixture_spec.dtype == torch.complex128
+    torch.testing.assert_close(b.masks.float(), a.masks, atol=1e-5, rtol=1e-5)
+    assert model.separate(x.double()).dtype == torch.float64
+    with pytest.raises(TypeError, match="floating"):
+        model.separate(torch.zeros(900, dtype=torch.int16))
+    with pytest.raises(TypeError, match="floating"):
+        model(torch.zeros(1, 900, dtype=torch.int16))
+
+
+@cuda
+def test_cuda_forward_matches_cpu():
+    model = SeparationModel(preset("chimerapp-combook", **TINY)).eval()
+    x = torch.randn(2, 900)
+    ref = model(x)
+    out = model.cuda()(x.cuda())
+    torch.testing.assert_close(out.masks.cpu(), ref.masks, atol=1e-4, rtol=1e-4)
+    assert model.separate(x.cuda(), misi_iters=1).device.type == "cuda"

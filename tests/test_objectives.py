@@ -1,0 +1,268 @@
+import math
+
+import pytest
+import torch
+
+from chimera import signal
+from chimera.models import ModelOutput, SeparationModel, StftConfig, flatten_bins, preset
+from chimera.objectives import (
+    OBJECTIVES, csa_loss, dc_targets, msa_loss, objective, permute_sources, pit, pit_from_matrix, si_sdr,
+    si_sdr_loss, tpsa_loss, tpsa_target,
+)
+
+STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small LSTMs run many times faster on one thread than on contended cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tone_and_noise(batch=1, seconds=0.25, sr=8000, seed=0):
+    """Two sources that barely overlap in time-frequency: a harmonic tone below 1.2 kHz and
+    bursts of noise above 2 kHz."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * sr)
+    t = torch.arange(n) / sr
+    out = []
+    for _ in range(batch):
+        f0 = 150 + 100 * torch.rand(1, generator=g).item()
+        tone = sum(0.3 / k * torch.sin(2 * math.pi * f0 * k * t) for k in range(1, 5))
+        W = torch.fft.rfft(torch.randn(n, generator=g))
+        W[: int(2000 * n / sr)] = 0
+        bursts = ((t * 8 + torch.rand(1, generator=g)) % 1 < 0.5).float()
+        out.append(torch.stack([tone, 0.3 * torch.fft.irfft(W, n) * bursts]))
+    return torch.stack(out)
+
+
+def _specs(x):
+    return signal.stft(x, STFT.n_fft, STFT.hop_length, STFT.window_tensor(dtype=x.dtype))
+
+
+def _oracle_output(sources, masks_from=None):
+    """A ModelOutput whose masks are given (default: the ideal complex ratio masks)."""
+    mix = sources.sum(1)
+    X, S = _specs(mix), _specs(sources)
+    masks = S / X.unsqueeze(1) if masks_from is None else masks_from(X, S)
+    return ModelOutput(X, None, masks, masks * X.unsqueeze(1), STFT, mix.shape[-1]), mix
+
+
+# ------------------------------------------------------------------ SI-SDR
+
+def test_si_sdr_hand_computed():
+    s = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    e = torch.tensor([2.0, -1.0, 0.0, 0.0])  # orthogonal to s: alpha = 1, ||s||² = 30, ||e||² = 5
+    assert si_sdr(s + e, s).item() == pytest.approx(10 * math.log10(6.0))
+    # alpha = 1, target [1,0,0,0], residual [0,1,1,1]
+    assert si_sdr(torch.ones(4), torch.tensor([1.0, 0, 0, 0])).item() == pytest.approx(10 * math.log10(1 / 3))
+    # alpha = <est, s>/||s||² = 0.5: target [.5, .5], residual [.5, -.5] -> 0 dB
+    assert si_sdr(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_si_sdr_scale_invariance_and_batching():
+    ref, est = torch.randn(3, 2, 500), torch.randn(3, 2, 500)
+    est = est + 2 * ref
+    base = si_sdr(est, ref)
+    assert base.shape == (3, 2)
+    torch.testing.assert_close(si_sdr(7.5 * est, ref), base)
+    torch.testing.assert_close(si_sdr(est, 0.01 * ref), base)
+    torch.testing.assert_close(si_sdr(est[1, 0], ref[1, 0]), base[1, 0])
+
+
+def test_si_sdr_edge_cases():
+    s = torch.randn(100)
+    assert si_sdr(s, s).item() == math.inf
+    assert si_sdr(4 * s, s).item() == math.inf  # exact scaling (a power of two)
+    assert si_sdr(3 * s, s).item() > 120  # float32 rounding of 3·s only
+    assert si_sdr(torch.randn(100), torch.zeros(100)).item() == -math.inf  # silent target
+    assert si_sdr(torch.zeros(100), s).item() == -math.inf  # silent estimate
+    assert si_sdr(torch.zeros(100), torch.zeros(100)).item() == -math.inf  # never NaN
+    x = torch.tensor([1.0, 0.0])
+    assert si_sdr(torch.tensor([0.0, 1.0]), x).item() == -math.inf  # orthogonal estimate
+
+
+def test_si_sdr_zero_mean():
+    s = torch.randn(200, dtype=torch.float64)
+    s = s - s.mean()
+    assert si_sdr(s + 5.0, s, zero_mean=True).item() > 200  # only rounding of the offset is left
+    assert si_sdr(s + 5.0, s).item() < 10
+
+
+def test_si_sdr_loss_is_finite_and_matches_metric():
+    ref = torch.randn(2, 300, dtype=torch.float64)
+    est = (ref + 0.1 * torch.randn_like(ref)).requires_grad_()
+    loss = si_sdr_loss(est, ref, eps=0.0)
+    torch.testing.assert_close(loss, -si_sdr(est, ref).mean())
+    perfect = ref.clone().requires_grad_()
+    silent = torch.zeros_like(ref).requires_grad_()
+    for e, r in ((perfect, ref), (est, torch.zeros_like(ref)), (silent, ref)):
+        value = si_sdr_loss(e, r)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(e.grad).all()
+
+
+# ------------------------------------------------------------------ PIT
+
+def test_pit_finds_the_permutation():
+    torch.manual_seed(1)
+    targets = torch.randn(4, 3, 200)
+    perms = [torch.randperm(3) for _ in range(4)]
+    estimates = torch.stack([targets[b, p] for b, p in enumerate(perms)]) + 0.05 * torch.randn(4, 3, 200)
+    loss, best = pit(lambda a, b: (a - b).pow(2).mean(-1), estimates, targets)
+    for b, p in enumerate(perms):
+        # estimates[b, i] = targets[b, p[i]], so target j is matched with estimate p⁻¹[j]
+        assert best[b].tolist() == torch.argsort(p).tolist()
+    torch.testing.assert_close(permute_sources(estimates, best), targets, atol=0.3, rtol=0)
+    assert loss.shape == (4,) and (loss < 0.01).all()
+
+
+def test_pit_from_matrix_minimum_over_all_permutations():
+    pairwise = torch.tensor([[[5.0, 1.0, 9.0], [2.0, 7.0, 3.0], [4.0, 8.0, 0.5]]])
+    loss, perm = pit_from_matrix(pairwise)
+    # target 0 ← estimate 1 (2), target 1 ← estimate 0 (1), target 2 ← estimate 2 (0.5)
+    assert perm.tolist() == [[1, 0, 2]]
+    assert loss.item() == pytest.approx(3.5 / 3)
+    with pytest.raises(ValueError, match="square"):
+        pit_from_matrix(torch.zeros(1, 2, 3))
+
+
+@pytest.mark.parametrize("name", ["msa", "tpsa", "csa", "wa", "si-sdr"])
+def test_pit_objective_ignores_source_order(name):
+    sources = torch.randn(2, 2, 1200)
+    swapped, mix = _oracle_output(sources, lambda X, S: (S / X.unsqueeze(1)).flip(1))
+    fixed, pitted = objective(name)(swapped, mix, sources), objective(name, pit=True)(swapped, mix, sources)
+    right, _ = _oracle_output(sources)
+    assert pitted.item() == pytest.approx(objective(name)(right, mix, sources).item(), abs=1e-4)
+    assert fixed.item() > pitted.item() + 0.05
+
+
+# ------------------------------------------------------------------ MI losses
+
+def test_tpsa_target_definition():
+    X = torch.tensor([[[1 + 0j] * 6 + [0j]]])  # (B=1, F=1, T=7)
+    S = torch.tensor([[[2j, -1 + 0j, 3 + 0j, 1.5 + 0j, 1 + 1j, 2 * complex(math.cos(2.0), math.sin(2.0)), 1 + 0j]]])
+    got = tpsa_target(X, S, gamma=2.0)
+    want = torch.tensor([[[[0.0, 0.0, 2.0, 1.5, 1.0, 0.0, 0.0]]]])  # cos(90°)=0, negative→0, 3→γ|X|, silent X→0
+    torch.testing.assert_close(got, want)
+    assert tpsa_target(X, S, gamma=1.0)[0, 0, 0, 2].item() == pytest.approx(1.0)
+
+    X = torch.randn(2, 9, 11, dtype=torch.complex128)
+    S = torch.randn(2, 3, 9, 11, dtype=torch.complex128)
+    ref = S.abs() * torch.cos(S.angle() - X.angle().unsqueeze(1))
+    ref = torch.minimum(ref.clamp_min(0), 1.5 * X.abs().unsqueeze(1))
+    torch.testing.assert_close(tpsa_target(X, S, 1.5), ref)
+
+
+def test_mi_losses_zero_at_their_targets_and_hand_values():
+    X = torch.randn(2, 9, 11, dtype=torch.complex128)
+    S = torch.randn(2, 2, 9, 11, dtype=torch.complex128)
+    mag = X.abs().unsqueeze(1)
+    assert msa_loss(S.abs() / mag, X, S).item() == pytest.approx(0, abs=1e-12)
+    assert tpsa_loss(tpsa_target(X, S) / mag, X, S).item() == pytest.approx(0, abs=1e-12)
+    assert csa_loss(S / X.unsqueeze(1), X, S).item() == pytest.approx(0, abs=1e-12)
+    ones = torch.ones_like(mag).expand(-1, 2, -1, -1)
+    l1 = (mag - S.abs()).abs().mean()
+    l2 = (mag - S.abs()).pow(2).mean()
+    assert msa_loss(ones, X, S).item() == pytest.approx(l1.item())
+    assert msa_loss(ones, X, S, norm="l2").item() == pytest.approx(l2.item())
+    assert csa_loss(ones, X, S).item() == pytest.approx((X.unsqueeze(1) - S).abs().mean().item())
+
+
+def test_wa_of_oracle_masks_is_near_zero_and_misi_keeps_it():
+    sources = torch.randn(2, 2, 1000, dtype=torch.float64)
+    out, mix = _oracle_output(sources)
+    assert objective("wa")(out, mix, sources).item() < 1e-6
+    assert objective("wa-misi", misi_iters=2)(out, mix, sources).item() < 1e-3
+
+
+def test_dc_targets_order_matches_embedding_bins():
+    B, C, F, T = 1, 2, 5, 4
+    S = torch.full((B, C, F, T), 0.1, dtype=torch.complex64)
+    S[0, 1, 3, 2] = 5.0  # source 1 dominates only bin (f=3, t=2)
+    X = S.sum(1)
+    target, weight = dc_targets(X, S)
+    assert target.shape == (B, T * F, C) and weight is None
+    labels = target.argmax(-1)
+    assert labels.sum().item() == 1 and labels[0, 2 * F + 3].item() == 1
+    idx = flatten_bins(torch.arange(F * T).reshape(1, F, T))  # same order as the embedding
+    assert idx[0, 2 * F + 3].item() == 3 * T + 2
+    _, w = dc_targets(X, S, "mr")
+    assert w.shape == (B, T * F) and w[0, 2 * F + 3] == w.max()
+    with pytest.raises(ValueError, match="weights"):
+        dc_targets(X, S, "bogus")
+
+
+def test_chimera_is_the_alpha_combination():
+    model = SeparationModel(preset("chimerapp", hidden=8, layers=1, stft=STFT))
+    sources = torch.randn(2, 2, 1000)
+    mix = sources.sum(1)
+    out = model(mix)
+    dc, mi = objective("dcw")(out, mix, sources), objective("tpsa", norm="l2")(out, mix, sources)
+    got = objective("chimera", alpha=0.9, mi="tpsa", norm="l2")(out, mix, sources)
+    torch.testing.assert_close(got, 0.9 * dc + 0.1 * mi)
+    chim = objective("chimera", alpha=0.9, mi="tpsa", norm="l2")
+    chim(out, mix, sources)
+    torch.testing.assert_close(chim.last["dc"], dc.detach())
+    torch.testing.assert_close(chim.last["mi"], mi.detach())
+    va = objective("chimera", alpha=0.5, dc_weights="va")
+    assert va.dc.weights == "va" and va.options["dc_weights"] == "va"
+    want = 0.5 * objective("dc", weights="va")(out, mix, sources) + 0.5 * objective("tpsa")(out, mix, sources)
+    torch.testing.assert_close(va(out, mix, sources), want)
+    assert objective("chimera").alpha == 0.975
+    torch.testing.assert_close(objective("chimera", alpha=1.0)(out, mix, sources), dc)
+
+
+def test_objective_registry_errors():
+    with pytest.raises(ValueError, match="unknown objective"):
+        objective("mse")
+    with pytest.raises(ValueError, match="unknown option"):
+        objective("wa", norm="l2")
+    with pytest.raises(ValueError, match="norm"):
+        objective("msa", norm="l3")
+    with pytest.raises(ValueError, match="alpha"):
+        objective("chimera", alpha=1.5)
+    with pytest.raises(ValueError, match="mi must be"):
+        objective("chimera", mi="dc")
+    dc_only = SeparationModel(preset("dc", hidden=8, layers=1, stft=STFT))
+    sources = torch.randn(1, 2, 800)
+    with pytest.raises(ValueError, match="mask head"):
+        objective("msa")(dc_only(sources.sum(1)), sources.sum(1), sources)
+
+
+# ------------------------------------------------------------------ training lowers every objective
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_a_few_steps_lower_the_objective(name):
+    torch.manual_seed(0)
+    model = SeparationModel(preset("chimerapp", hidden=16, layers=1, stft=STFT))
+    sources = _tone_and_noise(batch=2)
+    mix = sources.sum(1)
+    loss_fn = objective(name, misi_iters=2) if name == "wa-misi" else objective(name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(24):
+        loss = loss_fn(model(mix), mix, sources)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
+
+
+def test_losses_gradcheck_float64():
+    X = torch.randn(1, 4, 5, dtype=torch.complex128)
+    S = torch.randn(1, 2, 4, 5, dtype=torch.complex128)
+    m = torch.rand(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    mc = torch.randn(1, 2, 4, 5, dtype=torch.complex128, requires_grad=True)
+    for norm in ("l1", "l2"):
+        assert torch.autograd.gradcheck(lambda m: tpsa_loss(m, X, S, norm=norm), (m,))
+        assert torch.autograd.gradcheck(lambda m: msa_loss(m, X, S, norm=norm), (m,))
+        assert torch.autograd.gradcheck(lambda m: csa_loss(m, X, S, norm=norm, pit=True), (mc,))
+    est = torch.randn(2, 3, 40, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(2, 3, 40, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda e: si_sdr_loss(e, ref, zero_mean=True), (est,))
