@@ -1,0 +1,31 @@
+"""Data: audio I/O helpers, separation data sets, and the demo-data synthesiser
+(``python -m chimera.data.synth``)."""
+from .audio import AudioError, AudioInfo, audio_info, read_audio, resample, to_mono, write_audio
+from .datasets import (
+    AUDIO_EXTENSIONS,
+    DSD100,
+    MUSDB18,
+    DemoTracks,
+    FolderTuple,
+    SegmentDataset,
+    Track,
+    WSJ0Mix,
+)
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioError",
+    "AudioInfo",
+    "DSD100",
+    "DemoTracks",
+    "FolderTuple",
+    "MUSDB18",
+    "SegmentDataset",
+    "Track",
+    "WSJ0Mix",
+    "audio_info",
+    "read_audio",
+    "resample",
+    "to_mono",
+    "write_audio",
+]

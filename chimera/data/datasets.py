@@ -1,0 +1,520 @@
+"""Separation data sets: MUSDB18-HQ, DSD100, our demo layout, wsj0-2mix, and folders of isolated
+sources mixed on the fly (``FolderTuple``).
+
+Every data set yields ``{"mixture": (L,) float32, "sources": (C, L) float32, "name": str}`` at the
+model sample rate, mono. Randomness is a pure function of ``(seed, epoch, index)`` when ``seed``
+is given (call :meth:`set_epoch` each epoch, before creating the DataLoader iterator), so results
+do not depend on the number of DataLoader workers and a resumed run sees the same data. With
+``seed=None`` the draws come from torch's global generator, which DataLoader seeds per worker.
+
+Files that cannot be read are handled by ``on_error``: ``"skip"`` warns with the path and uses
+another track/file, ``"raise"`` raises :class:`~chimera.data.audio.AudioError` naming the path.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .audio import AudioError, audio_info, read_audio, resample, to_mono
+
+__all__ = [
+    "SegmentDataset",
+    "Track",
+    "MUSDB18",
+    "DSD100",
+    "DemoTracks",
+    "WSJ0Mix",
+    "FolderTuple",
+    "AUDIO_EXTENSIONS",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".aiff", ".aif", ".mp3")
+_MAX_SKIPS = 32  # give up after this many unreadable items in a row
+
+
+@dataclass
+class Track:
+    """One example: files summed per output source, an optional mixture file, shared header."""
+
+    name: str
+    sources: list[list[str]]
+    mixture: str | None = None
+    frames: int = 0
+    sample_rate: int = 0
+    channels: int = 0
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+class _Base(Dataset):
+    """Options shared by all data sets (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int,
+        segment_seconds: float | None = None,
+        train: bool = True,
+        seed: int | None = None,
+        mono: str = "mean",
+        gain_db: tuple[float, float] | None = None,
+        on_error: str = "skip",
+        resample_quality: str = "HQ",
+    ):
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if segment_seconds is not None and segment_seconds <= 0:
+            raise ValueError(f"segment_seconds must be positive or None, got {segment_seconds}")
+        _check_choice("mono", mono, ("mean", "random"))
+        _check_choice("on_error", on_error, ("skip", "raise"))
+        if gain_db is not None:
+            lo, hi = gain_db
+            if lo > hi:
+                raise ValueError(f"gain_db must be (low, high) with low <= high, got {gain_db}")
+        self.sample_rate = int(sample_rate)
+        self.segment_seconds = segment_seconds
+        self.train = bool(train)
+        self.seed = seed
+        self.mono = mono
+        self.gain_db = None if gain_db is None else (float(gain_db[0]), float(gain_db[1]))
+        self.on_error = on_error
+        self.resample_quality = resample_quality
+        self.epoch = 0
+
+    # -- randomness -------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of an epoch (training only; validation never changes)."""
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if not self.train:
+            return np.random.default_rng([0 if self.seed is None else self.seed, 0x7A11D, index])
+        if self.seed is None:
+            # torch's global generator: seeded per worker by DataLoader, and by torch.manual_seed.
+            return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    @property
+    def segment_frames(self) -> int | None:
+        if self.segment_seconds is None:
+            return None
+        return int(round(self.segment_seconds * self.sample_rate))
+
+    # -- reading ----------------------------------------------------------------------------
+    def _handle(self, err: AudioError) -> None:
+        if self.on_error == "raise":
+            raise err
+        warnings.warn(f"skipping unreadable audio: {err}", RuntimeWarning, stacklevel=3)
+
+    def _read(self, path: str, sr: int, start: int, n_model: int | None, channel: int | None) -> np.ndarray:
+        """Read a segment of ``n_model`` frames at the model rate starting at file frame ``start``."""
+        if n_model is None:
+            x, file_sr = read_audio(path)
+        else:
+            n_file = int(math.ceil(n_model * sr / self.sample_rate))
+            x, file_sr = read_audio(path, start, n_file)
+        if file_sr != sr:
+            raise AudioError.at(path, f"sample rate {file_sr} Hz differs from its track ({sr} Hz)")
+        x = to_mono(x, "random" if channel is not None else "mean", channel)
+        x = resample(x, sr, self.sample_rate, self.resample_quality)
+        if n_model is not None:
+            x = _fit(x, n_model)
+        return x
+
+    def _gains(self, rng: np.random.Generator, n: int) -> np.ndarray | None:
+        if not self.train or self.gain_db is None:
+            return None
+        lo, hi = self.gain_db
+        return (10.0 ** (rng.uniform(lo, hi, size=n) / 20.0)).astype(np.float32)
+
+    def _channel(self, rng: np.random.Generator, channels: int) -> int | None:
+        if self.train and self.mono == "random" and channels > 1:
+            return int(rng.integers(channels))
+        return None
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    if x.shape[0] >= n:
+        return x[:n]
+    return np.pad(x, (0, n - x.shape[0]))
+
+
+def _item(mixture: np.ndarray, sources: list[np.ndarray], name: str) -> dict:
+    n = min([mixture.shape[0]] + [s.shape[0] for s in sources])
+    return {
+        "mixture": torch.from_numpy(np.ascontiguousarray(mixture[:n], dtype=np.float32)),
+        "sources": torch.from_numpy(np.stack([s[:n] for s in sources]).astype(np.float32)),
+        "name": name,
+    }
+
+
+class SegmentDataset(_Base):
+    """Tracks of aligned stems (plus an optional mixture file), cut into segments.
+
+    Training (``train=True``): ``len = tracks * segments_per_track``; each item is a random
+    segment of track ``index % tracks``. Augmentation: per-source gains (``gain_db``), remixing
+    (``remix`` = probability that each source comes from another random track at its own
+    offset), random channel (``mono="random"``). When an item is augmented the mixture is the
+    sum of its sources; otherwise the mixture file is used if there is one (``mixture="auto"``;
+    ``"sum"`` always sums, ``"file"`` always reads the file).
+
+    Validation (``train=False``): segments at fixed offsets derived from the seed, no
+    augmentation, channel downmix; ``segment_seconds=None`` yields whole tracks.
+    """
+
+    def __init__(
+        self,
+        tracks: Sequence[Track],
+        source_names: Sequence[str],
+        *,
+        segments_per_track: int = 1,
+        remix: float = 0.0,
+        mixture: str = "auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_choice("mixture", mixture, ("auto", "sum", "file"))
+        if not 0.0 <= remix <= 1.0:
+            raise ValueError(f"remix must be a probability in [0, 1], got {remix}")
+        if segments_per_track < 1:
+            raise ValueError(f"segments_per_track must be >= 1, got {segments_per_track}")
+        self.source_names = list(source_names)
+        self.segments_per_track = int(segments_per_track)
+        self.remix = float(remix)
+        self.mixture_mode = mixture
+        self.tracks = self._probe(tracks)
+        if not self.tracks:
+            raise ValueError(f"{type(self).__name__}: no usable tracks found")
+        self._bad: set[int] = set()
+
+    def _probe(self, tracks: Sequence[Track]) -> list[Track]:
+        """Read headers; drop (or raise on) tracks with unreadable or mismatched files."""
+        out = []
+        for t in tracks:
+            try:
+                files = [f for group in t.sources for f in group]
+                if self.mixture_mode != "sum" and t.mixture is not None:
+                    files.append(t.mixture)
+                elif self.mixture_mode == "file" and t.mixture is None:
+                    raise AudioError(f"track {t.name}: mixture='file' but it has no mixture file")
+                infos = [audio_info(f) for f in files]
+                rates = {i.sample_rate for i in infos}
+                if len(rates) > 1:
+                    odd = next(i for i in infos if i.sample_rate != infos[0].sample_rate)
+                    raise AudioError.at(odd.path, f"sample rate {odd.sample_rate} Hz differs from "
+                                        f"{infos[0].path} ({infos[0].sample_rate} Hz)")
+                chans = {i.channels for i in infos}
+                if len(chans) > 1:
+                    odd = next(i for i in infos if i.channels != infos[0].channels)
+                    raise AudioError.at(odd.path, f"{odd.channels} channels, but {infos[0].path} "
+                                        f"has {infos[0].channels}")
+                t = Track(t.name, t.sources, t.mixture, min(i.frames for i in infos),
+                          infos[0].sample_rate, infos[0].channels)
+            except AudioError as err:
+                self._handle(err)
+                continue
+            out.append(t)
+        return out
+
+    def __len__(self) -> int:
+        if self.segment_seconds is None:
+            return len(self.tracks)
+        return len(self.tracks) * self.segments_per_track
+
+    def _start(self, rng: np.random.Generator, t: Track) -> int:
+        n_model = self.segment_frames
+        if n_model is None:
+            return 0
+        n_file = int(math.ceil(n_model * t.sample_rate / self.sample_rate))
+        return int(rng.integers(0, max(0, t.frames - n_file) + 1))
+
+    def _other_track(self, rng: np.random.Generator) -> int:
+        good = [k for k in range(len(self.tracks)) if k not in self._bad]
+        return good[int(rng.integers(len(good)))]
+
+    def _load(self, index: int) -> dict:
+        rng = self._rng(index)
+        ti = index % len(self.tracks)
+        t = self.tracks[ti]
+        n = self.segment_frames
+        channel = self._channel(rng, t.channels)
+        start = self._start(rng, t)
+        augmented = False
+        sources = []
+        for k, group in enumerate(t.sources):
+            src_t, src_start, src_group = t, start, group
+            if self.train and self.remix > 0 and n is not None and rng.random() < self.remix:
+                src_t = self.tracks[self._other_track(rng)]
+                src_group = src_t.sources[k]
+                src_start = self._start(rng, src_t)
+                augmented = augmented or src_t is not t
+            ch = None if channel is None else min(channel, src_t.channels - 1)
+            try:
+                s = sum(self._read(f, src_t.sample_rate, src_start, n, ch) for f in src_group)
+            except AudioError:
+                if src_t is not t:
+                    self._bad.add(self.tracks.index(src_t))
+                raise
+            sources.append(np.asarray(s, dtype=np.float32))
+        if n is None:  # whole tracks: stems may differ by a frame or two after resampling
+            m = min(s.shape[0] for s in sources)
+            sources = [s[:m] for s in sources]
+        gains = self._gains(rng, len(sources))
+        if gains is not None:
+            sources = [s * g for s, g in zip(sources, gains)]
+            augmented = True
+        use_file = t.mixture is not None and (
+            self.mixture_mode == "file" or (self.mixture_mode == "auto" and not augmented))
+        if use_file:
+            mixture = self._read(t.mixture, t.sample_rate, start, n, channel)
+        else:
+            mixture = np.sum(sources, axis=0, dtype=np.float32)
+        return _item(mixture, sources, t.name)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        i = index
+        for _ in range(min(_MAX_SKIPS, len(self.tracks))):
+            if i % len(self.tracks) not in self._bad:
+                try:
+                    return self._load(i)
+                except AudioError as err:
+                    self._handle(err)
+                    self._bad.add(i % len(self.tracks))
+            i = (i + 1) % len(self)
+        raise AudioError(f"{type(self).__name__}: gave up after {_MAX_SKIPS} unreadable tracks "
+                         f"near item {index} (see the warnings above for their paths)")
+
+
+def _groups(targets, sources) -> dict[str, list[str]]:
+    if targets is None:
+        targets = list(sources)
+    if isinstance(targets, Mapping):
+        groups = {str(k): list(v) for k, v in targets.items()}
+    else:
+        groups = {str(s): [str(s)] for s in targets}
+    for name, members in groups.items():
+        if not members:
+            raise ValueError(f"target group {name!r} is empty")
+    return groups
+
+
+def _select(names: Iterable[str], tracks, exclude) -> list[str]:
+    names = sorted(names)
+    if tracks is not None:
+        wanted = set(tracks)
+        missing = wanted - set(names)
+        if missing:
+            raise ValueError(f"unknown track(s): {sorted(missing)}")
+        names = [n for n in names if n in wanted]
+    if exclude is not None:
+        names = [n for n in names if n not in set(exclude)]
+    return names
+
+
+class MUSDB18(SegmentDataset):
+    """MUSDB18-HQ layout ``root/<split>/<track>/{mixture,<source>...}.wav``.
+
+    ``targets`` groups stems into outputs, e.g. ``{"vocals": ["vocals"], "accompaniment":
+    ["drums", "bass", "other"]}`` (each output is the sum of its stems); default: one output
+    per name in ``sources``. ``split=None`` means ``root`` itself holds the track folders.
+    ``tracks``/``exclude`` select track names (e.g. a validation subset of ``train``)."""
+
+    DEFAULT_SOURCES = ("vocals", "drums", "bass", "other")
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str | None = "train",
+        *,
+        sources: Sequence[str] | None = None,
+        targets: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+        tracks: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        mixture_name: str | None = "mixture",
+        ext: str = ".wav",
+        **kwargs,
+    ):
+        base = Path(root) if split is None else Path(root) / split
+        if not base.is_dir():
+            raise FileNotFoundError(f"{type(self).__name__}: no such directory {base}")
+        groups = _groups(targets, sources or self.DEFAULT_SOURCES)
+        names = _select((p.name for p in base.iterdir() if p.is_dir()), tracks, exclude)
+        found = []
+        for name in names:
+            d = base / name
+            mix = None if mixture_name is None else str(d / f"{mixture_name}{ext}")
+            found.append(Track(name, [[str(d / f"{s}{ext}") for s in g] for g in groups.values()], mix))
+        super().__init__(found, list(groups), **kwargs)
+
+
+class DemoTracks(MUSDB18):
+    """Our generated layout ``root/<split>/<track>/{mixture,vocals,accompaniment}.wav``."""
+
+    DEFAULT_SOURCES = ("vocals", "accompaniment")
+
+
+class DSD100(SegmentDataset):
+    """DSD100 layout: ``Mixtures/<Dev|Test>/<track>/mixture.wav`` and
+    ``Sources/<Dev|Test>/<track>/{vocals,drums,bass,other}.wav``; ``targets`` as in MUSDB18."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "Dev",
+        *,
+        sources: Sequence[str] | None = None,
+        targets: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
+        tracks: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        ext: str = ".wav",
+        **kwargs,
+    ):
+        root = Path(root)
+        src_dir = root / "Sources" / split
+        mix_dir = root / "Mixtures" / split
+        if not src_dir.is_dir():
+            raise FileNotFoundError(f"DSD100: no such directory {src_dir}")
+        groups = _groups(targets, sources or MUSDB18.DEFAULT_SOURCES)
+        names = _select((p.name for p in src_dir.iterdir() if p.is_dir()), tracks, exclude)
+        found = []
+        for name in names:
+            mix = mix_dir / name / f"mixture{ext}"
+            found.append(Track(name, [[str(src_dir / name / f"{s}{ext}") for s in g]
+                                      for g in groups.values()], str(mix)))
+        super().__init__(found, list(groups), **kwargs)
+
+
+class WSJ0Mix(SegmentDataset):
+    """wsj0-2mix layout ``root/<tr|cv|tt>/{mix,s1,s2}/<utterance>.wav`` (``n_src`` speakers).
+
+    ``root`` is the folder holding ``tr``/``cv``/``tt`` (e.g. ``wav8k/min``). Utterances missing
+    from one of the speaker folders are reported like unreadable files."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "tr", *, n_src: int = 2,
+                 tracks: Iterable[str] | None = None, **kwargs):
+        base = Path(root) / split
+        mix_dir = base / "mix"
+        if not mix_dir.is_dir():
+            raise FileNotFoundError(f"WSJ0Mix: no such directory {mix_dir}")
+        names = _select((p.name for p in mix_dir.iterdir()
+                         if p.suffix.lower() in AUDIO_EXTENSIONS), tracks, None)
+        found = [Track(Path(n).stem, [[str(base / f"s{k + 1}" / n)] for k in range(n_src)],
+                       str(mix_dir / n)) for n in names]
+        kwargs.setdefault("mixture", "auto")
+        super().__init__(found, [f"s{k + 1}" for k in range(n_src)], **kwargs)
+
+
+def _list_audio(folder: str | os.PathLike) -> list[str]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"FolderTuple: no such directory {folder}")
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+class FolderTuple(_Base):
+    """Mixtures made on the fly from folders of isolated sources, one folder (or list of
+    folders) per source type: each item pairs one random file per source, a random segment of
+    each, random gains (``gain_db``), and mixture = sum of sources.
+
+    Pairing: each epoch every folder is shuffled (from ``seed`` and the epoch) and item ``i``
+    takes the ``i``-th file of each shuffled folder, so all files are used each epoch and the
+    pairing changes from epoch to epoch. ``train=False`` fixes pairing, offsets and gains from
+    the seed. ``epoch_length`` defaults to the size of the largest folder."""
+
+    def __init__(
+        self,
+        folders: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]],
+        *,
+        epoch_length: int | None = None,
+        gain_db: tuple[float, float] | None = (-5.0, 5.0),
+        **kwargs,
+    ):
+        kwargs.setdefault("segment_seconds", 4.0)
+        super().__init__(gain_db=gain_db, **kwargs)
+        if self.segment_seconds is None:
+            raise ValueError("FolderTuple needs segment_seconds (files differ in length)")
+        if not folders:
+            raise ValueError("FolderTuple needs at least one source folder")
+        self.source_names = [str(k) for k in folders]
+        self.files: list[list[tuple[str, int, int, int]]] = []  # (path, frames, rate, channels)
+        for name, dirs in folders.items():
+            dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else list(dirs)
+            entries = []
+            for path in (p for d in dirs for p in _list_audio(d)):
+                try:
+                    i = audio_info(path)
+                except AudioError as err:
+                    self._handle(err)
+                    continue
+                entries.append((i.path, i.frames, i.sample_rate, i.channels))
+            if not entries:
+                raise ValueError(f"FolderTuple: no usable audio files for source {name!r} in {dirs}")
+            self.files.append(entries)
+        self.epoch_length = int(epoch_length or max(len(f) for f in self.files))
+        if self.epoch_length < 1:
+            raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
+        self._bad: set[str] = set()
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    def pairing(self, index: int) -> list[str]:
+        """The files item ``index`` uses in the current epoch (before any skip)."""
+        return [self.files[k][j][0] for k, j in enumerate(self._choose(index))]
+
+    def _choose(self, index: int) -> list[int]:
+        if self.seed is None and self.train:
+            rng = self._rng(index)
+            return [int(rng.integers(len(f))) for f in self.files]
+        base = 0 if self.seed is None else self.seed
+        epoch = self.epoch if self.train else -1
+        out = []
+        for k, f in enumerate(self.files):
+            perm = np.random.default_rng([base, epoch + 1, 0xF01D, k]).permutation(len(f))
+            out.append(int(perm[index % len(f)]))
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        rng = self._rng(index)
+        n = self.segment_frames
+        sources, names = [], []
+        for k, j in enumerate(self._choose(index)):
+            entries = self.files[k]
+            for attempt in range(min(_MAX_SKIPS, len(entries))):
+                path, frames, sr, ch = entries[(j + attempt) % len(entries)]
+                if path in self._bad:
+                    continue
+                n_file = int(math.ceil(n * sr / self.sample_rate))
+                start = int(rng.integers(0, max(0, frames - n_file) + 1))
+                try:
+                    x = self._read(path, sr, start, n, self._channel(rng, ch))
+                except AudioError as err:
+                    self._handle(err)
+                    self._bad.add(path)
+                    continue
+                sources.append(x)
+                names.append(Path(path).stem)
+                break
+            else:
+                raise AudioError(f"FolderTuple: no readable file for source "
+                                 f"{self.source_names[k]!r} near item {index}")
+        gains = self._gains(rng, len(sources))
+        if gains is not None:
+            sources = [s * g for s, g in zip(sources, gains)]
+        mixture = np.sum(sources, axis=0, dtype=np.float32)
+        return _item(mixture, sources, "+".join(names))

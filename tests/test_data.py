@@ -1,0 +1,432 @@
+"""chimera.data: layouts, resampling, segments, determinism, on-the-fly mixing, bad files,
+DataLoader workers, and the demo-data synthesiser."""
+import json
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+from torch.utils.data import DataLoader
+
+from chimera.data import (
+    DSD100,
+    MUSDB18,
+    AudioError,
+    DemoTracks,
+    FolderTuple,
+    WSJ0Mix,
+    audio_info,
+    read_audio,
+    resample,
+)
+from chimera.data import synth
+
+STEMS = ("vocals", "drums", "bass", "other")
+
+
+def _write(path: Path, x: np.ndarray, sr: int) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), x.astype(np.float32), sr, subtype="FLOAT")
+    return x.astype(np.float32)
+
+
+def _stems(rng, n, channels=2, k=len(STEMS)):
+    return [(0.2 * rng.standard_normal((n, channels))).astype(np.float32) for _ in range(k)]
+
+
+def _musdb(root: Path, names=("a", "b", "c"), sr=44100, seconds=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in names:
+        stems = _stems(rng, int(sr * seconds))
+        for s, x in zip(STEMS, stems):
+            _write(root / "train" / name / f"{s}.wav", x, sr)
+        _write(root / "train" / name / "mixture.wav", np.sum(stems, axis=0), sr)
+        out[name] = dict(zip(STEMS, stems))
+    return out
+
+
+def _mono_resampled(x, sr_in, sr_out):
+    return soxr.resample(x.mean(axis=1).astype(np.float32), sr_in, sr_out, quality="HQ")
+
+
+GROUPS = {"vocals": ["vocals"], "accompaniment": ["drums", "bass", "other"]}
+
+
+# --- layouts ------------------------------------------------------------------------------
+
+
+def test_musdb_groups_whole_tracks_match_independent_resampling(tmp_path):
+    stems = _musdb(tmp_path)
+    ds = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, train=False)
+    assert ds.source_names == ["vocals", "accompaniment"] and len(ds) == 3
+    item = ds[1]
+    assert item["name"] == "b"
+    s = stems["b"]
+    voc = _mono_resampled(s["vocals"], 44100, 8000)
+    acc = _mono_resampled(s["drums"] + s["bass"] + s["other"], 44100, 8000)
+    n = item["sources"].shape[1]
+    assert abs(n - len(voc)) <= 1 and item["mixture"].shape == (n,)
+    torch.testing.assert_close(item["sources"][0], torch.from_numpy(voc[:n]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(item["sources"][1], torch.from_numpy(acc[:n]), atol=1e-5, rtol=0)
+    # the mixture file (sum of all stems) is used when nothing is augmented
+    torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-5, rtol=0)
+
+
+def test_musdb_track_selection_and_default_targets(tmp_path):
+    _musdb(tmp_path)
+    ds = MUSDB18(tmp_path, "train", exclude=["a"], sample_rate=44100, segment_seconds=0.1, train=False)
+    assert [t.name for t in ds.tracks] == ["b", "c"] and ds.source_names == list(STEMS)
+    assert ds[0]["sources"].shape == (4, 4410)
+    ds = MUSDB18(tmp_path, "train", tracks=["c"], sample_rate=44100, segment_seconds=0.1, train=False)
+    assert [t.name for t in ds.tracks] == ["c"]
+    with pytest.raises(ValueError, match="unknown track"):
+        MUSDB18(tmp_path, "train", tracks=["zz"], sample_rate=44100)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        MUSDB18(tmp_path, "nope", sample_rate=44100)
+
+
+def test_dsd100_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("001 - x", "002 - y"):
+        stems = _stems(rng, 4410)
+        for s, x in zip(STEMS, stems):
+            _write(tmp_path / "Sources" / "Dev" / name / f"{s}.wav", x, 44100)
+        _write(tmp_path / "Mixtures" / "Dev" / name / "mixture.wav", np.sum(stems, axis=0), 44100)
+    ds = DSD100(tmp_path, "Dev", targets=GROUPS, sample_rate=44100, segment_seconds=0.05, train=False)
+    item = ds[0]
+    assert item["name"] == "001 - x" and item["sources"].shape == (2, 2205)
+    torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-5, rtol=0)
+
+
+def test_demo_layout_with_and_without_split(tmp_path):
+    rng = np.random.default_rng(2)
+    v, a = _stems(rng, 8820, k=2)
+    for base in (tmp_path / "train", tmp_path / "flat"):
+        _write(base / "t0" / "vocals.wav", v, 44100)
+        _write(base / "t0" / "accompaniment.wav", a, 44100)
+        _write(base / "t0" / "mixture.wav", v + a, 44100)
+    ds = DemoTracks(tmp_path, "train", sample_rate=16000, segment_seconds=0.1)
+    flat = DemoTracks(tmp_path / "flat", None, sample_rate=16000, segment_seconds=0.1)
+    assert ds.source_names == ["vocals", "accompaniment"] and len(flat) == 1
+    item = ds[0]
+    assert item["sources"].shape == (2, 1600) and item["mixture"].shape == (1600,)
+
+
+def test_wsj0mix_layout_segments_and_padding(tmp_path):
+    rng = np.random.default_rng(3)
+    for name, n in (("u1.wav", 8000), ("u2.wav", 1200)):
+        s1 = _write(tmp_path / "tr" / "s1" / name, 0.3 * rng.standard_normal(n), 8000)
+        s2 = _write(tmp_path / "tr" / "s2" / name, 0.3 * rng.standard_normal(n), 8000)
+        _write(tmp_path / "tr" / "mix" / name, s1 + s2, 8000)
+    ds = WSJ0Mix(tmp_path, "tr", sample_rate=8000, segment_seconds=0.25, train=True, seed=0)
+    assert ds.source_names == ["s1", "s2"] and len(ds) == 2
+    for i in range(2):
+        item = ds[i]
+        assert item["sources"].shape == (2, 2000)
+        # no resampling at 8 kHz: the mixture file equals s1 + s2 exactly
+        assert torch.equal(item["mixture"], item["sources"].sum(0))
+    short = ds[1]  # 1200-frame utterance: zero-padded to the segment length
+    assert torch.count_nonzero(short["sources"][:, 1200:]) == 0
+    assert torch.count_nonzero(short["sources"][:, :1200]) > 0
+
+
+def test_resample_keeps_a_tone():
+    t = np.arange(44100) / 44100
+    x = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    y = resample(x, 44100, 16000)
+    assert y.shape == (16000,) and y.dtype == np.float32
+    ref = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000)
+    mid = slice(500, -500)  # ignore filter edges
+    assert np.max(np.abs(y[mid] - ref[mid])) < 1e-3
+
+
+def test_train_segments_are_random_seeded_and_epoch_dependent(tmp_path):
+    _musdb(tmp_path)
+    kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=7, segments_per_track=4)
+    a = MUSDB18(tmp_path, "train", **kw)
+    b = MUSDB18(tmp_path, "train", **kw)
+    assert len(a) == 12
+    assert all(a[i]["sources"].shape == (2, 400) for i in range(len(a)))
+    assert torch.equal(a[5]["mixture"], b[5]["mixture"])  # same seed, same epoch
+    first = [a[i]["mixture"] for i in range(len(a))]
+    a.set_epoch(1)
+    second = [a[i]["mixture"] for i in range(len(a))]
+    assert sum(not torch.equal(x, y) for x, y in zip(first, second)) >= 10
+
+
+def test_validation_is_deterministic_and_ignores_epoch(tmp_path):
+    _musdb(tmp_path)
+    kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05, train=False, seed=3,
+              segments_per_track=2, gain_db=(-6, 6), remix=0.5, mono="random")
+    a, b = MUSDB18(tmp_path, "train", **kw), MUSDB18(tmp_path, "train", **kw)
+    b.set_epoch(5)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert torch.equal(x["mixture"], y["mixture"]) and torch.equal(x["sources"], y["sources"])
+    # the two fixed segments of one track differ (offsets drawn from the seed)
+    assert not torch.equal(a[0]["mixture"], a[3]["mixture"])
+    c = MUSDB18(tmp_path, "train", **{**kw, "seed": 4})
+    assert any(not torch.equal(a[i]["mixture"], c[i]["mixture"]) for i in range(len(a)))
+
+
+def test_gain_remix_and_random_channel_keep_mixture_the_sum(tmp_path):
+    stems = _musdb(tmp_path)
+    plain = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=44100, segment_seconds=0.05, seed=1)
+    aug = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=44100, segment_seconds=0.05, seed=1,
+                  gain_db=(-10, 10), remix=1.0, mono="random")
+    for i in range(len(aug)):
+        item = aug[i]
+        torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-6, rtol=0)
+    # random channel: the vocals of an unaugmented random-channel item are one channel of the file
+    ch = MUSDB18(tmp_path, "train", sources=["vocals"], sample_rate=44100, segment_seconds=0.3,
+                 seed=2, mono="random", mixture="sum")
+    v = ch[0]["sources"][0].numpy()
+    full = stems["a"]["vocals"]
+    assert any(np.array_equal(v, full[:, c]) for c in range(2))
+    assert not np.allclose(v, full.mean(axis=1))
+    assert not torch.equal(plain[0]["sources"], aug[0]["sources"])
+
+
+def test_folder_tuple_pairing_varies_by_epoch_and_is_seeded(tmp_path):
+    rng = np.random.default_rng(4)
+    for src in ("speech", "noise"):
+        for k in range(6):
+            _write(tmp_path / src / f"{src}{k}.wav", 0.2 * rng.standard_normal(1600 + 100 * k), 16000)
+    folders = {"speech": tmp_path / "speech", "noise": [tmp_path / "noise"]}
+    a = FolderTuple(folders, sample_rate=8000, segment_seconds=0.05, seed=11)
+    b = FolderTuple(folders, sample_rate=8000, segment_seconds=0.05, seed=11)
+    c = FolderTuple(folders, sample_rate=8000, segment_seconds=0.05, seed=12)
+    assert len(a) == 6 and a.source_names == ["speech", "noise"]
+    e0 = [tuple(a.pairing(i)) for i in range(6)]
+    assert e0 == [tuple(b.pairing(i)) for i in range(6)]
+    assert e0 != [tuple(c.pairing(i)) for i in range(6)]
+    # every file is used once per epoch
+    assert sorted(p[0] for p in e0) == sorted(str(p) for p in (tmp_path / "speech").glob("*.wav"))
+    a.set_epoch(1)
+    e1 = [tuple(a.pairing(i)) for i in range(6)]
+    assert e1 != e0
+    item = a[2]
+    assert item["sources"].shape == (2, 400)
+    torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-6, rtol=0)
+    assert item["name"] == "+".join(Path(p).stem for p in e1[2])
+    # validation pairing ignores the epoch
+    v = FolderTuple(folders, sample_rate=8000, segment_seconds=0.05, seed=11, train=False)
+    p0 = [v.pairing(i) for i in range(6)]
+    v.set_epoch(3)
+    assert p0 == [v.pairing(i) for i in range(6)]
+    assert torch.equal(v[1]["mixture"], FolderTuple(folders, sample_rate=8000, segment_seconds=0.05,
+                                                    seed=11, train=False)[1]["mixture"])
+
+
+# --- bad files ----------------------------------------------------------------------------
+
+
+def _bad_files(d: Path):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "empty.wav").write_bytes(b"")
+    (d / "text.wav").write_text("this is not audio at all\n" * 10)
+    good = d / "good.wav"
+    _write(good, np.zeros(1000), 8000)
+    (d / "truncated.wav").write_bytes(good.read_bytes()[:30])
+    nan = np.zeros(1000)
+    nan[10] = np.nan
+    _write(d / "nan.wav", nan, 8000)
+    return d
+
+
+@pytest.mark.parametrize("name,problem", [
+    ("missing.wav", "does not exist"),
+    ("empty.wav", "empty"),
+    ("text.wav", "not a readable audio file"),
+    ("truncated.wav", "audio"),
+    ("nan.wav", "NaN/Inf"),
+])
+def test_audio_errors_name_the_file_and_problem(tmp_path, name, problem):
+    d = _bad_files(tmp_path)
+    with pytest.raises(AudioError, match=problem) as info:
+        read_audio(d / name)
+    assert str(d / name) in str(info.value) and info.value.path == str(d / name)
+    err = pickle.loads(pickle.dumps(info.value))
+    assert str(err) == str(info.value) and err.path == info.value.path
+    assert AudioError(str(info.value)).path is None  # DataLoader rebuilds it from a message
+    if name != "nan.wav":
+        with pytest.raises(AudioError, match=problem):
+            audio_info(d / name)
+
+
+def test_unreadable_track_skip_or_raise_at_index_time(tmp_path):
+    _musdb(tmp_path)
+    bad = tmp_path / "train" / "b" / "drums.wav"
+    bad.write_bytes(b"RIFF garbage that is not a wave file")
+    kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05)
+    with pytest.warns(RuntimeWarning, match=re.escape(str(bad))):
+        ds = MUSDB18(tmp_path, "train", **kw)
+    assert [t.name for t in ds.tracks] == ["a", "c"]
+    with pytest.raises(AudioError, match=re.escape(str(bad))):
+        MUSDB18(tmp_path, "train", on_error="raise", **kw)
+    (tmp_path / "train" / "c" / "bass.wav").unlink()
+    with pytest.raises(AudioError, match="bass.wav: file does not exist"):
+        MUSDB18(tmp_path, "train", on_error="raise", exclude=["b"], **kw)
+
+
+def _nan_track(root: Path):
+    """A track whose header is fine but whose samples hold NaN: fails only when read."""
+    x = np.zeros((4410, 2))
+    x[::50, 0] = np.nan  # everywhere, so any segment hits one
+    _write(root / "train" / "b" / "vocals.wav", x, 44100)
+    return root / "train" / "b" / "vocals.wav"
+
+
+def test_unreadable_track_skip_or_raise_at_read_time(tmp_path):
+    _musdb(tmp_path)
+    bad = _nan_track(tmp_path)
+    ds = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=0,
+                 segments_per_track=2)
+    with pytest.warns(RuntimeWarning, match=re.escape(str(bad))):
+        item = ds[1]  # track b -> replaced by the next readable one
+    assert item["name"] == "c"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # remembered as bad: no second read, no second warning
+        assert ds[4]["name"] == "c"
+    strict = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05,
+                     on_error="raise")
+    with pytest.raises(AudioError, match="NaN/Inf"):
+        strict[1]
+
+
+def test_folder_tuple_skips_bad_files(tmp_path):
+    rng = np.random.default_rng(5)
+    for src in ("a", "b"):
+        for k in range(3):
+            _write(tmp_path / src / f"{k}.wav", 0.1 * rng.standard_normal(800), 8000)
+    (tmp_path / "a" / "broken.wav").write_text("nope")
+    nan = np.zeros(800)
+    nan[::50] = np.inf
+    _write(tmp_path / "b" / "inf.wav", nan, 8000)
+    with pytest.warns(RuntimeWarning, match="broken.wav"):
+        ds = FolderTuple({"a": tmp_path / "a", "b": tmp_path / "b"}, sample_rate=8000,
+                         segment_seconds=0.05, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds))]
+    assert all(torch.isfinite(it["mixture"]).all() for it in items)
+    assert any("inf.wav" in str(w.message) for w in caught)
+    with pytest.raises(AudioError, match="broken.wav"):
+        FolderTuple({"a": tmp_path / "a", "b": tmp_path / "b"}, sample_rate=8000,
+                    segment_seconds=0.05, on_error="raise")
+
+
+# --- DataLoader -----------------------------------------------------------------------------
+
+
+def test_dataloader_two_workers(tmp_path):
+    _musdb(tmp_path)
+    ds = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=3,
+                 segments_per_track=2, gain_db=(-3, 3))
+    ds.set_epoch(2)
+    loader = DataLoader(ds, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert len(batches) == 3
+    mix = torch.cat([b["mixture"] for b in batches])
+    assert mix.shape == (6, 400) and batches[0]["sources"].shape == (2, 2, 400)
+    # same data as in the main process: randomness depends on (seed, epoch, index) only
+    expect = torch.stack([ds[i]["mixture"] for i in range(len(ds))])
+    assert torch.equal(mix, expect)
+    assert batches[0]["name"] == ["a", "b"]
+
+
+def test_dataloader_worker_reports_bad_file_by_path(tmp_path):
+    _musdb(tmp_path)
+    bad = _nan_track(tmp_path)
+    ds = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05,
+                 on_error="raise")
+    with pytest.raises(AudioError, match=re.escape(str(bad))):
+        list(DataLoader(ds, batch_size=1, num_workers=2))
+    skip = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05)
+    names = [n for b in DataLoader(skip, batch_size=1, num_workers=2) for n in b["name"]]
+    assert names == ["a", "c", "c"]
+
+
+# --- synthesiser ------------------------------------------------------------------------------
+
+
+def test_synth_signal_helpers():
+    sr = 44100
+    rng = np.random.default_rng(0)
+    x = resample(rng.standard_normal(sr).astype(np.float32), 16000, sr)  # nothing above 8 kHz
+    y = synth.bandwidth_extend(x, sr, 8000.0, -25.0)
+    spec = lambda s: np.abs(np.fft.rfft(s)) ** 2  # noqa: E731
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    hi = f > 9000
+    assert spec(y)[hi].sum() / spec(y).sum() > 10 * max(spec(x)[hi].sum() / spec(x).sum(), 1e-9)
+    assert abs(10 * np.log10(spec(y - x).sum() / spec(x).sum()) + 25) < 1.0
+    t = np.arange(sr) / sr
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    vib = synth.vibrato(tone, sr, 5.0, 0.5)
+    assert vib.shape == tone.shape and not np.allclose(vib, tone, atol=1e-2)
+    a = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
+    b = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
+    qa, qb, qm = synth._quantise_pair(a, b)
+    assert qm.dtype == np.int16 and np.array_equal(qm.astype(np.int32), qa.astype(np.int32) + qb)
+    assert synth.speaker_of(("flite", "kal16")) == synth.speaker_of(("festival", "kal_diphone"))
+    assert synth.speaker_of(("espeak", "en-us+m1")) == synth.speaker_of(("espeak", "en-gb+m1"))
+    train_speakers = {synth.speaker_of(v) for v in synth.VOICES["train"]}
+    assert not train_speakers & {synth.speaker_of(v) for v in synth.VOICES["test"]}
+
+
+needs_debs = pytest.mark.skipif(bool(synth.missing_packages()),
+                                reason="Debian packages for the demo data are not installed")
+
+
+@needs_debs
+def test_synth_tiny_run(tmp_path):
+    cache = tmp_path / "cache"
+    r = synth.make(tmp_path / "out", seed=1, train=2, valid=0, test=1, seconds=3.0,
+                   speakers=(2, 0, 1), cache=cache, quiet=True)
+    assert all(r["built"][k] for k in ("musdb/train", "musdb/test", "wsj0-2mix/tr", "wsj0-2mix/tt"))
+    tracks = sorted((tmp_path / "out" / "musdb").glob("*/*/mixture.wav"))
+    assert len(tracks) == 3
+    for mix_path in tracks:
+        d = mix_path.parent
+        m, sr = sf.read(str(mix_path), dtype="float32")
+        v, _ = sf.read(str(d / "vocals.wav"), dtype="float32")
+        a, _ = sf.read(str(d / "accompaniment.wav"), dtype="float32")
+        assert sr == 44100 and m.shape == (3 * 44100, 2)
+        assert np.array_equal(m, v + a)
+        level = 20 * np.log10(np.sqrt(np.mean(v.astype(np.float64) ** 2))
+                              / np.sqrt(np.mean(a.astype(np.float64) ** 2)))
+        assert -5.01 <= level <= 5.01
+    test_meta = json.loads((tmp_path / "out" / "musdb" / "test" / "metadata.json").read_text())
+    train_meta = json.loads((tmp_path / "out" / "musdb" / "train" / "metadata.json").read_text())
+    for m in test_meta:
+        assert m["music"] not in {Path(p).name for p in synth.music_files()["train"]}
+        assert not {v.split(":", 1)[1] for v in m["voices"]} & {v for _, v in synth.VOICES["train"]}
+    assert all(abs(m["vocals_to_accompaniment_db"]) <= 5 for m in test_meta + train_meta)
+    mixes = sorted((tmp_path / "out" / "wsj0-2mix").glob("*/mix/*.wav"))
+    assert len(mixes) == 3
+    for p in mixes:
+        m, sr = sf.read(str(p), dtype="float32")
+        s1, _ = sf.read(str(p).replace("/mix/", "/s1/"), dtype="float32")
+        s2, _ = sf.read(str(p).replace("/mix/", "/s2/"), dtype="float32")
+        assert sr == 8000 and np.array_equal(m, s1 + s2)
+    lic = (tmp_path / "out" / "LICENSES.md").read_text()
+    assert "warzone2100-music" in lic and "espeak-ng" in lic and "GPL" in lic
+    # rerun: nothing rebuilt; same seed elsewhere (warm cache): identical files
+    again = synth.make(tmp_path / "out", seed=1, train=2, valid=0, test=1, seconds=3.0,
+                       speakers=(2, 0, 1), cache=cache, quiet=True)
+    assert not any(again["built"].values())
+    synth.make(tmp_path / "twin", seed=1, train=1, valid=0, test=0, seconds=3.0, speakers=(0, 0, 0),
+               cache=cache, quiet=True)
+    twin = tmp_path / "twin" / "musdb" / "train" / "train-000" / "mixture.wav"
+    assert twin.read_bytes() == (tmp_path / "out" / "musdb" / "train" / "train-000" / "mixture.wav").read_bytes()
+    # the data sets read it
+    ds = DemoTracks(tmp_path / "out" / "musdb", "train", sample_rate=8000, segment_seconds=1.0, seed=0)
+    assert ds[0]["sources"].shape == (2, 8000)
+    wsj = WSJ0Mix(tmp_path / "out" / "wsj0-2mix", "tr", sample_rate=8000, segment_seconds=1.0, seed=0)
+    assert len(wsj) == 2
