@@ -1,0 +1,218 @@
+"""chimera.Separator and `chimera predict`: segmenting, streaming, files, bad input."""
+import os
+import signal as os_signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from chimera import signal
+from chimera.models import SeparationModel, preset, save_checkpoint
+from chimera.separate import Separator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(seed=0, name="chimerapp"):
+    torch.manual_seed(seed)
+    cfg = preset(name, "small", hidden=16, layers=1, embedding_dim=4,
+                 stft=dict(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann"),
+                 source_names=["vocals", "accompaniment"])
+    return SeparationModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, tiny_model())
+    return path
+
+
+def noise(channels, n, seed=0):
+    return (np.random.default_rng(seed).standard_normal((channels, n)) * 0.1).astype(np.float32)
+
+
+def separate_in_memory_reference(model, x, segment, overlap):
+    """Independent statement of what the streamed engine must produce at the model rate:
+    every segment's spectra, cross-faded on the global frame grid, one inverse STFT."""
+    st = model.stft
+    hop = st.hop_length
+    seg = int(round(segment * st.sample_rate / hop)) * hop
+    ovl = int(round(overlap * st.sample_rate / hop)) * hop
+    step = seg - ovl
+    L = x.shape[-1]
+    n_seg = 1 + int(np.ceil(max(0, L - seg) / step))
+    total = (n_seg - 1) * step + seg
+    padded = torch.zeros(x.shape[0], total)
+    padded[:, :L] = torch.from_numpy(x)
+    frames = total // hop + 1
+    acc = None
+    weight = torch.zeros(frames, dtype=torch.float64)
+    shared = ovl // hop + 1
+    ramp = (torch.arange(shared, dtype=torch.float64) + 0.5) / shared
+    for k in range(n_seg):
+        with torch.no_grad():
+            est = model(padded[:, k * step:k * step + seg]).estimates.to(torch.complex128)
+        w = torch.ones(seg // hop + 1, dtype=torch.float64)
+        if k > 0:
+            w[:shared] = ramp
+        if k + 1 < n_seg:
+            w[-shared:] = 1 - ramp
+        if acc is None:
+            acc = torch.zeros(*est.shape[:-1], frames, dtype=torch.complex128)
+        acc[..., k * step // hop:k * step // hop + w.numel()] += est * w
+        weight[k * step // hop:k * step // hop + w.numel()] += w
+    assert torch.allclose(weight, torch.ones_like(weight))
+    win = model.window.to(torch.float64)
+    return signal.istft(acc, st.n_fft, hop, win, center=True, length=L).numpy()
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25])
+def test_streamed_engine_equals_segments_in_memory(overlap):
+    model = tiny_model()
+    x = noise(2, 8000 * 3 + 123)
+    sep = Separator(model, segment=1.0, overlap=overlap, device="cpu", batch_size=3)
+    got = sep.separate(x, 8000).numpy()                       # (channels, C, L)
+    want = separate_in_memory_reference(model, x, 1.0, overlap)
+    assert got.shape == (2, 2, x.shape[1])
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+
+
+def test_single_segment_equals_model_separate():
+    model = tiny_model()
+    x = noise(1, 4000)
+    sep = Separator(model, segment=10.0, device="cpu")
+    got = sep.separate(x[0], 8000).numpy()
+    want = model.separate(torch.from_numpy(x[0]).unsqueeze(0))[0].numpy()
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_file_equals_in_memory_and_blocks_do_not_matter(tmp_path):
+    model = tiny_model()
+    x = noise(2, 44100 * 2 + 17)
+    src = tmp_path / "in.wav"
+    sf.write(src, x.T, 44100, subtype="FLOAT")
+    sep = Separator(model, segment=0.5, overlap=0.1, device="cpu", batch_size=2)
+    want = sep.separate(x, 44100).numpy()
+    for block in (0.05, 0.7):
+        out = sep.separate_file(src, tmp_path / f"out{block}", subtype="FLOAT", clip="none", block_seconds=block)
+        got = np.stack([sf.read(p, always_2d=True)[0].T for p in out], 1)  # (channels, C, L)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def predict(*args, cwd=None, timeout=300):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}
+    return subprocess.run([sys.executable, "-m", "chimera", "predict", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("rate,channels,seconds", [(8000, 1, 1.3), (16000, 2, 0.7), (44100, 6, 0.4),
+                                                   (48000, 2, 0.5)])
+def test_predict_keeps_length_channels_and_rate(tmp_path, model_file, rate, channels, seconds):
+    n = int(rate * seconds)
+    src = tmp_path / "mix.flac"
+    sf.write(src, noise(channels, n).T, rate)
+    out = predict(src, "--model", model_file, "--out", tmp_path / "sep", "--segment", "0.5", "--overlap", "0.1",
+                  "--quiet")
+    assert out.returncode == 0, out.stderr
+    for name in ("vocals", "accompaniment"):
+        data, sr = sf.read(tmp_path / "sep" / "mix" / f"{name}.wav", always_2d=True)
+        assert sr == rate and data.shape == (n, channels) and np.isfinite(data).all()
+
+
+def test_valid_edge_cases_succeed(tmp_path, model_file):
+    cases = {"silence.wav": (np.zeros((2, 8000), np.float32), 16000),
+             "tiny.wav": (noise(1, 50), 8000),               # shorter than one STFT frame
+             "one.wav": (noise(1, 1), 44100)}
+    for name, (x, rate) in cases.items():
+        sf.write(tmp_path / name, x.T, rate)
+    out = predict(*(tmp_path / n for n in cases), "--model", model_file, "--out", tmp_path / "sep", "--quiet")
+    assert out.returncode == 0, out.stderr
+    for name, (x, rate) in cases.items():
+        data, sr = sf.read(tmp_path / "sep" / Path(name).stem / "vocals.wav", always_2d=True)
+        assert sr == rate and data.shape == x.T.shape and np.isfinite(data).all()
+    silent, _ = sf.read(tmp_path / "sep" / "silence" / "accompaniment.wav")
+    assert np.abs(silent).max() == 0
+
+
+def test_bad_inputs_one_line_each_others_still_processed(tmp_path, model_file):
+    good = tmp_path / "good.wav"
+    sf.write(good, noise(1, 4000).T, 8000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("this is not audio\n" * 20)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt " + bytes(range(40)))
+    nan = noise(1, 4000)
+    nan[0, 3000] = np.nan
+    sf.write(tmp_path / "nan.wav", nan.T, 8000, subtype="FLOAT")
+    (tmp_path / "no-audio").mkdir()
+    (tmp_path / "no-audio" / "notes.txt").write_text("x")
+    bad = ["missing.wav", "empty.wav", "text.wav", "corrupt.wav", "nan.wav", "no-audio"]
+    out = predict(*(tmp_path / b for b in bad), good, "--model", model_file, "--out", tmp_path / "sep", "--quiet")
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert "Traceback" not in out.stderr
+    assert len(lines) == len(bad), out.stderr
+    for name in bad:
+        assert sum(str(tmp_path / name) in line for line in lines) == 1, (name, lines)
+    assert "no such file" in out.stderr and "empty" in out.stderr and "NaN" in out.stderr
+    assert "no audio files" in out.stderr
+    assert sorted(os.listdir(tmp_path / "sep")) == ["good"]   # nothing for the bad ones
+    assert sorted(os.listdir(tmp_path / "sep" / "good")) == ["accompaniment.wav", "vocals.wav"]
+
+
+def test_incompatible_model_file(tmp_path):
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(1, 4000).T, 8000)
+    fake = tmp_path / "model.pt"
+    torch.save({"hello": 1}, fake)
+    out = predict(src, "--model", fake, "--out", tmp_path / "sep")
+    assert out.returncode != 0 and str(fake) in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sep").exists()
+
+
+def test_existing_outputs_need_force(tmp_path, model_file):
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(1, 4000).T, 8000)
+    args = [src, "--model", model_file, "--out", tmp_path / "sep", "--quiet"]
+    assert predict(*args).returncode == 0
+    target = tmp_path / "sep" / "a" / "vocals.wav"
+    target.write_bytes(b"keep me")
+    out = predict(*args)
+    assert out.returncode != 0 and "--force" in out.stderr
+    assert target.read_bytes() == b"keep me"
+    assert predict(*args, "--force").returncode == 0
+    assert sf.info(target).frames == 4000
+
+
+def test_output_files_in_source_order(tmp_path, model_file):
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(1, 4000).T, 8000)
+    out = predict(src, "--model", model_file, "--output-files", tmp_path / "v.flac", tmp_path / "acc.flac", "--quiet",
+                  "--format", "flac")
+    assert out.returncode == 0, out.stderr
+    assert sf.info(tmp_path / "v.flac").frames == 4000 and sf.info(tmp_path / "acc.flac").frames == 4000
+
+
+def test_killed_run_leaves_no_partial_files(tmp_path, model_file):
+    src = tmp_path / "long.wav"
+    sf.write(src, noise(1, 8000 * 120).T, 8000)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}
+    proc = subprocess.Popen([sys.executable, "-m", "chimera", "predict", str(src), "--model", str(model_file),
+                             "--out", str(tmp_path / "sep"), "--segment", "0.5", "--batch-size", "1"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # wait until it is writing (the progress bar has advanced), then kill it
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "sep" / "long").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(os_signal.SIGKILL)
+    proc.wait()
+    left = [p for p in (tmp_path / "sep").rglob("*") if p.is_file()] if (tmp_path / "sep").exists() else []
+    assert left == []
