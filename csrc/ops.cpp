@@ -15,6 +15,11 @@ TORCH_LIBRARY(chimera, m) {
   // --- codebook masks (csrc/common/codebook.h) ---
 
   // --- overlap-add inverse STFT (csrc/common/overlap_add.h) ---
+  // frames (..., n_frames, n_fft) -> signal (..., L): windowed, overlap-added at the hop,
+  // divided by the window-sum-square envelope, trimmed like torch.istft (center, length).
+  m.def("overlap_add(Tensor frames, Tensor window, int hop_length, bool center, int? length) -> Tensor");
+  // Adjoint of overlap_add in `frames`: grad (..., L) -> (..., n_frames, n_fft).
+  m.def("overlap_add_backward(Tensor grad, Tensor window, int hop_length, bool center, int n_frames) -> Tensor");
 }
 
 // A plain Python module so `import chimera._C` loads the library and runs the

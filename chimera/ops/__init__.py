@@ -4,5 +4,9 @@ tensors; ``backend()`` says which implementation runs on each device."""
 from ._extension import info as extension_info
 from ._registry import backend
 from .affinity import affinity_stats, affinity_stats_backward
+from .overlap_add import overlap_add, overlap_add_backward
 
-__all__ = ["affinity_stats", "affinity_stats_backward", "backend", "extension_info"]
+__all__ = [
+    "affinity_stats", "affinity_stats_backward", "backend", "extension_info",
+    "overlap_add", "overlap_add_backward",
+]

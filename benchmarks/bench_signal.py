@@ -1,0 +1,104 @@
+"""chimera.signal.istft (fused overlap-add op) vs torch.istft, forward and forward+backward.
+
+Issue shape (CHIMERA_BENCH_FULL=1): 8 signals x 30 s at 44.1 kHz, n_fft 1024, hop 256,
+sqrt-Hann. Default: a small shape for CI. Ratios against torch.istft (timed in the
+same test) and the peak memory of each (extra resident memory of a subprocess that
+runs forward+backward once) go to extra_info.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from chimera.signal import istft
+
+FULL = os.environ.get("CHIMERA_BENCH_FULL", "") == "1"
+BATCH, SECONDS, RATE = (8, 30.0, 44100) if FULL else (2, 1.0, 16000)
+N_FFT, HOP = 1024, 256
+
+
+def make_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n_frames = int(SECONDS * RATE) // HOP + 1
+    spec = torch.randn(BATCH, N_FFT // 2 + 1, n_frames, dtype=torch.complex64, generator=g)
+    window = torch.hann_window(N_FFT).sqrt()
+    return spec, window
+
+
+def run_torch(spec, window):
+    return torch.istft(spec, N_FFT, HOP, window=window)
+
+
+def run_chimera(spec, window):
+    return istft(spec, N_FFT, HOP, window)
+
+
+IMPLS = {"chimera": run_chimera, "torch": run_torch}
+
+
+def fwd_bwd(fn, spec, window):
+    spec = spec.detach().requires_grad_(True)
+    y = fn(spec, window)
+    y.backward(torch.ones_like(y))
+    return spec.grad
+
+
+def best_time(fn, reps=3):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+_PEAK_SCRIPT = """
+import json, resource, sys, torch
+sys.path.insert(0, {root!r})
+import benchmarks.bench_signal as b
+spec, window = b.make_inputs()
+torch.fft.irfft(spec[..., :4].transpose(-1, -2), n=b.N_FFT)  # load FFT plans before the baseline
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+b.fwd_bwd(b.IMPLS[{impl!r}], spec, window)
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024))
+"""
+
+
+def extra_peak_mib(impl):
+    """Peak resident memory added by one forward+backward, in a fresh process (MiB)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(root=root, impl=impl)], check=True,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_istft_forward(benchmark, impl):
+    spec, window = make_inputs()
+    benchmark.group = f"istft forward {BATCH}x{SECONDS:g}s"
+    fn = IMPLS[impl]
+    out = benchmark(fn, spec, window)
+    if impl == "chimera":
+        torch.testing.assert_close(out, run_torch(spec, window), rtol=0, atol=1e-5 * out.abs().max().item())
+        ours = best_time(lambda: fn(spec, window))
+        benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: run_torch(spec, window)) / ours
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_istft_forward_backward(benchmark, impl):
+    spec, window = make_inputs()
+    benchmark.group = f"istft forward+backward {BATCH}x{SECONDS:g}s"
+    fn = IMPLS[impl]
+    grad = benchmark(fwd_bwd, fn, spec, window)
+    benchmark.extra_info["extra_peak_rss_mib"] = extra_peak_mib(impl)
+    if impl == "chimera":
+        torch.testing.assert_close(grad, fwd_bwd(run_torch, spec, window), rtol=0,
+                                   atol=1e-5 * grad.abs().max().item())
+        ours = best_time(lambda: fwd_bwd(fn, spec, window))
+        benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: fwd_bwd(run_torch, spec, window)) / ours
+        benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch")

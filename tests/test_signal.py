@@ -1,0 +1,326 @@
+"""chimera.signal and chimera.ops.overlap_add against torch.stft/torch.istft and float64 oracles."""
+import random
+
+import pytest
+import torch
+
+import chimera.ops as ops
+from chimera.ops import reference
+from chimera.signal import StreamingISTFT, inconsistency, istft, misi, stft
+
+from conftest import EXT_DISABLED, cuda
+
+WINDOWS = {
+    "sqrt_hann": lambda n, **kw: torch.hann_window(n, **kw).sqrt(),
+    "hann": torch.hann_window,
+    "hamming": torch.hamming_window,
+}
+
+
+def random_spec(n_fft, n_frames, batch=(2,), dtype=torch.complex64):
+    return torch.randn(*batch, n_fft // 2 + 1, n_frames, dtype=dtype)
+
+
+def torch_istft_or_error(spec, n_fft, hop, window, center, length):
+    """torch.istft on a flattened batch; ("error", message) when torch rejects it."""
+    try:
+        out = torch.istft(spec.reshape(-1, *spec.shape[-2:]), n_fft, hop, window=window, center=center, length=length)
+    except RuntimeError as exc:
+        return "error", str(exc)
+    return out.reshape(*spec.shape[:-2], -1), None
+
+
+# ---------------------------------------------------------------- istft / stft vs torch
+
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")
+@pytest.mark.parametrize("n_fft", [256, 512, 1024, 2048])
+@pytest.mark.parametrize("hop_div", [2, 4])
+@pytest.mark.parametrize("window", list(WINDOWS))
+@pytest.mark.parametrize("center", [True, False])
+def test_istft_matches_torch(n_fft, hop_div, window, center):
+    hop = n_fft // hop_div
+    w = WINDOWS[window](n_fft)
+    spec = random_spec(n_fft, 9)  # not a consistent STFT
+    full = n_fft + hop * 8
+    for length in (None, full // 2 + 3, full + 50):  # shorter, and longer (zero tail)
+        expected, error = torch_istft_or_error(spec, n_fft, hop, w, center, length)
+        if expected == "error":  # e.g. Hann with center=False: envelope 0 at sample 0
+            assert "overlap add min" in error
+            with pytest.raises(RuntimeError, match="NOLA"):
+                istft(spec, n_fft, hop, w, center, length)
+            continue
+        out = istft(spec, n_fft, hop, w, center, length)
+        assert out.shape == expected.shape and out.dtype == torch.float32
+        scale = expected.abs().max()
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * scale)
+
+
+def test_nola_cases_in_grid_are_those_torch_rejects():
+    # The grid above must also compare values for center=False: Hamming is NOLA there.
+    w = torch.hamming_window(256)
+    spec = random_spec(256, 5)
+    torch.testing.assert_close(istft(spec, 256, 64, w, center=False),
+                               torch.istft(spec, 256, 64, window=w, center=False), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_stft_matches_torch_and_round_trips(center):
+    n_fft, hop = 512, 128
+    w = torch.hann_window(n_fft).sqrt()
+    x = torch.randn(2, 3, 4000)
+    spec = stft(x, n_fft, hop, w, center)
+    expected = torch.stft(x.reshape(6, -1), n_fft, hop, window=w, center=center, return_complex=True)
+    assert spec.shape == (2, 3, n_fft // 2 + 1, expected.shape[-1])
+    torch.testing.assert_close(spec.reshape(6, *spec.shape[-2:]), expected)
+    if center:
+        torch.testing.assert_close(istft(spec, n_fft, hop, w, length=4000), x, rtol=0, atol=1e-5)
+
+
+def test_istft_float64_and_batch_shapes():
+    n_fft, hop = 256, 64
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = random_spec(n_fft, 7, batch=(2, 3), dtype=torch.complex128)
+    out = istft(spec, n_fft, hop, w)
+    expected = torch.istft(spec.reshape(6, n_fft // 2 + 1, 7), n_fft, hop, window=w).reshape(2, 3, -1)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_istft_rejects_bad_input():
+    w = torch.hann_window(256)
+    with pytest.raises(ValueError, match="complex"):
+        istft(torch.randn(129, 4), 256, 64, w)
+    with pytest.raises(ValueError, match="n_fft // 2 \\+ 1"):
+        istft(random_spec(512, 4), 256, 64, w)
+    with pytest.raises(ValueError, match="hop_length"):
+        istft(random_spec(256, 4), 256, 300, w)
+
+
+# ---------------------------------------------------------------- the op itself
+
+def frames_and_window(n_frames=6, n_fft=32, batch=(3,), dtype=torch.float64, window="hann"):
+    frames = torch.randn(*batch, n_frames, n_fft, dtype=dtype)
+    return frames, WINDOWS[window](n_fft, dtype=dtype)
+
+
+@pytest.mark.parametrize("center,length", [(True, None), (False, None), (True, 40), (True, 200), (False, 77)])
+@pytest.mark.parametrize("hop", [8, 11, 32])
+def test_overlap_add_matches_reference(center, length, hop):
+    frames, w = frames_and_window(window="hamming")
+    out = ops.overlap_add(frames, w, hop, center, length)
+    torch.testing.assert_close(out, reference.overlap_add(frames, w, hop, center, length), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    n_frames = frames.shape[-2]
+    torch.testing.assert_close(ops.overlap_add_backward(g, w, hop, center, n_frames),
+                               reference.overlap_add_backward(g, w, hop, center, n_frames), rtol=1e-12, atol=1e-12)
+
+
+def test_overlap_add_backward_is_the_adjoint():
+    frames, w = frames_and_window()
+    g = torch.randn_like(ops.overlap_add(frames, w, 8, True, 100))
+    lhs = (ops.overlap_add(frames, w, 8, True, 100) * g).sum()
+    rhs = (frames * ops.overlap_add_backward(g, w, 8, True, frames.shape[-2])).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_overlap_add_low_precision(dtype):
+    frames, w = frames_and_window(n_frames=20, n_fft=64, dtype=torch.float64)
+    expected = reference.overlap_add(frames, w, 16, True, None)
+    out = ops.overlap_add(frames.to(dtype), w.to(dtype), 16, True, None)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("center,length", [(True, None), (False, 50), (True, 120)])
+def test_overlap_add_gradcheck(center, length):
+    frames, w = frames_and_window(n_frames=5, n_fft=16, batch=(2,), window="hamming")
+    frames.requires_grad_(True)
+    fn = lambda f: ops.overlap_add(f, w, 5, center, length)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (frames,))
+    assert torch.autograd.gradgradcheck(fn, (frames,))
+
+
+def test_overlap_add_gradcheck_window():
+    frames, w = frames_and_window(n_frames=4, n_fft=12, batch=(2,), window="hamming")
+    frames.requires_grad_(True)
+    w.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f, w: ops.overlap_add(f, w, 4, True, None), (frames, w))
+
+
+def test_istft_gradcheck():
+    n_fft, hop = 16, 4
+    w = torch.hann_window(n_fft, dtype=torch.float64).sqrt()
+    spec = random_spec(n_fft, 5, dtype=torch.complex128).requires_grad_(True)
+    fn = lambda s: istft(s, n_fft, hop, w, True, 30)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (spec,), fast_mode=True)
+    assert torch.autograd.gradcheck(fn, (spec[..., :3].detach().requires_grad_(True),))  # full Jacobian, small
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    frames, w = frames_and_window(n_frames=5, n_fft=16, dtype=torch.float32, window="hamming")
+    frames.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.chimera.overlap_add.default, (frames, w, 4, True, None))
+    torch.library.opcheck(torch.ops.chimera.overlap_add.default, (frames, w, 4, False, 90))
+    g = torch.randn(3, 50, requires_grad=requires_grad)
+    torch.library.opcheck(torch.ops.chimera.overlap_add_backward.default, (g, w, 4, True, 5))
+
+
+def test_overlap_add_under_compile_shapes():
+    frames, w = frames_and_window(n_frames=5, n_fft=16, dtype=torch.float32)
+    out = torch.ops.chimera.overlap_add(frames.to("meta"), w.to("meta"), 4, True, None)
+    assert out.shape == ops.overlap_add(frames, w, 4, True, None).shape
+
+
+def test_overlap_add_nola_rejected():
+    frames, w = frames_and_window(window="hann")  # periodic Hann: w[0] = 0
+    with pytest.raises(RuntimeError, match="NOLA"):
+        ops.overlap_add(frames, w, 8, False, None)  # sample 0 sees only w[0]
+    with pytest.raises(RuntimeError, match="NOLA"):
+        ops.overlap_add(frames, w.clone().index_fill_(0, torch.arange(8, 16), 0.0), 32, True, None)  # gap inside
+    with pytest.raises(RuntimeError, match="NOLA"):
+        ops.overlap_add_backward(torch.randn(3, 72, dtype=torch.float64), w, 8, False, 6)
+    ops.overlap_add(frames, w, 8, True, None)  # center trims the vanishing edge: fine
+
+
+def test_overlap_add_rejects_bad_arguments():
+    frames, w = frames_and_window()
+    with pytest.raises(RuntimeError, match="n_fft"):
+        ops.overlap_add(frames, w[:-1], 8, True, None)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.overlap_add(frames, w.float(), 8, True, None)
+    with pytest.raises(RuntimeError, match="hop_length"):
+        ops.overlap_add(frames, w, 0, True, None)
+    with pytest.raises(RuntimeError, match="length"):
+        ops.overlap_add(frames, w, 8, True, -3)
+
+
+@cuda
+def test_overlap_add_cuda_matches_cpu():
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        frames, w = frames_and_window(n_frames=40, n_fft=64, batch=(2, 3), dtype=dtype, window="hamming")
+        for center, length in ((True, None), (False, 500), (True, 700)):
+            out = ops.overlap_add(frames.cuda(), w.cuda(), 16, center, length)
+            torch.testing.assert_close(out.cpu(), ops.overlap_add(frames, w, 16, center, length), rtol=tol, atol=tol)
+            g = torch.randn(out.shape, dtype=dtype)
+            got = ops.overlap_add_backward(g.cuda(), w.cuda(), 16, center, 40).cpu()
+            torch.testing.assert_close(got, ops.overlap_add_backward(g, w, 16, center, 40), rtol=tol, atol=tol)
+    with pytest.raises(RuntimeError, match="NOLA"):
+        ops.overlap_add(frames.cuda(), torch.hann_window(64, device="cuda", dtype=dtype), 16, False, None)
+
+
+@cuda
+def test_overlap_add_cuda_half_and_gradcheck():
+    frames, w = frames_and_window(n_frames=10, n_fft=32, dtype=torch.float64, window="hamming")
+    expected = ops.overlap_add(frames, w, 8, True, None)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = ops.overlap_add(frames.cuda().to(dtype), w.cuda().to(dtype), 8, True, None)
+        torch.testing.assert_close(out.double().cpu(), expected, rtol=3e-2, atol=3e-2)
+    f = frames.cuda().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: ops.overlap_add(f, w.cuda(), 8, True, 70), (f,))
+
+
+def test_backend_reports_overlap_add():
+    expected = "reference" if EXT_DISABLED else "cpp"
+    assert ops.backend("cpu")["overlap_add"] == expected
+    assert ops.backend("cpu")["overlap_add_backward"] == expected
+
+
+# ---------------------------------------------------------------- streaming
+
+@pytest.mark.filterwarnings("ignore:The length of signal is shorter")
+@pytest.mark.parametrize("n_fft,hop", [(64, 16), (64, 32), (60, 25), (32, 32)])
+@pytest.mark.parametrize("center,length", [(True, None), (False, None), (True, 333), (False, 1000)])
+def test_streaming_equals_one_shot(n_fft, hop, center, length):
+    if center and length is None and 2 * hop > n_fft:
+        with pytest.raises(ValueError, match="hop_length"):
+            StreamingISTFT(n_fft, hop, torch.hamming_window(n_fft), center)
+        return
+    rng = random.Random(n_fft * hop)
+    w = torch.hamming_window(n_fft, dtype=torch.float64)
+    n_frames = 30
+    spec = random_spec(n_fft, n_frames, batch=(2,), dtype=torch.complex128)
+    expected = istft(spec, n_fft, hop, w, center, length)
+    for _ in range(4):  # random chunkings, including empty and single-frame chunks
+        stream = StreamingISTFT(n_fft, hop, w, center, length)
+        pieces, t = [], 0
+        while t < n_frames:
+            step = rng.choice([0, 1, 1, 2, 3, 7, 12])
+            pieces.append(stream.push(spec[..., t:t + step]))
+            t += step
+        pieces.append(stream.flush())
+        out = torch.cat(pieces, -1)
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6 * expected.abs().max())
+
+
+def test_streaming_float32_and_state_size():
+    n_fft, hop = 256, 64
+    w = torch.hann_window(n_fft).sqrt()
+    spec = random_spec(n_fft, 40, batch=(3,))
+    expected = istft(spec, n_fft, hop, w)
+    stream = StreamingISTFT(n_fft, hop, w)
+    out = [stream.push(spec[..., :17])]
+    assert stream._open.shape == (3, n_fft - hop)  # the only samples kept between calls
+    out += [stream.push(spec[..., 17:]), stream.flush()]
+    torch.testing.assert_close(torch.cat(out, -1), expected, rtol=0, atol=1e-6 * expected.abs().max())
+
+
+def test_streaming_nola_rejected():
+    stream = StreamingISTFT(64, 16, torch.hann_window(64), center=False)
+    with pytest.raises(RuntimeError, match="NOLA"):
+        stream.push(random_spec(64, 5))
+
+
+# ---------------------------------------------------------------- MISI
+
+def _sources(n=3, L=4000):
+    t = torch.arange(L, dtype=torch.float64) / 8000
+    freqs = torch.tensor([220.0, 530.0, 1250.0])[:n, None]
+    return torch.sin(2 * torch.pi * freqs * t) * torch.linspace(0.2, 1.0, L) + 0.05 * torch.randn(n, L, dtype=torch.float64)
+
+
+def test_misi_improves_consistency_and_keeps_magnitudes():
+    n_fft, hop = 256, 64
+    w = torch.hann_window(n_fft, dtype=torch.float64).sqrt()
+    src = _sources()
+    mix = src.sum(0)
+    S = stft(src, n_fft, hop, w)
+    Y = stft(mix, n_fft, hop, w)
+    est = S.abs() * torch.exp(1j * torch.angle(Y))  # true magnitudes, mixture phase
+    before = inconsistency(est, n_fft, hop, w)
+    wav, spectra = misi(mix, est, 5, n_fft, hop, w, return_spectra=True)
+    phase = spectra / spectra.abs().clamp_min(1e-12)
+    after = inconsistency(S.abs() * phase, n_fft, hop, w)
+    assert (after < before).all(), (before, after)
+    err = lambda s: ((s - src).norm(dim=-1) / src.norm(dim=-1))  # noqa: E731
+    assert (err(wav) < err(istft(est, n_fft, hop, w, length=mix.shape[-1]))).all()
+
+
+def test_misi_zero_iterations_is_istft():
+    n_fft, hop = 128, 32
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    src = _sources(2, 1000)
+    est = stft(src, n_fft, hop, w) * 0.7
+    torch.testing.assert_close(misi(src.sum(0), est, 0, n_fft, hop, w), istft(est, n_fft, hop, w, length=1000))
+
+
+def test_misi_mixture_consistent_and_magnitude_input():
+    n_fft, hop = 128, 32
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    src = _sources(3, 2000).unsqueeze(0)  # batch of 1
+    mix = src.sum(1)
+    mags = stft(src, n_fft, hop, w).abs() * 0.8
+    wav = misi(mix, mags, 3, n_fft, hop, w, mixture_consistent=True)
+    assert wav.shape == src.shape
+    torch.testing.assert_close(wav.sum(1), mix, rtol=0, atol=1e-10)
+    assert not torch.allclose(misi(mix, mags, 3, n_fft, hop, w).sum(1), mix, atol=1e-3)
+
+
+def test_misi_is_differentiable():
+    n_fft, hop = 32, 8
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    src = _sources(2, 200)
+    mags = stft(src, n_fft, hop, w).abs().requires_grad_(True)
+    fn = lambda m: misi(src.sum(0), m, 2, n_fft, hop, w)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (mags,), eps=1e-6, atol=1e-5, fast_mode=True)
