@@ -339,6 +339,9 @@ def test_dataloader_two_workers(tmp_path):
     expect = torch.stack([ds[i]["mixture"] for i in range(len(ds))])
     assert torch.equal(mix, expect)
     assert batches[0]["name"] == ["a", "b"]
+    # picklable (spawn-started workers get a pickled copy)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[3]["sources"], ds[3]["sources"])
 
 
 def test_dataloader_worker_reports_bad_file_by_path(tmp_path):
@@ -385,6 +388,7 @@ needs_debs = pytest.mark.skipif(bool(synth.missing_packages()),
 
 
 @needs_debs
+@pytest.mark.slow
 def test_synth_tiny_run(tmp_path):
     cache = tmp_path / "cache"
     r = synth.make(tmp_path / "out", seed=1, train=2, valid=0, test=1, seconds=3.0,

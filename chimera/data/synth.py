@@ -366,11 +366,23 @@ def voiced_segment(rng: np.random.Generator, cache: Path, voice: tuple[str, str]
                    out_rate: int, sung_share: float, bwe_share: float, log: dict) -> np.ndarray:
     """One utterance at ``out_rate`` with pitch/tempo/level variation (and sometimes sung-like)."""
     engine, name = voice
-    text = texts[int(rng.integers(len(texts)))]
     can_sing = engine == "espeak" or (engine == "festival" and name == "kal_diphone")
-    sung = can_sing and rng.random() < sung_share
-    params = _draw_params(rng, engine, name, text, sung)
-    x, sr = utterance(cache, engine, name, text, params)
+    # festival's kal diphone voice is the only real singer: let it sing twice as often.
+    share = min(1.0, 2 * sung_share) if engine == "festival" else sung_share
+    for attempt in range(5):  # an engine may choke on a text: draw another one
+        text = texts[int(rng.integers(len(texts)))]
+        sung = can_sing and rng.random() < share
+        params = _draw_params(rng, engine, name, text, sung)
+        try:
+            x, sr = utterance(cache, engine, name, text, params)
+        except SynthError as exc:
+            err = exc
+            continue
+        if x.shape[0] >= 0.3 * sr:
+            break
+        err = SynthError(f"{engine} {name} produced (almost) no sound for {text!r}")
+    else:
+        raise err
     # A resampling speed change shifts pitch and tempo together by up to +-1.5 semitones.
     shift = float(rng.uniform(-1.5, 1.5))
     ratio = 2 ** (shift / 12)
@@ -587,18 +599,20 @@ def _build_split(kind: str, split: str, count: int, opts: Options, out_dir: Path
     return True
 
 
+# Checked against /usr/share/doc/<pkg>/copyright (Debian bookworm); the full texts are copied
+# into LICENSES.md next to the data.
 LICENCE_SUMMARY = {
-    "warzone2100-music": "GPL-2+ (Warzone 2100 Project; Debian copyright `Files: *`)",
+    "warzone2100-music": "GPL-2+ (Warzone 2100 Project; the music falls under `Files: *`)",
     "wesnoth-1.16-music": "GPL-2+ (Battle for Wesnoth project)",
     "espeak-ng": "GPL-3+ (eSpeak NG)",
-    "flite": "BSD-style (CMU Flite licence; some files public domain / GPL-2)",
-    "festival": "BSD-style (CSTR/University of Edinburgh festival licence)",
-    "festvox-kallpc16k": "BSD-style (CSTR/Edinburgh; kal diphone voice, OGI data)",
-    "festvox-us-slt-hts": "BSD-3-clause / EST-2000 / EST-2003 (CMU ARCTIC slt, NIT HTS)",
-    "festlex-cmu": "BSD-style (CMU Pronouncing Dictionary)",
-    "festlex-poslex": "BSD-style (CSTR/Edinburgh, data from the Penn Treebank/OALD)",
-    "fortunes-min": "BSD-4-clause (fortune-mod)",
-    "fortunes": "BSD-4-clause (fortune-mod); individual quotations belong to their authors",
+    "flite": "CMU Flite licence (BSD-like, free use with notice); a few files public domain / GPL",
+    "festival": "CSTR/University of Edinburgh licence (BSD-like, free use with notice)",
+    "festvox-kallpc16k": "Festvox/CMU licence (BSD-like, free use with notice; Black & Lenzo)",
+    "festvox-us-slt-hts": "BSD-3-clause + CMU ARCTIC/EST (BSD-like) licences",
+    "festlex-cmu": "CSTR/University of Edinburgh licence (BSD-like), from CMUdict",
+    "festlex-poslex": "CSTR/University of Edinburgh licence (BSD-like)",
+    "fortunes-min": "BSD (UC Berkeley, advertising clause rescinded)",
+    "fortunes": "BSD (UC Berkeley); quotations belong to their authors",
 }
 
 
