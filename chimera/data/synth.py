@@ -31,7 +31,8 @@ Band-limit choice (documented for the model card)
   high, co-modulated with the speech as real sibilants and breath are.
 
 Music is decoded with soundfile (libsndfile >= 1.0.29 reads Opus and Vorbis), falling back to
-``ffmpeg`` when the local libsndfile cannot. Synthesised utterances are cached (``OUT/.cache/utterances``), and a split whose options have
+``ffmpeg`` when the local libsndfile cannot. Synthesised utterances are cached
+(``OUT/.cache/utterances``), and a split whose options have
 not changed is skipped, so a rerun takes seconds.
 """
 from __future__ import annotations
@@ -192,7 +193,8 @@ def _words(text: str) -> list[str]:
 
 
 def _syllables(word: str) -> int:
-    return max(1, len(re.findall(r"[aeiouy]+", word.lower())) - (word.lower().endswith("e") and len(word) > 3))
+    w = word.lower()
+    return max(1, len(re.findall(r"[aeiouy]+", w)) - (w.endswith("e") and len(w) > 3))
 
 
 PENTATONIC = (0, 2, 4, 7, 9)
@@ -640,7 +642,8 @@ def write_licences(out_dir: Path) -> Path:
     for pkg in DEBIAN_PACKAGES:
         p = Path("/usr/share/doc") / pkg / "copyright"
         if p.exists():
-            lines += ["", f"## {pkg}", "", f"From `{p}`:", "", "```", p.read_text(errors="replace").rstrip(), "```"]
+            text = p.read_text(errors="replace").rstrip()
+            lines += ["", f"## {pkg}", "", f"From `{p}`:", "", "```", text, "```"]
     path = out_dir / "LICENSES.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -674,7 +677,8 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 40, valid: int =
     for kind, sub, split, count in work:
         cfg = {"kind": kind, "count": count, "options": asdict(opts), "version": CACHE_VERSION}
         t = time.perf_counter()
-        built[f"{sub}/{split}"] = _build_split(kind, split, count, opts, out / sub, cache, jobs, cfg, progress)
+        built[f"{sub}/{split}"] = _build_split(kind, split, count, opts, out / sub, cache, jobs, cfg,
+                                               progress)
         timing[f"{sub}/{split}"] = round(time.perf_counter() - t, 2)
     write_licences(out)
     elapsed = time.perf_counter() - t0
@@ -687,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=40, help="training tracks")
-    ap.add_argument("--valid", type=int, default=8, help="validation tracks (train voices, other music/texts)")
+    ap.add_argument("--valid", type=int, default=8,
+                    help="validation tracks (train voices, other music/texts)")
     ap.add_argument("--test", type=int, default=8, help="held-out tracks (other voices, music and texts)")
     ap.add_argument("--seconds", type=float, default=20.0, help="track length")
     ap.add_argument("--speakers", type=int, nargs=3, default=[200, 40, 40], metavar=("TR", "CV", "TT"),
@@ -707,9 +712,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     done = [k for k, v in r["built"].items() if v]
-    print(f"demo data in {r['out']} ({r['seconds']:.1f} s; built: {', '.join(done) or 'nothing, up to date'})")
+    what = ", ".join(done) or "nothing, up to date"
+    print(f"demo data in {r['out']} ({r['seconds']:.1f} s; built: {what})")
     if done:
-        print("seconds per split: " + ", ".join(f"{k} {v:.1f}" for k, v in r["split_seconds"].items() if r["built"][k]))
+        per = (f"{k} {v:.1f}" for k, v in r["split_seconds"].items() if r["built"][k])
+        print("seconds per split: " + ", ".join(per))
     return 0
 
 
