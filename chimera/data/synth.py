@@ -31,7 +31,8 @@ Band-limit choice (documented for the model card)
   high, co-modulated with the speech as real sibilants and breath are.
 
 Music is decoded with soundfile (libsndfile >= 1.0.29 reads Opus and Vorbis), falling back to
-``ffmpeg`` when the local libsndfile cannot. Synthesised utterances are cached (``OUT/.cache/utterances``), and a split whose options have
+``ffmpeg`` when the local libsndfile cannot. Synthesised utterances are cached
+(``OUT/.cache/utterances``), and a split whose options have
 not changed is skipped, so a rerun takes seconds.
 """
 from __future__ import annotations
@@ -192,7 +193,8 @@ def _words(text: str) -> list[str]:
 
 
 def _syllables(word: str) -> int:
-    return max(1, len(re.findall(r"[aeiouy]+", word.lower())) - (word.lower().endswith("e") and len(word) > 3))
+    w = word.lower()
+    return max(1, len(re.findall(r"[aeiouy]+", w)) - (w.endswith("e") and len(w) > 3))
 
 
 PENTATONIC = (0, 2, 4, 7, 9)
@@ -366,11 +368,23 @@ def voiced_segment(rng: np.random.Generator, cache: Path, voice: tuple[str, str]
                    out_rate: int, sung_share: float, bwe_share: float, log: dict) -> np.ndarray:
     """One utterance at ``out_rate`` with pitch/tempo/level variation (and sometimes sung-like)."""
     engine, name = voice
-    text = texts[int(rng.integers(len(texts)))]
     can_sing = engine == "espeak" or (engine == "festival" and name == "kal_diphone")
-    sung = can_sing and rng.random() < sung_share
-    params = _draw_params(rng, engine, name, text, sung)
-    x, sr = utterance(cache, engine, name, text, params)
+    # festival's kal diphone voice is the only real singer: let it sing twice as often.
+    share = min(1.0, 2 * sung_share) if engine == "festival" else sung_share
+    for attempt in range(5):  # an engine may choke on a text: draw another one
+        text = texts[int(rng.integers(len(texts)))]
+        sung = can_sing and rng.random() < share
+        params = _draw_params(rng, engine, name, text, sung)
+        try:
+            x, sr = utterance(cache, engine, name, text, params)
+        except SynthError as exc:
+            err = exc
+            continue
+        if x.shape[0] >= 0.3 * sr:
+            break
+        err = SynthError(f"{engine} {name} produced (almost) no sound for {text!r}")
+    else:
+        raise err
     # A resampling speed change shifts pitch and tempo together by up to +-1.5 semitones.
     shift = float(rng.uniform(-1.5, 1.5))
     ratio = 2 ** (shift / 12)
@@ -587,18 +601,20 @@ def _build_split(kind: str, split: str, count: int, opts: Options, out_dir: Path
     return True
 
 
+# Checked against /usr/share/doc/<pkg>/copyright (Debian bookworm); the full texts are copied
+# into LICENSES.md next to the data.
 LICENCE_SUMMARY = {
-    "warzone2100-music": "GPL-2+ (Warzone 2100 Project; Debian copyright `Files: *`)",
+    "warzone2100-music": "GPL-2+ (Warzone 2100 Project; the music falls under `Files: *`)",
     "wesnoth-1.16-music": "GPL-2+ (Battle for Wesnoth project)",
     "espeak-ng": "GPL-3+ (eSpeak NG)",
-    "flite": "BSD-style (CMU Flite licence; some files public domain / GPL-2)",
-    "festival": "BSD-style (CSTR/University of Edinburgh festival licence)",
-    "festvox-kallpc16k": "BSD-style (CSTR/Edinburgh; kal diphone voice, OGI data)",
-    "festvox-us-slt-hts": "BSD-3-clause / EST-2000 / EST-2003 (CMU ARCTIC slt, NIT HTS)",
-    "festlex-cmu": "BSD-style (CMU Pronouncing Dictionary)",
-    "festlex-poslex": "BSD-style (CSTR/Edinburgh, data from the Penn Treebank/OALD)",
-    "fortunes-min": "BSD-4-clause (fortune-mod)",
-    "fortunes": "BSD-4-clause (fortune-mod); individual quotations belong to their authors",
+    "flite": "CMU Flite licence (BSD-like, free use with notice); a few files public domain / GPL",
+    "festival": "CSTR/University of Edinburgh licence (BSD-like, free use with notice)",
+    "festvox-kallpc16k": "Festvox/CMU licence (BSD-like, free use with notice; Black & Lenzo)",
+    "festvox-us-slt-hts": "BSD-3-clause + CMU ARCTIC/EST (BSD-like) licences",
+    "festlex-cmu": "CSTR/University of Edinburgh licence (BSD-like), from CMUdict",
+    "festlex-poslex": "CSTR/University of Edinburgh licence (BSD-like)",
+    "fortunes-min": "BSD (UC Berkeley, advertising clause rescinded)",
+    "fortunes": "BSD (UC Berkeley); quotations belong to their authors",
 }
 
 
@@ -626,7 +642,8 @@ def write_licences(out_dir: Path) -> Path:
     for pkg in DEBIAN_PACKAGES:
         p = Path("/usr/share/doc") / pkg / "copyright"
         if p.exists():
-            lines += ["", f"## {pkg}", "", f"From `{p}`:", "", "```", p.read_text(errors="replace").rstrip(), "```"]
+            text = p.read_text(errors="replace").rstrip()
+            lines += ["", f"## {pkg}", "", f"From `{p}`:", "", "```", text, "```"]
     path = out_dir / "LICENSES.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -660,7 +677,8 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 40, valid: int =
     for kind, sub, split, count in work:
         cfg = {"kind": kind, "count": count, "options": asdict(opts), "version": CACHE_VERSION}
         t = time.perf_counter()
-        built[f"{sub}/{split}"] = _build_split(kind, split, count, opts, out / sub, cache, jobs, cfg, progress)
+        built[f"{sub}/{split}"] = _build_split(kind, split, count, opts, out / sub, cache, jobs, cfg,
+                                               progress)
         timing[f"{sub}/{split}"] = round(time.perf_counter() - t, 2)
     write_licences(out)
     elapsed = time.perf_counter() - t0
@@ -673,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=40, help="training tracks")
-    ap.add_argument("--valid", type=int, default=8, help="validation tracks (train voices, other music/texts)")
+    ap.add_argument("--valid", type=int, default=8,
+                    help="validation tracks (train voices, other music/texts)")
     ap.add_argument("--test", type=int, default=8, help="held-out tracks (other voices, music and texts)")
     ap.add_argument("--seconds", type=float, default=20.0, help="track length")
     ap.add_argument("--speakers", type=int, nargs=3, default=[200, 40, 40], metavar=("TR", "CV", "TT"),
@@ -693,9 +712,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     done = [k for k, v in r["built"].items() if v]
-    print(f"demo data in {r['out']} ({r['seconds']:.1f} s; built: {', '.join(done) or 'nothing, up to date'})")
+    what = ", ".join(done) or "nothing, up to date"
+    print(f"demo data in {r['out']} ({r['seconds']:.1f} s; built: {what})")
     if done:
-        print("seconds per split: " + ", ".join(f"{k} {v:.1f}" for k, v in r["split_seconds"].items() if r["built"][k]))
+        per = (f"{k} {v:.1f}" for k, v in r["split_seconds"].items() if r["built"][k])
+        print("seconds per split: " + ", ".join(per))
     return 0
 
 
