@@ -182,12 +182,11 @@ class SeparationStream:
         # segments: the first starts at 0; enough of them to cover the signal
         L = self.model_length
         n_seg = 1 if L <= plan.segment else 1 + math.ceil((L - plan.segment) / plan.step)
-        # a single short segment is only as long as the signal (at least two n_fft), not a whole segment
+        # A lone segment is the signal itself (padded to one n_fft when shorter), so a
+        # short input costs no more than its length and equals model.separate.
         st = separator.model.stft
-        short = max(math.ceil(L / plan.hop), 2 * math.ceil(st.n_fft / plan.hop)) * plan.hop
-        self.seg_len = min(plan.segment, short) if n_seg == 1 else plan.segment
+        self.seg_len = max(L, st.n_fft) if n_seg == 1 else plan.segment
         self.n_seg = n_seg
-        self.total_frames = ((n_seg - 1) * plan.step + self.seg_len) // plan.hop + 1
         window = separator.model.window.to(torch.float64)
         self.istft = signal.StreamingISTFT(st.n_fft, plan.hop, window, center=True, length=L)
         self._buffer = np.zeros((0, channels), np.float32)  # model-rate samples from _buffer_start
@@ -357,8 +356,6 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
 
     import soundfile as sf
 
-    from .atomic import OutputExistsError, atomic_write
-
     if ext not in FORMATS:
         raise SeparationError(f"unsupported output format {ext!r}; choose one of {', '.join(FORMATS)}")
     subtype = subtype or DEFAULT_SUBTYPE[ext]
@@ -373,6 +370,56 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
         for t in targets:
             if os.path.exists(t):
                 raise SeparationError(f"{t}: exists (use --force to overwrite)")
+    bar = None
+    created = _missing_parents(targets)
+    try:
+        with _open_input(path) as source:
+            _check_samples(path, source, block_seconds)
+        return _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress)
+    except BaseException:
+        for folder in created:  # leave no empty folders behind for a failed input
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def _missing_parents(targets):
+    """Folders that writing `targets` would create, deepest first."""
+    missing = set()
+    for t in targets:
+        folder = os.path.dirname(os.path.abspath(t))
+        while folder and not os.path.exists(folder):
+            missing.add(folder)
+            folder = os.path.dirname(folder)
+    return sorted(missing, key=len, reverse=True)
+
+
+def _check_samples(path, source, block_seconds):
+    """Decode the whole input once before anything is written: a corrupt block or a
+    NaN/Inf sample fails the input before any output exists."""
+    import soundfile as sf
+    rate, frames, read = source.samplerate, source.frames, 0
+    block = max(1, int(block_seconds * rate))
+    while read < frames:
+        try:
+            data = source.read(min(block, frames - read), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise SeparationError(f"{path}: read failed at sample {read} ({_short(exc)})") from None
+        if data.shape[0] == 0:
+            raise SeparationError(f"{path}: file ends at sample {read}, its header says {frames}")
+        if not np.isfinite(data).all():
+            bad = read + int(np.argwhere(~np.isfinite(data))[0, 0])
+            raise SeparationError(f"{path}: NaN or Inf sample at {bad / rate:.3f} s (sample {bad})")
+        read += data.shape[0]
+
+
+def _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress):
+    import contextlib
+
+    import soundfile as sf
+
+    from .atomic import OutputExistsError, atomic_write
+
     bar = None
     with _open_input(path) as source, contextlib.ExitStack() as outputs:
         rate, channels, frames = source.samplerate, source.channels, source.frames
