@@ -5,7 +5,7 @@
 //
 // Forward (stats_kernel): block (chunk, item) walks its chunk of bins one tile at a
 // time. A tile is staged feature-major in shared memory (Z = [V | Y] for a dense target,
-// V plus the labels for an index target), then each thread dots the rows of the
+// V plus the labels for an index target; Z and W Z), then each thread dots the rows of the
 // statistics it owns over the tile, in the compute type, and adds that to a float64
 // register. The statistics ("items") of one item are: the packed lower triangle of the
 // Gram Z^T W Z, then for an index target V^T W Y and diag(Y^T W Y) as masked dots
@@ -128,8 +128,9 @@ __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
                              double* __restrict__ partial, int* __restrict__ bad_label) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int ld = tile + 1;  // odd row stride: rows i != j of one column hit different banks
-  acc_t* zt = reinterpret_cast<acc_t*>(smem);  // E rows x tile bins
-  acc_t* wt = zt + E * ld;                      // weights of the tile
+  acc_t* zt = reinterpret_cast<acc_t*>(smem);  // E rows x tile bins: z
+  acc_t* wzt = zt + E * ld;                     // E rows x tile bins: w z (2 loads per FMA, not 3)
+  acc_t* wt = wzt + E * ld;                     // weights of the tile
   int* lab = reinterpret_cast<int*>(wt + ld);   // labels of the tile (index target)
 
   const int64_t b = blockIdx.y;
@@ -151,17 +152,6 @@ __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
     // Stage the tile: rows of V (and Y) are contiguous, so these loads are coalesced.
     // Bins past the end are zero (weight 0), so every dot may run over the whole tile.
     const scalar_t* v = V + (b * N + t0) * D;
-    for (int e = threadIdx.x; e < tile * D; e += blockDim.x) {
-      const int n = e / D, d = e % D;
-      zt[d * ld + n] = n < nt ? static_cast<acc_t>(v[e]) : acc_t(0);
-    }
-    if (!index_target) {
-      const scalar_t* y = Yd + (b * N + t0) * C;
-      for (int e = threadIdx.x; e < tile * C; e += blockDim.x) {
-        const int n = e / C, c = e % C;
-        zt[(D + c) * ld + n] = n < nt ? static_cast<acc_t>(y[e]) : acc_t(0);
-      }
-    }
     for (int n = threadIdx.x; n < tile; n += blockDim.x) {
       const int64_t g = b * N + t0 + n;
       wt[n] = n < nt ? (W ? static_cast<acc_t>(W[g]) : acc_t(1)) : acc_t(0);
@@ -175,19 +165,35 @@ __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
         lab[n] = c;
       }
     }
+    __syncthreads();  // wt is read below
+    for (int e = threadIdx.x; e < tile * D; e += blockDim.x) {
+      const int n = e / D, d = e % D;
+      const acc_t z = n < nt ? static_cast<acc_t>(v[e]) : acc_t(0);
+      zt[d * ld + n] = z;
+      wzt[d * ld + n] = wt[n] * z;
+    }
+    if (!index_target) {
+      const scalar_t* y = Yd + (b * N + t0) * C;
+      for (int e = threadIdx.x; e < tile * C; e += blockDim.x) {
+        const int n = e / C, c = e % C;
+        const acc_t z = n < nt ? static_cast<acc_t>(y[e]) : acc_t(0);
+        zt[(D + c) * ld + n] = z;
+        wzt[(D + c) * ld + n] = wt[n] * z;
+      }
+    }
     __syncthreads();
 
 #pragma unroll
     for (int k = 0; k < kItemsPerThread; ++k) {
       acc_t s = 0;
       const acc_t* zi = zt + ii[k] * ld;
-      const acc_t* zj = zt + jj[k] * ld;
+      const acc_t* wzj = wzt + jj[k] * ld;
       switch (kind[k]) {
         case kPair:
-          for (int n = 0; n < tile; ++n) s += zi[n] * (wt[n] * zj[n]);
+          for (int n = 0; n < tile; ++n) s += zi[n] * wzj[n];
           break;
         case kVY:  // V^T W Y[d][c] = sum over bins labelled c of w v_d
-          for (int n = 0; n < tile; ++n) s += lab[n] == ii[k] ? wt[n] * zj[n] : acc_t(0);
+          for (int n = 0; n < tile; ++n) s += lab[n] == ii[k] ? wzj[n] : acc_t(0);
           break;
         case kYY:
           for (int n = 0; n < tile; ++n) s += lab[n] == ii[k] ? wt[n] : acc_t(0);
@@ -327,7 +333,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cuda(
     using acc_t = at::opmath_type<scalar_t>;
     // Halve the tile until the staged tile fits the default shared memory.
     int tile = kMaxTile;
-    auto bytes = [&](int t) { return static_cast<size_t>(E + 1) * (t + 1) * sizeof(acc_t) + t * sizeof(int); };
+    auto bytes = [&](int t) { return static_cast<size_t>(2 * E + 1) * (t + 1) * sizeof(acc_t) + t * sizeof(int); };
     while (tile > 8 && bytes(tile) > kDefaultSmem) tile /= 2;
     const size_t smem = bytes(tile);
     auto kernel = stats_kernel<scalar_t, acc_t>;
