@@ -40,7 +40,7 @@ $(_CUDA_STAMP):
 cuda-build: $(_CUDA_STAMP)
 	PATH="$(abspath $(VENV_CUDA))/bin:$$PATH" CHIMERA_CUDA=1 CHIMERA_WERROR=1 \
 	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" MAX_JOBS=$(CUDA_MAX_JOBS) \
-	$(_CUDA_PY) setup.py -q build_py --build-lib $(_CUDA_LIB) \
+	$(_CUDA_PY) setup.py -q egg_info --egg-base $(abspath $(CUDA_BUILD_DIR)) build_py --build-lib $(_CUDA_LIB) \
 	    build_ext --force --build-lib $(_CUDA_LIB) --build-temp $(abspath $(CUDA_BUILD_DIR))/temp
 
 # Runs outside the source tree (-P, cwd in the build dir) so it imports the built copy.
@@ -51,4 +51,4 @@ cuda-check: cuda-build
 
 test-cuda:
 	$(CUDA_TEST_PYTHON) -m pip install --no-build-isolation -e .
-	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pytest -m cuda tests benchmarks
+	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pytest -m cuda tests $(wildcard benchmarks)
