@@ -34,11 +34,25 @@ def read_sources(kind):
     return [path for k, path in entries if k == kind]
 
 
+def is_cuda_home(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(path, "include", "cuda_runtime.h")
+    )
+
+
 def find_cuda_home():
-    home = cpp_extension.CUDA_HOME
-    if home is None and shutil.which("nvcc") and os.path.isdir("/usr/local/cuda"):
-        home = "/usr/local/cuda"
-    return home
+    """CUDA_HOME / CUDA_PATH when set (trusted, as torch does), else the toolkit around
+    nvcc, else /usr/local/cuda. torch guesses CUDA_HOME from the nvcc on PATH, which is
+    wrong when that nvcc is a wrapper script (/usr/local/bin/nvcc -> CUDA_HOME=/usr/local,
+    which has no CUDA headers): so a guess counts only if it holds nvcc and cuda_runtime.h."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    candidates = [cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.insert(1, os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    return next((home for home in candidates if is_cuda_home(home)), None)
 
 
 def want_cuda():
@@ -58,10 +72,19 @@ def torch_nvidia_includes():
     """Headers that torch's CUDA headers include (cublas_v2.h, ...) ship in the
     nvidia-* wheels next to torch; a bare nvcc install lacks them."""
     site = os.path.dirname(os.path.dirname(torch.__file__))
-    return sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+    major = (torch.version.cuda or "").split(".")[0]
+    return sorted(glob.glob(os.path.join(site, "nvidia", f"cu{major or '*'}", "include")))
+
+
+def after_system_includes(dirs):
+    """-idirafter: searched after the toolkit's own include folder, so these only fill in
+    what the toolkit lacks and never shadow its headers (harmless on a full toolkit)."""
+    cxx = [f"-idirafter{d}" for d in dirs]
+    return cxx, [f"-Xcompiler=-idirafter{d}" for d in dirs]
 
 
 def extension():
+    # No -std flag: torch adds the standard its headers need (C++20 since 2.x).
     cxx = ["-O3", "-g0", "-fvisibility=hidden", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
     sources = read_sources("cpp")
     if not want_cuda():
@@ -74,11 +97,14 @@ def extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # Hopper: build hosts without a GPU still build
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DCHIMERA_WITH_CUDA"]
+    if os.environ.get("CHIMERA_WERROR") == "1":  # make cuda-check: our .cu files build without warnings
+        nvcc += ["-Werror=all-warnings", "-Xcompiler=-Werror"]
+    inc_cxx, inc_nvcc = after_system_includes(torch_nvidia_includes())
     return cpp_extension.CUDAExtension(
         "chimera._C",
         sources + read_sources("cuda"),
-        extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA"], "nvcc": nvcc},
-        include_dirs=[os.path.join(ROOT, "csrc")] + torch_nvidia_includes(),
+        extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA"] + inc_cxx, "nvcc": nvcc + inc_nvcc},
+        include_dirs=[os.path.join(ROOT, "csrc")],
     )
 
 

@@ -24,26 +24,29 @@ CHIMERA_HD void tri_unpack(int64_t p, int64_t& i, int64_t& j) {
   j = p - tri_index(i, 0);
 }
 
+// Store entry (i, j), j <= i, of the Gram of Z = [V | Y] (E = D + C) where it belongs
+// in V^T W V (D x D), V^T W Y (D x C) or Y^T W Y (C x C), all row-major, mirrored.
+template <typename Out>
+CHIMERA_HD void spread_pair(int64_t i, int64_t j, Out s, int64_t D, int64_t C, Out* vv, Out* vy, Out* yy) {
+  if (i < D) {                       // both in V
+    vv[i * D + j] = s;
+    vv[j * D + i] = s;
+  } else if (j < D) {                // row of Y, column of V
+    vy[j * C + (i - D)] = s;
+  } else {                           // both in Y
+    yy[(i - D) * C + (j - D)] = s;
+    yy[(j - D) * C + (i - D)] = s;
+  }
+}
+
 // Spread a packed lower-triangle Gram of Z = [V | Y] (E = D + C) into V^T W V (D x D),
 // V^T W Y (D x C) and Y^T W Y (C x C), all row-major. Pass C = 0 for the V-only Gram
 // of index targets (then vy and yy are left untouched).
 template <typename Acc, typename Out>
 CHIMERA_HD void unpack_gram(const Acc* tri, int64_t D, int64_t C, Out* vv, Out* vy, Out* yy) {
   const int64_t E = D + C;
-  for (int64_t i = 0; i < E; ++i) {
-    for (int64_t j = 0; j <= i; ++j) {
-      const Out s = static_cast<Out>(tri[tri_index(i, j)]);
-      if (i < D) {                       // both in V
-        vv[i * D + j] = s;
-        vv[j * D + i] = s;
-      } else if (j < D) {                // row of Y, column of V
-        vy[j * C + (i - D)] = s;
-      } else {                           // both in Y
-        yy[(i - D) * C + (j - D)] = s;
-        yy[(j - D) * C + (i - D)] = s;
-      }
-    }
-  }
+  for (int64_t i = 0; i < E; ++i)
+    for (int64_t j = 0; j <= i; ++j) spread_pair(i, j, static_cast<Out>(tri[tri_index(i, j)]), D, C, vv, vy, yy);
 }
 
 // dL/dV of one bin for a dense target row y (length C):

@@ -1,0 +1,54 @@
+# CUDA targets (issue 11). Included by the main Makefile; also usable alone:
+#   make -f mk/cuda.mk cuda-check
+#
+# cuda-check: without a GPU, build the CUDA half of the extension against a CUDA build
+#   of torch in .venv-cuda (created when missing or stale) and check that it loads and
+#   that every op has CPU and CUDA kernels. Our .cu files must compile without warnings
+#   (CHIMERA_WERROR=1 turns nvcc warnings into errors). The build goes to
+#   $(CUDA_BUILD_DIR) -- never in place -- so the CPU build of .venv is left alone, and
+#   ninja there recompiles only what changed.
+# test-cuda: on a machine with a GPU, build in place with the torch installed there and
+#   run the CUDA tests and benchmarks.
+
+CUDA_BASE_PYTHON ?= python3
+VENV_CUDA ?= .venv-cuda
+CUDA_REQUIREMENTS ?= torch==2.14.1 numpy pytest ninja
+CUDA_ARCH_LIST ?= 8.0;9.0
+CUDA_BUILD_DIR ?= build/cuda-check
+CUDA_MAX_JOBS ?= 2
+CUDA_TEST_PYTHON ?= python3
+
+# The stamp's name carries a hash of the requirements: change them and the venv is updated.
+_CUDA_REQ_HASH := $(shell printf '%s' '$(CUDA_REQUIREMENTS)' | sha1sum | cut -c1-12)
+_CUDA_STAMP := $(VENV_CUDA)/.stamp-chimera-$(_CUDA_REQ_HASH)
+_CUDA_PY := $(abspath $(VENV_CUDA))/bin/python
+_CUDA_LIB := $(abspath $(CUDA_BUILD_DIR))/lib
+
+.PHONY: cuda-check cuda-venv cuda-build test-cuda
+
+cuda-venv: $(_CUDA_STAMP)
+
+$(_CUDA_STAMP):
+	test -x $(VENV_CUDA)/bin/python || $(CUDA_BASE_PYTHON) -m venv $(VENV_CUDA)
+	$(VENV_CUDA)/bin/python -m pip install -q $(CUDA_REQUIREMENTS)
+	$(VENV_CUDA)/bin/python -c "import torch; assert torch.version.cuda, 'torch in $(VENV_CUDA) is not a CUDA build'"
+	rm -f $(VENV_CUDA)/.stamp-chimera-*
+	touch $@
+
+# build_ext --force: setuptools would otherwise skip the build when only a header changed;
+# ninja still recompiles only the objects whose sources or headers changed.
+cuda-build: $(_CUDA_STAMP)
+	PATH="$(abspath $(VENV_CUDA))/bin:$$PATH" CHIMERA_CUDA=1 CHIMERA_WERROR=1 \
+	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" MAX_JOBS=$(CUDA_MAX_JOBS) \
+	$(_CUDA_PY) setup.py -q egg_info --egg-base $(abspath $(CUDA_BUILD_DIR)) build_py --build-lib $(_CUDA_LIB) \
+	    build_ext --force --build-lib $(_CUDA_LIB) --build-temp $(abspath $(CUDA_BUILD_DIR))/temp
+
+# Runs outside the source tree (-P, cwd in the build dir) so it imports the built copy.
+cuda-check: cuda-build
+	cd $(CUDA_BUILD_DIR) && CHIMERA_CUDA_CHECK_LIB=$(_CUDA_LIB) PYTHONPATH=$(_CUDA_LIB) \
+	$(_CUDA_PY) -P -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) \
+	    $(CURDIR)/tests/cuda_check/test_cuda_build.py
+
+test-cuda:
+	$(CUDA_TEST_PYTHON) -m pip install --no-build-isolation -e .
+	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pytest -m cuda tests $(wildcard benchmarks)
