@@ -16,6 +16,7 @@
 // rows in shared memory), so each exp is evaluated once per pass over the row.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include "common/macros.h"
 
 namespace chimera {
@@ -25,6 +26,33 @@ namespace codebook {
 template <typename L> struct FloatOrDouble { using type = float; };
 template <> struct FloatOrDouble<double> { using type = double; };
 template <typename L> using float_or_double_t = typename FloatOrDouble<L>::type;
+
+// exp(x) for x <= 0 (x = logit - row maximum). On the CPU a branch-free Cephes-style
+// polynomial (about 1 ulp on [-87, 0], exactly 0 below) that gcc vectorises over the row,
+// where std::exp is a scalar libm call; on the GPU the CUDA expf.
+CHIMERA_HD float exp_nonpositive(float x) {
+#ifdef __CUDA_ARCH__
+  return expf(x);
+#else
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const float t = x * 1.44269504088896341f + magic;
+  const float n = t - magic;                                // round(x / ln 2)
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln 2, in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(x < -87.0f ? 0.0f : n) + 127) << 23;  // 2^n
+  float scale;
+  memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.0f ? 0.0f : p * scale;  // exp(-87) ~ 1.6e-38: below it, 0 (also for -inf)
+#endif
+}
+
+CHIMERA_HD double exp_nonpositive(double x) { return std::exp(x); }
 
 // Overwrite the logits e[0..K) with unnormalised softmax weights; return 1 / sum of
 // weights. `infinite` is set when the row maximum is +-inf.
@@ -40,10 +68,8 @@ CHIMERA_HD A softmax_weights(A* e, int64_t K, bool& infinite) {
       sum += e[k];
     }
   } else {
-    for (int64_t k = 0; k < K; ++k) {
-      e[k] = std::exp(e[k] - m);
-      sum += e[k];
-    }
+    for (int64_t k = 0; k < K; ++k) e[k] = exp_nonpositive(e[k] - m);  // vectorised on the CPU
+    for (int64_t k = 0; k < K; ++k) sum += e[k];
   }
   return A(1) / sum;  // sum >= 1: the maximal entry contributes 1
 }
@@ -115,23 +141,33 @@ CHIMERA_HD int64_t argmax_row(const L* x, int64_t K) {
   return best;
 }
 
-// Backward of mode "interpolate" for one row. On entry e holds the logits; on exit the
-// logits gradient  p_k (s_k - sum_j p_j s_j),  s_k = gy . c_k,  gy the gradient reaching
-// y = sum_k p_k c_k (through the normalisation when there is one). For the codebook
-// gradient add(k, d, p_k * gy_d) is called for every entry (a functor: plain adds on CPU,
-// warp reductions on CUDA).
-template <typename A, int D, typename AddCodebook>
-CHIMERA_HD void interpolate_backward_row(A* e, const A* c, int64_t K, const A* g, bool normalize_out,
-                                         AddCodebook& add) {
-  bool infinite;
+// Backward of mode "interpolate" for one row, in two steps so that each kernel sums the
+// codebook gradient its own way (per-thread buffers on the CPU, warp reductions on CUDA).
+//
+// Step 1: on entry e holds the logits; on exit the softmax weights (p_k = e_k * inv, inv
+// returned) and gy, the gradient reaching y = sum_k p_k c_k (through the normalisation when
+// there is one). The codebook gradient of the row is p_k * gy_d for entry k, component d.
+template <typename A, int D>
+CHIMERA_HD A interpolate_backward_weights(A* e, const A* c, int64_t K, const A* g, bool normalize_out, A* gy,
+                                          bool& infinite) {
   const A inv = softmax_weights(e, K, infinite);
-  A gy[D];
   if (normalize_out) {
     A y[D];
     weighted_sum<A, D>(e, inv, c, K, y);
     normalize_backward<A, D>(y, g, gy);
   } else {
     for (int d = 0; d < D; ++d) gy[d] = g[d];
+  }
+  return inv;
+}
+
+// Step 2: overwrite the weights e with the logits gradient p_k (s_k - sum_j p_j s_j),
+// s_k = gy . c_k; 0 for a row with an infinite maximum (locally constant).
+template <typename A, int D>
+CHIMERA_HD void interpolate_backward_logits(A* e, A inv, bool infinite, const A* c, int64_t K, const A* gy) {
+  if (infinite) {
+    for (int64_t k = 0; k < K; ++k) e[k] = A(0);
+    return;
   }
   A sbar = A(0);
   for (int64_t k = 0; k < K; ++k) {
@@ -141,13 +177,9 @@ CHIMERA_HD void interpolate_backward_row(A* e, const A* c, int64_t K, const A* g
   }
   sbar *= inv;
   for (int64_t k = 0; k < K; ++k) {
-    const A p = e[k] * inv;
     A s = A(0);
-    for (int d = 0; d < D; ++d) {
-      s += gy[d] * c[k * D + d];
-      add(k, d, p * gy[d]);
-    }
-    e[k] = infinite ? A(0) : p * (s - sbar);
+    for (int d = 0; d < D; ++d) s += gy[d] * c[k * D + d];
+    e[k] = e[k] * inv * (s - sbar);
   }
 }
 

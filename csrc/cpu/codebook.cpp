@@ -48,16 +48,7 @@ void forward_cpu(const Shape& s, const L* x, const A* c, bool argmax, bool norma
   });
 }
 
-struct AddPartial {
-  double* acc;  // (K, D) of this thread
-  int D;
-  void operator()(int64_t k, int d, double v) { acc[k * D + d] += v; }
-};
-
-struct AddNothing {
-  template <typename A>
-  void operator()(int64_t, int, A) {}
-};
+constexpr int64_t FLUSH = 256;  // rows summed in the input precision before a float64 flush
 
 template <typename L, typename A, int D>
 void backward_cpu(const Shape& s, const A* g, const L* x, const A* c, bool argmax, bool normalize, L* gx,
@@ -67,32 +58,42 @@ void backward_cpu(const Shape& s, const A* g, const L* x, const A* c, bool argma
   const int64_t threads = at::get_num_threads();
   std::vector<double> partial(want_gc ? static_cast<size_t>(threads * K * D) : 0, 0.0);
   at::parallel_for(0, s.rows, GRAIN, [&](int64_t begin, int64_t end) {
-    std::vector<A> e(K);
+    std::vector<A> e(K), local(K * D, A(0));
     double* acc = want_gc ? partial.data() + at::get_thread_num() * K * D : nullptr;
-    AddPartial add{acc, D};
-    AddNothing skip;
+    auto flush = [&] {
+      for (int64_t q = 0; q < K * D; ++q) {
+        acc[q] += local[q];
+        local[q] = A(0);
+      }
+    };
     for (int64_t r = begin; r < end; ++r) {
       const L* xr = x + r * K;
       const A* gr = g + r * D;
+      A gy[D];
       if (argmax) {  // only the codebook entry picked receives a gradient
         if (!want_gc) continue;
         const int64_t k = codebook::argmax_row(xr, K);
-        A gy[D];
         codebook::argmax_backward_row<A, D>(c + k * D, gr, normalize, gy);
         for (int d = 0; d < D; ++d) acc[k * D + d] += gy[d];
         continue;
       }
       for (int64_t k = 0; k < K; ++k) e[k] = static_cast<A>(xr[k]);
+      bool infinite;
+      const A inv = codebook::interpolate_backward_weights<A, D>(e.data(), c, K, gr, normalize, gy, infinite);
       if (want_gc) {
-        codebook::interpolate_backward_row<A, D>(e.data(), c, K, gr, normalize, add);
-      } else {
-        codebook::interpolate_backward_row<A, D>(e.data(), c, K, gr, normalize, skip);
+        for (int64_t k = 0; k < K; ++k) {
+          const A p = e[k] * inv;
+          for (int d = 0; d < D; ++d) local[k * D + d] += p * gy[d];
+        }
+        if ((r - begin) % FLUSH == FLUSH - 1) flush();
       }
       if (gx != nullptr) {
+        codebook::interpolate_backward_logits<A, D>(e.data(), inv, infinite, c, K, gy);
         L* gxr = gx + r * K;
         for (int64_t k = 0; k < K; ++k) gxr[k] = static_cast<L>(e[k]);
       }
     }
+    if (want_gc) flush();
   });
   if (want_gc) {
     for (int64_t q = 0; q < K * D; ++q) {
