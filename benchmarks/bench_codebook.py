@@ -7,7 +7,6 @@ in a subprocess and reports its peak RSS over the inputs (extra_info and a print
     CHIMERA_BENCH_FULL=1 python -m pytest benchmarks/bench_codebook.py --benchmark-only
 """
 import os
-import resource
 import subprocess
 import sys
 
@@ -46,9 +45,18 @@ def _step(fn, logits, codebook, grad):
     return torch.autograd.grad(out, (logits, codebook), grad)
 
 
+def _status_bytes(field):
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a subprocess forked from a big
+    # pytest process would report the parent's peak.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return _status_bytes("VmRSS")
 
 
 def _measure_peak(variant, shape):
@@ -58,7 +66,7 @@ def _measure_peak(variant, shape):
     _step(fn, logits[:1, :1], codebook, grad[:1, :1])  # load kernels, warm allocators
     before = _rss_bytes()
     _step(fn, logits, codebook, grad)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     return peak - before, peak
 
 

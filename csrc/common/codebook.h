@@ -34,10 +34,18 @@ CHIMERA_HD float exp_nonpositive(float x) {
 #ifdef __CUDA_ARCH__
   return expf(x);
 #else
+  // Branch-free, and the selects act on integer bits: gcc if-converts and vectorises the
+  // loop over the row only then (float compares may trap under -ftrapping-math).
+  const uint32_t lim = 0xC2AE0000u;  // bits of -87.0f; exp(-87) ~ 1.6e-38
+  uint32_t ux;
+  memcpy(&ux, &x, sizeof(ux));
+  const bool under = ux > lim;  // x < -87 (negative floats order by magnitude), -inf included
+  const uint32_t uc = under ? lim : ux;
+  float xc;
+  memcpy(&xc, &uc, sizeof(xc));
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const float t = x * 1.44269504088896341f + magic;
-  const float n = t - magic;                                // round(x / ln 2)
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln 2, in two parts
+  const float n = (xc * 1.44269504088896341f + magic) - magic;  // round(x / ln 2)
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln 2, in two parts
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -45,10 +53,16 @@ CHIMERA_HD float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(x < -87.0f ? 0.0f : n) + 127) << 23;  // 2^n
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
   float scale;
   memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;  // exp(-87) ~ 1.6e-38: below it, 0 (also for -inf)
+  const float result = p * scale;
+  uint32_t ur;
+  memcpy(&ur, &result, sizeof(ur));
+  ur &= static_cast<uint32_t>(under) - 1u;  // 0 below -87 (a mask: a select would become a branch)
+  float out;
+  memcpy(&out, &ur, sizeof(out));
+  return out;
 #endif
 }
 

@@ -37,7 +37,7 @@ struct Launch {
 
 // Tile rows are padded to an odd length so that the threads of a warp, each on its own
 // row, hit distinct shared-memory banks.
-inline int64_t padded(int64_t K) { return K % 2 == 0 ? K + 1 : K; }
+__host__ __device__ inline int64_t padded(int64_t K) { return K % 2 == 0 ? K + 1 : K; }
 
 // extra_kd: further (K, D) arrays in shared memory (the backward's codebook gradient).
 template <typename A>
