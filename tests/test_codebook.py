@@ -154,6 +154,15 @@ def test_huge_and_infinite_logits_are_finite(dtype):
     _close(out.detach().double(), ref, 1e-6)
 
 
+def test_float32_weights_accurate_over_the_exp_range():
+    # Two entries with logits 0 and x: the output is sigmoid(x). Covers the float32 exp of the
+    # CPU kernel from 0 down past its underflow cut-off.
+    x = torch.linspace(-100, 0, 20001)
+    out = codebook_lookup(torch.stack([torch.zeros_like(x), x], -1), torch.tensor([0.0, 1.0]))
+    ref = torch.sigmoid(x.double())
+    assert ((out.double() - ref).abs() <= 1e-6 * ref + 1e-37).all()
+
+
 def test_all_minus_inf_row_argmax_is_first():
     logits = torch.full((2, K), -math.inf)
     cb = torch.arange(K, dtype=torch.float32) + 1
