@@ -4,8 +4,8 @@
 // row is read once from memory into a K-long buffer that the shared row helpers
 // (common/codebook.h) turn into softmax weights in place. The backward recomputes the
 // softmax from the logits; nothing of size rows x K is saved or allocated besides the
-// logits gradient itself. The codebook gradient is summed per thread in float64, then
-// over threads.
+// logits gradient itself. The codebook gradient is summed per thread over blocks of 256
+// rows in the input precision, those block sums in float64, then over threads.
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
