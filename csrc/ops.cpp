@@ -13,6 +13,13 @@ TORCH_LIBRARY(chimera, m) {
   m.def("affinity_stats_backward(Tensor grad_vv, Tensor grad_vy, Tensor embedding, Tensor target, Tensor? weight) -> Tensor");
 
   // --- codebook masks (csrc/common/codebook.h) ---
+  // Per row of K logits: sum_k softmax(logits)_k codebook_k, or codebook[argmax] (argmax=True);
+  // normalize divides by the magnitude (0 at magnitude 0). codebook is (K,) real or (K, 2), a
+  // complex codebook viewed as real; the output is logits.shape[:-1] + codebook.shape[1:].
+  m.def("codebook_lookup(Tensor logits, Tensor codebook, bool argmax, bool normalize) -> Tensor");
+  // (d logits, d codebook), recomputing the softmax from the logits. An output not asked for in
+  // output_mask is (0,) for the logits and zeros for the codebook; with argmax d logits is 0.
+  m.def("codebook_lookup_backward(Tensor grad, Tensor logits, Tensor codebook, bool argmax, bool normalize, bool[2] output_mask) -> (Tensor, Tensor)");
 
   // --- overlap-add inverse STFT (csrc/common/overlap_add.h) ---
   // frames (..., n_frames, n_fft) -> signal (..., L): windowed, overlap-added at the hop,

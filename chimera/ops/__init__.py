@@ -4,9 +4,10 @@ tensors; ``backend()`` says which implementation runs on each device."""
 from ._extension import info as extension_info
 from ._registry import backend
 from .affinity import affinity_stats, affinity_stats_backward
+from .codebook import codebook_lookup
 from .overlap_add import overlap_add, overlap_add_backward
 
 __all__ = [
-    "affinity_stats", "affinity_stats_backward", "backend", "extension_info",
+    "affinity_stats", "affinity_stats_backward", "backend", "codebook_lookup", "extension_info",
     "overlap_add", "overlap_add_backward",
 ]

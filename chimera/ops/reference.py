@@ -140,3 +140,101 @@ def overlap_add_backward(grad, window, hop_length, center, n_frames):
     q[..., start:end] = grad[..., : end - start] / _ola_envelope(
         window, hop_length, n_frames, start, end, "overlap_add_backward")
     return q.unfold(-1, n_fft, hop_length) * window
+
+
+# ---------------------------------------------------------------- codebook masks
+
+def _codebook_softmax(logits):
+    """Softmax over the last dimension that is finite wherever the logits are not NaN:
+    rows whose maximum is +inf share the mass among their +inf entries, all -inf rows
+    are uniform. Such rows are constant in the logits (zero gradient)."""
+    m = logits.amax(-1, keepdim=True)
+    infinite = torch.isinf(m)
+    indicator = torch.where(logits == m, 0.0, float("-inf")).to(logits.dtype)
+    return torch.softmax(torch.where(infinite, indicator, logits), dim=-1), infinite
+
+
+def _codebook_dtype(logits, codebook):
+    real = codebook.real.dtype if codebook.is_complex() else codebook.dtype
+    if real not in (torch.float32, torch.float64):
+        raise TypeError(f"codebook_lookup: codebook must be float32/float64 or complex64/complex128, got {codebook.dtype}")
+    if not logits.is_floating_point():
+        raise TypeError(f"codebook_lookup: logits must be a floating tensor, got {logits.dtype}")
+    if logits.dtype != real and not (real == torch.float32 and logits.dtype in (torch.float16, torch.bfloat16)):
+        raise TypeError(
+            f"codebook_lookup: logits dtype {logits.dtype} does not match codebook dtype {codebook.dtype} "
+            "(float16/bfloat16 logits need a float32/complex64 codebook)"
+        )
+    return real
+
+
+def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
+    """Σₖ softmax(logits)ₖ · codebookₖ (mode "interpolate") or codebook[argmax(logits)]
+    (mode "argmax", first index on ties) over the last dimension of `logits` (..., K);
+    `codebook` is (K,) real or complex. normalize=True divides by the magnitude, giving 0
+    where the magnitude is 0 (torch.sgn's convention)."""
+    if mode not in ("interpolate", "argmax"):
+        raise ValueError(f"codebook_lookup: mode must be 'interpolate' or 'argmax', got {mode!r}")
+    if codebook.dim() != 1 or logits.dim() < 1 or logits.shape[-1] != codebook.shape[0] or codebook.shape[0] == 0:
+        raise ValueError(
+            f"codebook_lookup: need logits (..., K) and codebook (K,) with K >= 1, got {tuple(logits.shape)} "
+            f"and {tuple(codebook.shape)}"
+        )
+    real = _codebook_dtype(logits, codebook)
+    if mode == "argmax":
+        y = codebook[logits.argmax(-1)]
+    else:
+        p, _ = _codebook_softmax(logits.to(real))
+        y = (p.to(codebook.dtype) * codebook).sum(-1)
+    return torch.sgn(y) if normalize else y
+
+
+def codebook_lookup_real(logits, codebook, argmax, normalize):
+    """Twin of torch.ops.chimera.codebook_lookup: the codebook is (K,) real or (K, 2), a
+    complex codebook viewed as real; the output is logits.shape[:-1] + codebook.shape[1:]."""
+    if codebook.dim() == 2 and codebook.shape[-1] == 2:
+        out = codebook_lookup(logits, torch.view_as_complex(codebook.contiguous()), "argmax" if argmax else "interpolate",
+                              normalize)
+        return torch.view_as_real(out).clone()
+    if codebook.dim() != 1:
+        raise RuntimeError(f"codebook_lookup: codebook must be (K,) or (K, 2), got {tuple(codebook.shape)}")
+    return codebook_lookup(logits, codebook, "argmax" if argmax else "interpolate", normalize).clone()
+
+
+def codebook_lookup_backward(grad, logits, codebook, argmax, normalize, output_mask):
+    """Twin of torch.ops.chimera.codebook_lookup_backward, with the formulas spelt out:
+    gy = (g − u (u·g)) / |y| through the normalisation (0 at |y| = 0), s_k = gy·c_k,
+    d logits = p ⊙ (s − Σ p s) (0 for argmax and for rows with an infinite maximum),
+    d codebook = Σ_rows p ⊗ gy (argmax: gy added to the picked entry)."""
+    K = codebook.shape[0]
+    cb = codebook.reshape(K, -1)
+    D = cb.shape[1]
+    g = grad.reshape(*logits.shape[:-1], D)
+    if argmax:
+        idx = logits.argmax(-1)
+        y = cb[idx]
+    else:
+        p, infinite = _codebook_softmax(logits.to(cb.dtype))
+        y = p @ cb
+    if normalize:
+        n = y.abs() if D == 1 else torch.hypot(y[..., 0], y[..., 1]).unsqueeze(-1)
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        u = y / safe
+        gy = torch.where(n > 0, (g - u * (u * g).sum(-1, keepdim=True)) / safe, torch.zeros_like(g))
+    else:
+        gy = g
+    if not output_mask[0]:
+        grad_logits = logits.new_empty(0)
+    elif argmax:
+        grad_logits = torch.zeros_like(logits)
+    else:
+        s = gy @ cb.T
+        grad_logits = p * (s - (p * s).sum(-1, keepdim=True))
+        grad_logits = torch.where(infinite, torch.zeros_like(grad_logits), grad_logits).to(logits.dtype)
+    if not output_mask[1]:
+        grad_codebook = torch.zeros_like(codebook)
+    elif argmax:
+        grad_codebook = torch.zeros_like(cb).index_add_(0, idx.reshape(-1), gy.reshape(-1, D)).reshape(codebook.shape)
+    else:
+        grad_codebook = (p.reshape(-1, K).T @ gy.reshape(-1, D)).reshape(codebook.shape)
+    return grad_logits, grad_codebook
