@@ -13,7 +13,7 @@ import torch
 
 from chimera import losses
 from chimera.ops import reference
-from conftest import FULL, peak_rss_delta_mb
+from benchutil import FULL, peak_rss_delta_mb
 
 B, T, F, D, C = (8, 400, 513, 20, 2) if FULL else (2, 100, 129, 20, 2)
 N = T * F

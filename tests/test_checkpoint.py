@@ -7,7 +7,7 @@ from chimera.models import (
     CheckpointError, SeparationModel, StftConfig, fit_statistics, load_checkpoint, preset, save_checkpoint,
 )
 from chimera.models import checkpoint as ckpt
-from conftest import cuda
+from testutil import cuda
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 

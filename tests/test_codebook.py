@@ -9,7 +9,7 @@ from chimera.ops import codebook_lookup, reference
 from chimera.ops.codebook import codebook_lookup_backward, codebook_lookup_op
 from chimera.models.heads import CombookHead, MagbookHead, PhasebookHead
 
-from conftest import cuda
+from testutil import cuda
 
 MODES = ("interpolate", "argmax")
 K = 6

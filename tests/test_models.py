@@ -8,7 +8,7 @@ from chimera.models import (
     fit_statistics, flatten_bins, make_mask_head, preset,
 )
 from chimera.objectives import objective, si_sdr
-from conftest import cuda
+from testutil import cuda
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 TINY = dict(hidden=16, layers=2, stft=STFT)

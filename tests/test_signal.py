@@ -8,7 +8,7 @@ import chimera.ops as ops
 from chimera.ops import reference
 from chimera.signal import StreamingISTFT, inconsistency, istft, misi, stft
 
-from conftest import EXT_DISABLED, cuda
+from testutil import EXT_DISABLED, cuda
 
 WINDOWS = {
     "sqrt_hann": lambda n, **kw: torch.hann_window(n, **kw).sqrt(),
