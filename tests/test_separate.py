@@ -205,13 +205,14 @@ def test_killed_run_leaves_no_partial_files(tmp_path, model_file):
     sf.write(src, noise(1, 8000 * 120).T, 8000)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}
     proc = subprocess.Popen([sys.executable, "-m", "chimera", "predict", str(src), "--model", str(model_file),
-                             "--out", str(tmp_path / "sep"), "--segment", "0.5", "--batch-size", "1"],
+                             "--out", str(tmp_path / "sep"), "--segment", "0.5", "--overlap", "0.1", "--batch-size", "1"],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     # wait until it is writing (the progress bar has advanced), then kill it
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "sep" / "long").exists():
         time.sleep(0.05)
     time.sleep(1.0)
+    assert (tmp_path / "sep" / "long").is_dir() and proc.poll() is None, proc.stderr.read()  # mid-write
     proc.send_signal(os_signal.SIGKILL)
     proc.wait()
     left = [p for p in (tmp_path / "sep").rglob("*") if p.is_file()] if (tmp_path / "sep").exists() else []
