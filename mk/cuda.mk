@@ -38,6 +38,7 @@ $(_CUDA_STAMP):
 # build_ext --force: setuptools would otherwise skip the build when only a header changed;
 # ninja still recompiles only the objects whose sources or headers changed.
 cuda-build: $(_CUDA_STAMP)
+	mkdir -p $(CUDA_BUILD_DIR)
 	PATH="$(abspath $(VENV_CUDA))/bin:$$PATH" CHIMERA_CUDA=1 CHIMERA_WERROR=1 \
 	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" MAX_JOBS=$(CUDA_MAX_JOBS) \
 	$(_CUDA_PY) setup.py -q egg_info --egg-base $(abspath $(CUDA_BUILD_DIR)) build_py --build-lib $(_CUDA_LIB) \
