@@ -146,6 +146,9 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--verbose", action="store_true", help="tracebacks for unexpected errors")
     p.set_defaults(func=_predict)
+
+    from chimera import train
+    train.add_parser(sub)
     return parser
 
 
