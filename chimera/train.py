@@ -73,6 +73,7 @@ TRAIN_DEFAULTS = {
     "max_steps_per_epoch": 0,  # 0: the whole epoch
     "valid_every": 1,  # validate every N epochs (and always at the end of a stage)
     "init": None,  # start from this checkpoint's weights (and statistics) instead of a fresh model
+    "threads": 0,  # torch CPU threads (0: torch's default); --threads overrides
 }
 DATA_LOADER_KEYS = ("dataset", "batch_size", "valid_batch_size", "num_workers", "train", "valid")
 STAGE_KEYS = ("name", "objective", "options", "alpha", "epochs", "lr", "grad_clip", "scheduler")
@@ -364,15 +365,31 @@ class _Dist:
 
 
 class _LossModule(torch.nn.Module):
-    """Model + objective in one module, so DDP sees a plain tensor output."""
+    """Model + objective in one module, so DDP sees a plain tensor output. Under mixed
+    precision only the network runs in autocast; the objective (DC sums over all bin pairs,
+    STFTs of the sources) runs in float32 on float32 copies of the outputs."""
 
-    def __init__(self, model, objective):
+    def __init__(self, model, objective, autocast):
         super().__init__()
         self.model = model
         self.objective = objective
+        self.autocast = autocast
 
     def forward(self, mixture, sources):
-        return self.objective(self.model(mixture), mixture, sources)
+        with self.autocast():
+            out = self.model(mixture)
+        return self.objective(_float32(out), mixture, sources)
+
+
+def _float32(out):
+    import dataclasses
+
+    def up(t):
+        if t is None or t.dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+            return t
+        return t.to(torch.complex64 if t.is_complex() else torch.float32)
+
+    return dataclasses.replace(out, embedding=up(out.embedding), masks=up(out.masks), estimates=up(out.estimates))
 
 
 # ============================================================================ trainer
@@ -386,6 +403,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.quiet = quiet
         tcfg = self.cfg["train"]
+        if tcfg["threads"]:
+            torch.set_num_threads(int(tcfg["threads"]))
         self.dist = _Dist(device or tcfg["device"])
         self.device = self.dist.device
         self.seed = self.cfg["seed"]
@@ -532,9 +551,7 @@ class Trainer:
                     raise TrainError(f"unreadable validation data: {batch['error']}")
                 mix = batch["mixture"].to(self.device)
                 src = batch["sources"].to(self.device)
-                with self._autocast():
-                    out = model(mix)
-                    loss = objective(out, mix, src)
+                loss = _LossModule(model, objective, self._autocast)(mix, src)
                 loss_sum += float(loss) * mix.shape[0]
                 count += mix.shape[0]
                 method = "mask" if model.mask_head is not None else "kmeans"
@@ -628,7 +645,7 @@ class Trainer:
                 accum = dict(state["accum"])
                 _set_rng_state(state["rng"])
             clip = float(stage.get("grad_clip", tcfg["grad_clip"]) or 0)
-            net = _LossModule(model, obj)
+            net = _LossModule(model, obj, self._autocast)
             if self.dist.enabled:
                 from torch.nn.parallel import DistributedDataParallel
 
@@ -655,8 +672,7 @@ class Trainer:
                     mix = batch["mixture"].to(self.device, non_blocking=True)
                     src = batch["sources"].to(self.device, non_blocking=True)
                     opt.zero_grad(set_to_none=True)
-                    with self._autocast():
-                        loss = net(mix, src)
+                    loss = net(mix, src)
                     if not torch.isfinite(loss):
                         raise TrainError(f"stage {stage['name']} epoch {epoch + 1} batch {b}: loss is {float(loss)} "
                                          f"(items {batch['name']}); lower the learning rate or check the data")
@@ -731,9 +747,9 @@ def train_main(args) -> int:
             apply_override(config, item)
         if args.seed is not None:
             config["seed"] = args.seed
-        run_dir = args.run_dir or os.path.join("runs", Path(args.config).stem)
+        run_dir = args.run_dir or (os.path.join("runs", Path(args.config).stem) if args.config else ".")
         if args.threads:
-            torch.set_num_threads(args.threads)
+            config.setdefault("train", {})["threads"] = args.threads
         trainer = Trainer(config, run_dir, resume=args.resume, device=args.device, quiet=args.quiet)
         try:
             result = trainer.run()

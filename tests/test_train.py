@@ -184,15 +184,21 @@ def test_training_reduces_the_loss_on_a_fixed_batch(data_root, tmp_path):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_cli_end_to_end_with_overrides(data_root, tmp_path):
+def test_cli_with_overrides_and_one_line_errors(data_root, tmp_path, capsys):
+    from chimera.cli import main
+
     path = write_toml(tmp_path / "r.toml", config(data_root))
-    p = run_cli([str(path), "--run-dir", str(tmp_path / "run"), "--set", "stages.0.epochs=1",
-                 "--set", "stages.1.epochs=0"])
-    assert p.returncode == 0, p.stderr
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--set", "stages.0.epochs=1",
+               "--set", "stages.1.epochs=0", "--threads", "1", "--quiet"])
+    assert rc == 0
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert len(rows) == 1
-    p = run_cli([str(path), "--run-dir", str(tmp_path / "run2"), "--set", "train.nope=1"])
-    assert p.returncode == 2 and "unknown [train] key(s) ['nope']" in p.stderr and "Traceback" not in p.stderr
+    assert [(r["stage_name"], r["epoch"]) for r in rows] == [("chimera", "1")]
+    capsys.readouterr()
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run2"), "--set", "train.nope=1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown [train] key(s) ['nope']" in err and "Traceback" not in err
+    rc = main(["train", str(tmp_path / "missing.toml"), "--quiet"])
+    assert rc == 2 and "missing.toml: no such config file" in capsys.readouterr().err
 
 
 def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
@@ -200,12 +206,12 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     cfg["data"]["train"]["segments_per_track"] = 4  # 8 steps per epoch
     cfg["stages"][0]["epochs"] = 1
     path = write_toml(tmp_path / "r.toml", cfg)
-    ref = run_cli([str(path), "--run-dir", str(tmp_path / "ref")])
-    assert ref.returncode == 0, ref.stderr
+    torch.set_num_threads(1)  # as the subprocesses (--threads 1): same kernels, same rounding
+    tr.Trainer(tr.load_config(path), tmp_path / "ref", quiet=True).run()
 
     # Slow each step down (env hook) so that the kill lands mid-epoch after a checkpoint.
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CHIMERA_TRAIN_STEP_DELAY": "0.4",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CHIMERA_TRAIN_STEP_DELAY": "0.3",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "chimera", "train", str(path), "--run-dir", str(run),
                              "--threads", "1", "--quiet"], cwd=ROOT, env=env,
