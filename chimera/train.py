@@ -665,7 +665,7 @@ class Trainer:
                     accum = {"loss_sum": 0.0, "count": 0}
                 loader = _loader(train_ds, bs, workers, order[first * bs:])
                 bar = tqdm(loader, total=steps_per_epoch, initial=first, file=sys.stderr, leave=False,
-                           disable=self.quiet or not self.dist.main, desc=f"{stage['name']} ep {epoch + 1}/"
+                           disable=self.quiet or not self.dist.main or not sys.stderr.isatty(), desc=f"{stage['name']} ep {epoch + 1}/"
                            f"{stage['epochs']}", dynamic_ncols=True)
                 for b, batch in enumerate(bar, start=first):
                     batch = _check_batch(batch)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from chimera import train as tr
+from conftest import cuda
 from chimera.data import write_audio
 from chimera.models import load_checkpoint
 
@@ -314,3 +315,17 @@ def test_unreadable_file_with_on_error_raise_is_one_line(data_root, tmp_path, mo
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("chimera train: error:")]
     assert len(lines) == 1 and str(bad) in lines[0] and "unreadable" in lines[0], err
+
+
+@cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(data_root, tmp_path, amp):
+    cfg = config(data_root, amp=amp)
+    cfg["stages"][0]["epochs"] = 1
+    trainer = tr.Trainer(cfg, tmp_path / "run", device="cuda", quiet=True)
+    assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    trainer.run()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert all(np.isfinite(float(r["train_loss"])) and np.isfinite(float(r["valid_si_sdri"])) for r in rows)
+    _, state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["stage"] == 2
