@@ -247,7 +247,7 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
 
 
-def test_ddp_two_gloo_processes(data_root, tmp_path):
+def test_ddp_two_gloo_processes_match_one_process_with_the_summed_batch(data_root, tmp_path, monkeypatch):
     cfg = config(data_root)
     cfg["stages"] = cfg["stages"][:1]
     cfg["stages"][0]["epochs"] = 1
@@ -267,10 +267,24 @@ def test_ddp_two_gloo_processes(data_root, tmp_path):
     assert len(rows) == 1  # rank 0 only
     _, state = weights(tmp_path / "ddp" / "last.pt")
     assert state["world_size"] == 2 and state["global_step"] == 2  # 8 items / (2 ranks x batch 2)
-    # The replicas stayed in sync: the weights equal a single-process run with batch 4 would not,
-    # but they must be finite and changed from the initial model.
-    sd = load_checkpoint(tmp_path / "ddp" / "last.pt")[0].state_dict()
-    assert all(torch.isfinite(v).all() for v in sd.values())
+    # Two ranks x batch 2 with averaged gradients = one process with batch 4 over the same items.
+    merged = tmp_path / "single"
+    orig = tr.epoch_indices
+
+    def both_ranks(n, seed, stage, epoch, rank=0, world=1):
+        if stage < 0:
+            return orig(n, seed, stage, epoch)
+        r0, r1 = (orig(n, seed, stage, epoch, k, 2) for k in range(2))
+        return [i for k in range(0, len(r0), 2) for i in r0[k:k + 2] + r1[k:k + 2]]
+
+    single = dict(cfg, data={**cfg["data"], "batch_size": 4}, train={**cfg["train"], "stats_batches": 1})
+    torch.set_num_threads(1)
+    monkeypatch.setattr(tr, "epoch_indices", both_ranks)
+    tr.Trainer(single, merged, quiet=True).run()
+    a = load_checkpoint(tmp_path / "ddp" / "last.pt")[0].state_dict()
+    b = load_checkpoint(merged / "last.pt")[0].state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 # ------------------------------------------------------------------ unreadable files
