@@ -91,12 +91,25 @@ class TrainError(RuntimeError):
 # ============================================================================ configuration
 
 def load_config(path) -> dict:
+    """A recipe from TOML (``.toml``) or, when PyYAML is installed, YAML (``.yaml``/``.yml``)."""
     path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{path}: no such config file")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise TrainError(f"{path}: YAML recipes need PyYAML (pip install pyyaml), or use TOML") from None
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise TrainError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(config, dict):
+            raise TrainError(f"{path}: a recipe must be a mapping, got {type(config).__name__}")
+        return config
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
-    except FileNotFoundError:
-        raise TrainError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as e:
         raise TrainError(f"{path}: not valid TOML: {e}") from None
 
@@ -525,6 +538,23 @@ class Trainer:
                     self.writer.add_scalar(f"{k}", v, row["step"])
             self.writer.flush()
 
+    def _trim_metrics(self, step):
+        """Drop rows written after the checkpoint we resume from (a kill between the CSV row
+        and the checkpoint of an epoch end would otherwise repeat that epoch's row)."""
+        path = self.run_dir / "metrics.csv"
+        if not self.dist.main or not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(r["step"]) <= step]
+        if len(keep) != len(rows):
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                w.writeheader()
+                w.writerows(keep)
+            os.replace(tmp, path)
+
     def _open_tensorboard(self):
         if not self.dist.main:
             return
@@ -546,7 +576,7 @@ class Trainer:
         loss_sum = est_sum = mix_sum = 0.0
         count = pairs = 0
         try:
-            for batch in _loader(valid_ds, bs, 0, idx):
+            for batch in _loader(valid_ds, bs, int(self.cfg["data"]["num_workers"]), idx):
                 if "error" in batch:
                     raise TrainError(f"unreadable validation data: {batch['error']}")
                 mix = batch["mixture"].to(self.device)
@@ -604,6 +634,7 @@ class Trainer:
             if state.get("world_size", 1) != self.dist.world:
                 warnings.warn(f"resuming a {state['world_size']}-process run with {self.dist.world} processes: "
                               "the data order differs from the original run", stacklevel=2)
+            self._trim_metrics(state["global_step"])
             self._log(f"resuming from {self.resume_path}: stage {state['stage']}, epoch {state['epoch']}, "
                       f"batch {state['batch']}")
         else:
@@ -664,9 +695,10 @@ class Trainer:
                 if first == 0:
                     accum = {"loss_sum": 0.0, "count": 0}
                 loader = _loader(train_ds, bs, workers, order[first * bs:])
+                show = not self.quiet and self.dist.main and sys.stderr.isatty()
                 bar = tqdm(loader, total=steps_per_epoch, initial=first, file=sys.stderr, leave=False,
-                           disable=self.quiet or not self.dist.main or not sys.stderr.isatty(), desc=f"{stage['name']} ep {epoch + 1}/"
-                           f"{stage['epochs']}", dynamic_ncols=True)
+                           disable=not show, desc=f"{stage['name']} ep {epoch + 1}/{stage['epochs']}",
+                           dynamic_ncols=True)
                 for b, batch in enumerate(bar, start=first):
                     batch = _check_batch(batch)
                     mix = batch["mixture"].to(self.device, non_blocking=True)

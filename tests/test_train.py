@@ -125,6 +125,17 @@ def test_config_errors_name_the_problem(data_root, mutate, match):
         tr.validate_config(cfg)
 
 
+def test_yaml_recipe(data_root, tmp_path):
+    pytest.importorskip("yaml")
+    (tmp_path / "r.yaml").write_text(
+        "seed: 1\ndata: {dataset: demo, root: x}\nstages:\n  - {objective: dc, epochs: 1, lr: 0.001}\n")
+    cfg = tr.validate_config(tr.load_config(tmp_path / "r.yaml"))
+    assert cfg["seed"] == 1 and cfg["stages"][0]["objective"] == "dc"
+    (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(tr.TrainError, match="must be a mapping"):
+        tr.load_config(tmp_path / "bad.yaml")
+
+
 def test_recipes_are_valid():
     import tomllib
 
@@ -162,7 +173,8 @@ def test_two_stage_recipe_end_to_end(data_root, tmp_path):
     assert result["steps"] == 3 * 4  # 4 tracks x 2 segments / batch 2, for 3 epochs
     # The feature statistics were fitted (not the identity 0/1 they start from).
     sd, state = weights(run / "last.pt")
-    assert sd["features.mean"].abs().max() > 1 and not torch.allclose(sd["features.std"], torch.ones_like(sd["features.std"]))
+    assert sd["features.mean"].abs().max() > 1
+    assert not torch.allclose(sd["features.std"], torch.ones_like(sd["features.std"]))
     assert state["stage"] == 2 and state["epoch"] == 0 and state["global_step"] == 12
     best = float(max(rows, key=lambda r: float(r["valid_si_sdri"]))["valid_si_sdri"])
     assert best == pytest.approx(result["best_si_sdri"]) == pytest.approx(load_checkpoint(run / "best.pt")[1]["best"])
@@ -171,6 +183,12 @@ def test_two_stage_recipe_end_to_end(data_root, tmp_path):
         tr.Trainer(cfg, run, quiet=True)
     again = tr.Trainer(cfg, run, resume="last", quiet=True).run()
     assert again["steps"] == 12
+    # Resuming from an earlier checkpoint drops the metrics rows written after it.
+    tr.Trainer(cfg, run, resume=str(run / "best.pt"), quiet=True).run()
+    best_step = load_checkpoint(run / "best.pt")[1]["global_step"]
+    rows2 = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows]
+    assert sum(int(r["step"]) <= best_step for r in rows2) >= 1
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch(data_root, tmp_path):
