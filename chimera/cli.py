@@ -192,6 +192,9 @@ def build_parser():
     e.add_argument("--misi", type=int, default=0, metavar="N")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
+
+    from chimera import train
+    train.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,363 @@
+"""chimera train: staged recipe end to end, exact kill -9 resume, DDP (gloo, 2 processes), bad files.
+
+Everything runs on a few tiny generated tracks (8 kHz, 0.25 s segments) and the small model
+shrunk further (1 layer x 16 units), so the whole file takes seconds."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chimera import train as tr
+from conftest import cuda
+from chimera.data import write_audio
+from chimera.models import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_tracks(root: Path, n: int, seconds: float = 0.6, sr: int = 8000, seed: int = 0):
+    """DemoTracks layout: root/<track>/{mixture,vocals,accompaniment}.wav (a tone and noise)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    for i in range(n):
+        voc = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 800) * t) * (rng.random(t.size) > 0.1)
+        acc = 0.1 * rng.standard_normal(t.size)
+        d = root / f"track{i:02d}"
+        write_audio(d / "vocals.wav", voc.astype(np.float32), sr)
+        write_audio(d / "accompaniment.wav", acc.astype(np.float32), sr)
+        write_audio(d / "mixture.wav", (voc + acc).astype(np.float32), sr)
+
+
+def config(data_root: Path, **train):
+    return {
+        "seed": 3,
+        "model": {"preset": "chimerapp", "size": "small", "layers": 1, "hidden": 16, "embedding_dim": 4,
+                  "stft": {"sample_rate": 8000, "n_fft": 128, "hop_length": 64}},
+        "data": {"dataset": "demo", "root": str(data_root), "batch_size": 2, "num_workers": 0,
+                 "train": {"split": "train", "segment_seconds": 0.25, "segments_per_track": 2,
+                           "gain_db": [-3.0, 3.0]},
+                 "valid": {"split": "valid", "segment_seconds": 0.5}},
+        "train": {"stats_batches": 2, **train},
+        "stages": [
+            {"name": "chimera", "objective": "chimera", "alpha": 0.9, "epochs": 2, "lr": 3e-3},
+            {"name": "wa", "objective": "wa", "epochs": 1, "lr": 1e-3},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_tracks(root / "train", 4)
+    make_tracks(root / "valid", 2, seed=1)
+    return root
+
+
+def weights(path):
+    model, state = load_checkpoint(path)
+    return model.state_dict(), state
+
+
+def run_cli(args, env_extra=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "chimera", "train", *args, "--threads", "1", "--quiet"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **kw)
+
+
+def write_toml(path: Path, cfg: dict):
+    """Minimal TOML writer for the test configs (nested tables, arrays of tables)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + "}"
+        return repr(v)
+    lines = [f"seed = {cfg['seed']}"]
+    for sec in ("model", "data", "train"):
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {val(v)}" for k, v in cfg[sec].items()]
+    for st in cfg["stages"]:
+        lines.append("[[stages]]")
+        lines += [f"{k} = {val(v)}" for k, v in st.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------ config handling
+
+def test_overrides_parse_toml_values_and_index_lists():
+    cfg = {"stages": [{"epochs": 3}], "train": {}}
+    tr.apply_override(cfg, "stages.0.epochs=2")
+    tr.apply_override(cfg, "train.amp=off")
+    tr.apply_override(cfg, "data.train.gain_db=[-1.5, 2]")
+    tr.apply_override(cfg, "stages.1.objective=wa")
+    assert cfg["stages"][0]["epochs"] == 2 and cfg["train"]["amp"] == "off"
+    assert cfg["data"]["train"]["gain_db"] == [-1.5, 2] and cfg["stages"][1] == {"objective": "wa"}
+    with pytest.raises(tr.TrainError, match="no index '5'"):
+        tr.apply_override(cfg, "stages.5.epochs=1")
+    with pytest.raises(tr.TrainError, match="KEY=VALUE"):
+        tr.apply_override(cfg, "stages")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda c: c["train"].update(bogus=1), r"unknown \[train\] key\(s\) \['bogus'\]"),
+    (lambda c: c["stages"][0].update(objective="nope"), "stages.0: unknown objective 'nope'"),
+    (lambda c: c["stages"][0].pop("lr"), "stages.0 needs `lr`"),
+    (lambda c: c["data"].update(dataset="mp3s"), "unknown data.dataset 'mp3s'"),
+    (lambda c: c["train"].update(scheduler="step"), "train.scheduler"),
+])
+def test_config_errors_name_the_problem(data_root, mutate, match):
+    cfg = config(data_root)
+    mutate(cfg)
+    with pytest.raises(tr.TrainError, match=match):
+        tr.validate_config(cfg)
+
+
+def test_yaml_recipe(data_root, tmp_path):
+    pytest.importorskip("yaml")
+    (tmp_path / "r.yaml").write_text(
+        "seed: 1\ndata: {dataset: demo, root: x}\nstages:\n  - {objective: dc, epochs: 1, lr: 0.001}\n")
+    cfg = tr.validate_config(tr.load_config(tmp_path / "r.yaml"))
+    assert cfg["seed"] == 1 and cfg["stages"][0]["objective"] == "dc"
+    (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(tr.TrainError, match="must be a mapping"):
+        tr.load_config(tmp_path / "bad.yaml")
+
+
+def test_recipes_are_valid():
+    import tomllib
+
+    names = sorted(p.name for p in (ROOT / "recipes").glob("*.toml"))
+    assert {"demo.toml", "chimerapp.toml", "torch-chimera-combook.toml", "wsj0-2mix-pit.toml"} <= set(names)
+    for name in names:
+        with open(ROOT / "recipes" / name, "rb") as f:
+            cfg = tr.validate_config(tomllib.load(f))
+        assert cfg["stages"]
+    combook = tr.validate_config(tomllib.load(open(ROOT / "recipes/torch-chimera-combook.toml", "rb")))
+    assert [(s["objective"], s["epochs"], s["options"].get("alpha")) for s in combook["stages"]] == \
+        [("dc", 10, None), ("chimera", 10, 0.95), ("wa", 5, None)]
+
+
+def test_epoch_order_is_a_function_of_seed_stage_epoch_and_ranks_partition_it():
+    a = tr.epoch_indices(10, 1, 0, 3)
+    assert a == tr.epoch_indices(10, 1, 0, 3) and sorted(a) == list(range(10))
+    assert a != tr.epoch_indices(10, 1, 0, 4) and a != tr.epoch_indices(10, 1, 1, 3)
+    r0, r1 = tr.epoch_indices(10, 1, 0, 3, 0, 2), tr.epoch_indices(10, 1, 0, 3, 1, 2)
+    assert sorted(r0 + r1) == list(range(10)) and len(r0) == len(r1) == 5
+
+
+# ------------------------------------------------------------------ end to end
+
+def test_two_stage_recipe_end_to_end(data_root, tmp_path):
+    torch.set_num_threads(1)
+    cfg = config(data_root)
+    result = tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    run = tmp_path / "run"
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file() and (run / "config.json").is_file()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [(r["stage_name"], r["epoch"]) for r in rows] == [("chimera", "1"), ("chimera", "2"), ("wa", "1")]
+    for r in rows:
+        assert np.isfinite(float(r["train_loss"])) and np.isfinite(float(r["valid_si_sdri"]))
+    assert result["steps"] == 3 * 4  # 4 tracks x 2 segments / batch 2, for 3 epochs
+    # The feature statistics were fitted (not the identity 0/1 they start from).
+    sd, state = weights(run / "last.pt")
+    assert sd["features.mean"].abs().max() > 1
+    assert not torch.allclose(sd["features.std"], torch.ones_like(sd["features.std"]))
+    assert state["stage"] == 2 and state["epoch"] == 0 and state["global_step"] == 12
+    best = float(max(rows, key=lambda r: float(r["valid_si_sdri"]))["valid_si_sdri"])
+    assert best == pytest.approx(result["best_si_sdri"]) == pytest.approx(load_checkpoint(run / "best.pt")[1]["best"])
+    # A finished run refuses to be overwritten, and resuming it does nothing more.
+    with pytest.raises(tr.TrainError, match="already holds a run"):
+        tr.Trainer(cfg, run, quiet=True)
+    again = tr.Trainer(cfg, run, resume="last", quiet=True).run()
+    assert again["steps"] == 12
+    # Resuming from an earlier checkpoint drops the metrics rows written after it.
+    tr.Trainer(cfg, run, resume=str(run / "best.pt"), quiet=True).run()
+    best_step = load_checkpoint(run / "best.pt")[1]["global_step"]
+    rows2 = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["step"] for r in rows2] == [r["step"] for r in rows]
+    assert sum(int(r["step"]) <= best_step for r in rows2) >= 1
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(data_root, tmp_path):
+    # One stage, many epochs over 2 items: the DC+MI loss must go down (the trainer really steps).
+    cfg = config(data_root, scheduler="constant")
+    cfg["stages"] = [{"objective": "chimera", "alpha": 0.5, "epochs": 6, "lr": 1e-2}]
+    cfg["data"]["train"]["segments_per_track"] = 1
+    cfg["data"]["batch_size"] = 4
+    tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_cli_with_overrides_and_one_line_errors(data_root, tmp_path, capsys):
+    from chimera.cli import main
+
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--set", "stages.0.epochs=1",
+               "--set", "stages.1.epochs=0", "--threads", "1", "--quiet"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [(r["stage_name"], r["epoch"]) for r in rows] == [("chimera", "1")]
+    capsys.readouterr()
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run2"), "--set", "train.nope=1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown [train] key(s) ['nope']" in err and "Traceback" not in err
+    rc = main(["train", str(tmp_path / "missing.toml"), "--quiet"])
+    assert rc == 2 and "missing.toml: no such config file" in capsys.readouterr().err
+
+
+def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
+    cfg = config(data_root, checkpoint_every=1, scheduler="cosine")
+    cfg["data"]["train"]["segments_per_track"] = 4  # 8 steps per epoch
+    cfg["stages"][0]["epochs"] = 1
+    path = write_toml(tmp_path / "r.toml", cfg)
+    torch.set_num_threads(1)  # as the subprocesses (--threads 1): same kernels, same rounding
+    tr.Trainer(tr.load_config(path), tmp_path / "ref", quiet=True).run()
+
+    # Slow each step down (env hook) so that the kill lands mid-epoch after a checkpoint.
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CHIMERA_TRAIN_STEP_DELAY": "0.3",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "chimera", "train", str(path), "--run-dir", str(run),
+                             "--threads", "1", "--quiet"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "last.pt").exists():
+            try:
+                step = load_checkpoint(run / "last.pt")[1]["batch"]
+            except Exception:
+                step = 0
+            if step >= 2:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the training finished before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(run / "last.pt")[1]
+    assert state["stage"] == 0 and 0 < state["batch"] < 8, state["batch"]  # mid-epoch
+
+    res = run_cli(["--resume", "--run-dir", str(run)])  # config from the run folder
+    assert res.returncode == 0, res.stderr
+    a, sa = weights(tmp_path / "ref" / "last.pt")
+    b, sb = weights(run / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert sa["global_step"] == sb["global_step"]
+    ra = list(csv.DictReader(open(tmp_path / "ref" / "metrics.csv")))
+    rb = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
+
+
+def test_ddp_two_gloo_processes_match_one_process_with_the_summed_batch(data_root, tmp_path, monkeypatch):
+    cfg = config(data_root)
+    cfg["stages"] = cfg["stages"][:1]
+    cfg["stages"][0]["epochs"] = 1
+    path = write_toml(tmp_path / "r.toml", cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                        "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+                        "-m", "chimera", "train", str(path), "--run-dir", str(tmp_path / "ddp"), "--threads", "1",
+                        "--quiet", "--device", "cpu"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    files = sorted(os.listdir(tmp_path / "ddp"))
+    assert "last.pt" in files and "best.pt" in files
+    assert not [f for f in files if f.endswith(".tmp")]  # one writer: no leftover temporaries
+    rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
+    assert len(rows) == 1  # rank 0 only
+    _, state = weights(tmp_path / "ddp" / "last.pt")
+    assert state["world_size"] == 2 and state["global_step"] == 2  # 8 items / (2 ranks x batch 2)
+    # Two ranks x batch 2 with averaged gradients = one process with batch 4 over the same items.
+    merged = tmp_path / "single"
+    orig = tr.epoch_indices
+
+    def both_ranks(n, seed, stage, epoch, rank=0, world=1):
+        if stage < 0:
+            return orig(n, seed, stage, epoch)
+        r0, r1 = (orig(n, seed, stage, epoch, k, 2) for k in range(2))
+        return [i for k in range(0, len(r0), 2) for i in r0[k:k + 2] + r1[k:k + 2]]
+
+    single = dict(cfg, data={**cfg["data"], "batch_size": 4}, train={**cfg["train"], "stats_batches": 1})
+    torch.set_num_threads(1)
+    monkeypatch.setattr(tr, "epoch_indices", both_ranks)
+    tr.Trainer(single, merged, quiet=True).run()
+    a = load_checkpoint(tmp_path / "ddp" / "last.pt")[0].state_dict()
+    b = load_checkpoint(merged / "last.pt")[0].state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+# ------------------------------------------------------------------ unreadable files
+
+def test_unreadable_file_is_skipped_with_its_path(data_root, tmp_path):
+    root = tmp_path / "data"
+    make_tracks(root / "train", 3)
+    make_tracks(root / "valid", 1, seed=1)
+    bad = root / "train" / "track01" / "vocals.wav"
+    bad.write_bytes(b"not audio at all")
+    cfg = config(root)
+    cfg["stages"] = [{"objective": "dc", "epochs": 1, "lr": 1e-3}]
+    with pytest.warns(RuntimeWarning, match=str(bad)):
+        tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_unreadable_file_with_on_error_raise_is_one_line(data_root, tmp_path, monkeypatch, capsys):
+    from chimera.cli import build_parser
+
+    root = tmp_path / "data"
+    make_tracks(root / "train", 3)
+    make_tracks(root / "valid", 1, seed=1)
+    cfg = config(root)
+    cfg["data"]["on_error"] = "raise"
+    cfg["data"]["num_workers"] = 1
+    cfg["stages"] = [{"objective": "dc", "epochs": 1, "lr": 1e-3}]
+    path = write_toml(tmp_path / "r.toml", cfg)
+    bad = root / "train" / "track02" / "accompaniment.wav"
+    build = tr.build_dataset
+
+    def build_then_damage(data_cfg, split, sr, seed):
+        ds = build(data_cfg, split, sr, seed)
+        bad.write_bytes(b"RIFF garbage")  # damaged after the headers were probed: fails in a worker
+        return ds
+
+    monkeypatch.setattr(tr, "build_dataset", build_then_damage)
+    args = build_parser().parse_args(["train", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1",
+                                      "--quiet"])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("chimera train: error:")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "unreadable" in lines[0], err
+
+
+@cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(data_root, tmp_path, amp):
+    cfg = config(data_root, amp=amp)
+    cfg["stages"][0]["epochs"] = 1
+    trainer = tr.Trainer(cfg, tmp_path / "run", device="cuda", quiet=True)
+    assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    trainer.run()
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert all(np.isfinite(float(r["train_loss"])) and np.isfinite(float(r["valid_si_sdri"])) for r in rows)
+    _, state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["stage"] == 2
