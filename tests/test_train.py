@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from chimera import train as tr
-from conftest import cuda
+from testutil import cuda
 from chimera.data import write_audio
 from chimera.models import load_checkpoint
 
