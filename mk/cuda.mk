@@ -12,7 +12,7 @@
 
 CUDA_BASE_PYTHON ?= python3
 VENV_CUDA ?= .venv-cuda
-CUDA_REQUIREMENTS ?= torch==2.14.1 numpy pytest ninja
+CUDA_REQUIREMENTS ?= torch==2.14.1 numpy pytest ninja soundfile soxr tqdm
 CUDA_ARCH_LIST ?= 8.0;9.0
 CUDA_BUILD_DIR ?= build/cuda-check
 CUDA_MAX_JOBS ?= 2
