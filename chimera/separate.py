@@ -79,15 +79,7 @@ class Separator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        if method is None:
-            method = "mask" if model.mask_head is not None else "kmeans"
-        if method not in ("mask", "kmeans"):
-            raise ValueError(f"method must be 'mask' or 'kmeans', got {method!r}")
-        if method == "mask" and model.mask_head is None:
-            raise ValueError("this model has no mask head; use method='kmeans'")
-        if method == "kmeans" and model.embedding_head is None:
-            raise ValueError("this model has no embedding head; use method='mask'")
-        self.method = method
+        self.method = model.resolve_method(method)
         self.misi_iters = int(misi_iters)
         self.seed = seed
 
@@ -373,8 +365,9 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     bar = None
     created = _missing_parents(targets)
     try:
-        with _open_input(path) as source:
-            _check_samples(path, source, block_seconds)
+        with _open_input(path) as source:  # decode it all once before any output exists
+            for _ in _read_blocks(path, source, block_seconds):
+                pass
         return _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress)
     except BaseException:
         for folder in created:  # leave no empty folders behind for a failed input
@@ -394,9 +387,9 @@ def _missing_parents(targets):
     return sorted(missing, key=len, reverse=True)
 
 
-def _check_samples(path, source, block_seconds):
-    """Decode the whole input once before anything is written: a corrupt block or a
-    NaN/Inf sample fails the input before any output exists."""
+def _read_blocks(path, source, block_seconds):
+    """The samples of an open input as (n, channels) float32 blocks; a block that cannot
+    be decoded, a short file or a NaN/Inf sample raises SeparationError naming the file."""
     import soundfile as sf
     rate, frames, read = source.samplerate, source.frames, 0
     block = max(1, int(block_seconds * rate))
@@ -411,6 +404,7 @@ def _check_samples(path, source, block_seconds):
             bad = read + int(np.argwhere(~np.isfinite(data))[0, 0])
             raise SeparationError(f"{path}: NaN or Inf sample at {bad / rate:.3f} s (sample {bad})")
         read += data.shape[0]
+        yield data
 
 
 def _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress):
@@ -436,30 +430,13 @@ def _separate_open_file(separator, path, targets, ext, subtype, clip, force, blo
             bar = tqdm(total=frames, unit="sample", unit_scale=True, desc=os.path.basename(os.fspath(path)),
                        leave=False, dynamic_ncols=True)
         stream = separator.stream(channels, rate, frames)
-        block = max(1, int(block_seconds * rate))
-
-        def blocks():
-            read = 0
-            while read < frames:
-                try:
-                    data = source.read(min(block, frames - read), dtype="float32", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError) as exc:
-                    raise SeparationError(f"{path}: read failed at sample {read} ({_short(exc)})") from None
-                if data.shape[0] == 0:
-                    raise SeparationError(f"{path}: file ends at sample {read}, its header says {frames}")
-                if not np.isfinite(data).all():
-                    bad = read + int(np.argwhere(~np.isfinite(data))[0, 0])
-                    raise SeparationError(f"{path}: NaN or Inf sample at {bad / rate:.3f} s (sample {bad})")
-                read += data.shape[0]
-                yield data
-
         def write(out):  # out: (n, channels, C)
             if clip == "clamp":
                 out = np.clip(out, -1.0, 1.0)
             for c, w in enumerate(writers):
                 w.write(np.ascontiguousarray(out[:, :, c]))
 
-        for data in blocks():
+        for data in _read_blocks(path, source, block_seconds):
             for out in stream.push(data):
                 write(out)
             if bar is not None:

@@ -116,6 +116,18 @@ class SeparationModel(nn.Module):
         return ModelOutput(spec, embedding, masks, estimates, self.stft, mixture.shape[-1])
 
     # ------------------------------------------------------------------ inference
+    def resolve_method(self, method: str | None) -> str:
+        """The separation method to use: None means the mask head when there is one."""
+        if method is None:
+            method = "mask" if self.mask_head is not None else "kmeans"
+        if method not in ("mask", "kmeans"):
+            raise ValueError(f"separate: unknown method {method!r}; use 'mask' or 'kmeans'")
+        if method == "mask" and self.mask_head is None:
+            raise ValueError("separate: this model has no mask head; use method='kmeans'")
+        if method == "kmeans" and self.embedding_head is None:
+            raise ValueError("separate: this model has no embedding head; use method='mask'")
+        return method
+
     @torch.no_grad()
     def separate(self, waveform: torch.Tensor, method: str | None = None, misi_iters: int = 0,
                  kmeans_iters: int = 20, seed: int = 0) -> torch.Tensor:
@@ -126,14 +138,7 @@ class SeparationModel(nn.Module):
         when the model has one. ``misi_iters`` > 0 refines the phases with MISI.
         Runs in eval mode (dropout off) and restores the previous mode.
         """
-        if method is None:
-            method = "mask" if self.mask_head is not None else "kmeans"
-        if method not in ("mask", "kmeans"):
-            raise ValueError(f"separate: unknown method {method!r}; use 'mask' or 'kmeans'")
-        if method == "mask" and self.mask_head is None:
-            raise ValueError("separate: this model has no mask head; use method='kmeans'")
-        if method == "kmeans" and self.embedding_head is None:
-            raise ValueError("separate: this model has no embedding head; use method='mask'")
+        method = self.resolve_method(method)
         if misi_iters < 0:
             raise ValueError(f"separate: misi_iters must be >= 0, got {misi_iters}")
         if waveform.is_complex() or not waveform.is_floating_point():
