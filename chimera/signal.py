@@ -59,7 +59,10 @@ def istft(spec, n_fft, hop_length=None, window=None, center=True, length=None):
     if spec.shape[-1] == 0:
         raise ValueError("istft: spec has no frames")
     hop = _hop(hop_length, n_fft)
-    frames = torch.fft.irfft(spec.transpose(-1, -2), n=n_fft)
+    # Along dim -2 the FFT (MKL, pocketfft) writes the frames contiguous as
+    # (..., n_frames, n_fft) with no transposing copy of the spectrum, and its backward
+    # reads overlap_add_backward's contiguous gradient without a copy too.
+    frames = torch.fft.irfft(spec, n=n_fft, dim=-2).transpose(-1, -2)
     w = _window(window, n_fft, frames.dtype, frames.device)
     return overlap_add(frames, w, hop, center, length)
 
