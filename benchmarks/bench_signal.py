@@ -22,10 +22,12 @@ N_FFT, HOP = 1024, 256
 
 
 def make_inputs(seed=0):
+    """Spectra of BATCH noise signals, as torch.stft lays them out (frequency fastest),
+    the layout every spectrum in a separation pipeline has (masks times an STFT)."""
     g = torch.Generator().manual_seed(seed)
-    n_frames = int(SECONDS * RATE) // HOP + 1
-    spec = torch.randn(BATCH, N_FFT // 2 + 1, n_frames, dtype=torch.complex64, generator=g)
     window = torch.hann_window(N_FFT).sqrt()
+    x = torch.randn(BATCH, int(SECONDS * RATE), generator=g)
+    spec = torch.stft(x, N_FFT, HOP, window=window, return_complex=True)
     return spec, window
 
 

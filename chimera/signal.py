@@ -169,7 +169,7 @@ class StreamingISTFT:
         self._like = chunk.real.new_empty(*chunk.shape[:-2], 0)
         if n_new == 0:
             return self._like
-        frames = torch.fft.irfft(chunk.transpose(-1, -2), n=self.n_fft)  # (..., T_chunk, n_fft)
+        frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-2).transpose(-1, -2)  # (..., T_chunk, n_fft)
         w = _window(self.window, self.n_fft, frames.dtype, frames.device)
         n_fft, hop = self.n_fft, self.hop
         overlap = n_fft - hop
