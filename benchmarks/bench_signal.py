@@ -67,20 +67,21 @@ def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
 spec, window = b.make_inputs()
-b.fwd_bwd(b.IMPLS[{impl!r}], spec[..., :8], window)  # load FFT plans and kernels first
+impl = b.IMPLS[{impl!r}]
+b.fwd_bwd(impl, spec[..., :8], window)  # load FFT plans and kernels first
 with open("/proc/self/clear_refs", "w") as f:  # reset the peak to the current resident size
     f.write("5")
 base = status("VmRSS")
-b.fwd_bwd(b.IMPLS[{impl!r}], spec, window)
+(b.fwd_bwd(impl, spec, window) if {backward!r} else impl(spec, window))
 print(json.dumps(status("VmHWM") - base))
 """
 
 
-def extra_peak_mib(impl):
-    """Peak resident memory added by one forward+backward, in a fresh process (MiB);
+def extra_peak_mib(impl, backward):
+    """Peak resident memory added by one forward (+backward), in a fresh process (MiB);
     None where the peak cannot be reset (/proc/self/clear_refs, Linux only)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(root=root, impl=impl)],
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(root=root, impl=impl, backward=backward)],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if out.returncode != 0:
         return None
@@ -93,10 +94,12 @@ def test_istft_forward(benchmark, impl):
     benchmark.group = f"istft forward {BATCH}x{SECONDS:g}s"
     fn = IMPLS[impl]
     out = benchmark(fn, spec, window)
+    benchmark.extra_info["extra_peak_rss_mib"] = extra_peak_mib(impl, backward=False)
     if impl == "chimera":
         torch.testing.assert_close(out, run_torch(spec, window), rtol=0, atol=1e-5 * out.abs().max().item())
         ours = best_time(lambda: fn(spec, window))
         benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: run_torch(spec, window)) / ours
+        benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch", backward=False)
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -105,10 +108,10 @@ def test_istft_forward_backward(benchmark, impl):
     benchmark.group = f"istft forward+backward {BATCH}x{SECONDS:g}s"
     fn = IMPLS[impl]
     grad = benchmark(fwd_bwd, fn, spec, window)
-    benchmark.extra_info["extra_peak_rss_mib"] = extra_peak_mib(impl)
+    benchmark.extra_info["extra_peak_rss_mib"] = extra_peak_mib(impl, backward=True)
     if impl == "chimera":
         torch.testing.assert_close(grad, fwd_bwd(run_torch, spec, window), rtol=0,
                                    atol=1e-5 * grad.abs().max().item())
         ours = best_time(lambda: fwd_bwd(fn, spec, window))
         benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: fwd_bwd(run_torch, spec, window)) / ours
-        benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch")
+        benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch", backward=True)

@@ -326,11 +326,14 @@ def test_misi_is_differentiable():
     assert torch.autograd.gradcheck(fn, (mags,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_istft_gradient_matches_torch():
+@pytest.mark.parametrize("layout", ["contiguous", "stft"])
+def test_istft_gradient_matches_torch(layout):
     n_fft, hop = 256, 64
     w = torch.hann_window(n_fft).sqrt()
     g = torch.randn(2, 900)
     spec = random_spec(n_fft, 16)
+    if layout == "stft":  # torch.stft's layout: frequency fastest
+        spec = spec.transpose(-1, -2).contiguous().transpose(-1, -2)
     ours = spec.clone().requires_grad_(True)
     theirs = spec.clone().requires_grad_(True)
     (istft(ours, n_fft, hop, w, True, 900) * g).sum().backward()
