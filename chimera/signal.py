@@ -59,7 +59,10 @@ def istft(spec, n_fft, hop_length=None, window=None, center=True, length=None):
     if spec.shape[-1] == 0:
         raise ValueError("istft: spec has no frames")
     hop = _hop(hop_length, n_fft)
-    frames = torch.fft.irfft(spec.transpose(-1, -2), n=n_fft)
+    # Along dim -2 the FFT (MKL, pocketfft) writes the frames contiguous as
+    # (..., n_frames, n_fft) with no transposing copy of the spectrum, and its backward
+    # reads overlap_add_backward's contiguous gradient without a copy too.
+    frames = torch.fft.irfft(spec, n=n_fft, dim=-2).transpose(-1, -2)
     w = _window(window, n_fft, frames.dtype, frames.device)
     return overlap_add(frames, w, hop, center, length)
 
@@ -166,7 +169,7 @@ class StreamingISTFT:
         self._like = chunk.real.new_empty(*chunk.shape[:-2], 0)
         if n_new == 0:
             return self._like
-        frames = torch.fft.irfft(chunk.transpose(-1, -2), n=self.n_fft)  # (..., T_chunk, n_fft)
+        frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-2).transpose(-1, -2)  # (..., T_chunk, n_fft)
         w = _window(self.window, self.n_fft, frames.dtype, frames.device)
         n_fft, hop = self.n_fft, self.hop
         overlap = n_fft - hop

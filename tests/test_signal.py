@@ -324,3 +324,18 @@ def test_misi_is_differentiable():
     mags = stft(src, n_fft, hop, w).abs().requires_grad_(True)
     fn = lambda m: misi(src.sum(0), m, 2, n_fft, hop, w)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (mags,), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "stft"])
+def test_istft_gradient_matches_torch(layout):
+    n_fft, hop = 256, 64
+    w = torch.hann_window(n_fft).sqrt()
+    g = torch.randn(2, 900)
+    spec = random_spec(n_fft, 16)
+    if layout == "stft":  # torch.stft's layout: frequency fastest
+        spec = spec.transpose(-1, -2).contiguous().transpose(-1, -2)
+    ours = spec.clone().requires_grad_(True)
+    theirs = spec.clone().requires_grad_(True)
+    (istft(ours, n_fft, hop, w, True, 900) * g).sum().backward()
+    (torch.istft(theirs, n_fft, hop, window=w, length=900) * g).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-5 * theirs.grad.abs().max())
