@@ -109,7 +109,6 @@ def test_dc_forward_backward(benchmark, impl):
 def test_dc_forward_peak_memory(benchmark, impl):
     """Extra peak RSS of one forward pass (the inputs excluded), in a fresh process."""
     setup = f"""
-        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
         from bench_affinity import inputs, IMPLS
         V, y, w = inputs()
         fn = IMPLS[{impl!r}]

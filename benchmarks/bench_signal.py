@@ -5,10 +5,6 @@ sqrt-Hann. Default: a small shape for CI. Ratios against torch.istft (timed in t
 same test) and the peak memory of each (extra resident memory of a subprocess that
 runs forward+backward once, over the resident size before it) go to extra_info.
 """
-import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,7 +12,7 @@ import torch
 
 from chimera.signal import istft
 
-FULL = os.environ.get("CHIMERA_BENCH_FULL", "") == "1"
+from benchutil import FULL, peak_rss_delta_mb
 BATCH, SECONDS, RATE = (8, 30.0, 44100) if FULL else (2, 1.0, 16000)
 N_FFT, HOP = 1024, 256
 
@@ -59,33 +55,15 @@ def best_time(fn, reps=3):
     return best
 
 
-_PEAK_SCRIPT = """
-import json, sys, torch
-sys.path.insert(0, {root!r})
-import benchmarks.bench_signal as b
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
-spec, window = b.make_inputs()
-impl = b.IMPLS[{impl!r}]
-b.fwd_bwd(impl, spec[..., :8], window)  # load FFT plans and kernels first
-with open("/proc/self/clear_refs", "w") as f:  # reset the peak to the current resident size
-    f.write("5")
-base = status("VmRSS")
-(b.fwd_bwd(impl, spec, window) if {backward!r} else impl(spec, window))
-print(json.dumps(status("VmHWM") - base))
-"""
-
-
 def extra_peak_mib(impl, backward):
-    """Peak resident memory added by one forward (+backward), in a fresh process (MiB);
-    None where the peak cannot be reset (/proc/self/clear_refs, Linux only)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT.format(root=root, impl=impl, backward=backward)],
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    if out.returncode != 0:
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Peak resident memory added by one forward (+backward), in a fresh process (MiB)."""
+    setup = f"""
+        import bench_signal as b
+        spec, window = b.make_inputs()
+        impl = b.IMPLS[{impl!r}]
+        b.fwd_bwd(impl, spec[..., :8], window)  # load FFT plans and kernels first
+    """
+    return peak_rss_delta_mb(setup, "b.fwd_bwd(impl, spec, window)" if backward else "impl(spec, window)")
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))

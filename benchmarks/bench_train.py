@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from conftest import FULL
+from benchutil import FULL
 
 B, SECONDS, SR, N_FFT, HOP = (8, 2.0, 16000, 512, 128) if FULL else (4, 1.0, 8000, 256, 64)
 THREADS = int(os.environ.get("CHIMERA_BENCH_THREADS", "1"))

@@ -362,7 +362,6 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
         for t in targets:
             if os.path.exists(t):
                 raise SeparationError(f"{t}: exists (use --force to overwrite)")
-    bar = None
     created = _missing_parents(targets)
     try:
         with _open_input(path) as source:  # decode it all once before any output exists

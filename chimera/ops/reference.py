@@ -128,7 +128,7 @@ def overlap_add(frames, window, hop_length, center, length):
 def overlap_add_backward(grad, window, hop_length, center, n_frames):
     """Adjoint of overlap_add in `frames`: d frames[t, k] = window[k] · g[t·hop + k − start] / env."""
     if grad.dim() < 1 or not grad.dtype.is_floating_point:
-        raise RuntimeError(f"overlap_add_backward: grad must be a real floating-point (..., length) tensor")
+        raise RuntimeError("overlap_add_backward: grad must be a real floating-point (..., length) tensor")
     if n_frames <= 0:
         raise RuntimeError(f"overlap_add_backward: n_frames must be positive, got {n_frames}")
     _ola_check("overlap_add_backward", grad, window, hop_length)
