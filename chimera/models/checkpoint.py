@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 import torch
 
+from ..atomic import atomic_write
 from .config import ModelConfig, StftConfig
 from .model import SeparationModel
 
@@ -50,8 +50,8 @@ def _cpu(obj):
 
 
 def save_checkpoint(path, model: SeparationModel, training_state: dict | None = None) -> None:
-    """Write ``model`` (and optional ``training_state``) to ``path`` atomically: a temporary
-    file in the same folder, fsynced, then renamed over ``path``."""
+    """Write ``model`` (and optional ``training_state``) to ``path`` atomically (see
+    :mod:`chimera.atomic`): it appears complete, fsynced, or not at all."""
     if not isinstance(model, SeparationModel):
         raise TypeError(f"save_checkpoint: expected a SeparationModel, got {type(model).__name__}")
     if training_state is not None and not isinstance(training_state, dict):
@@ -71,27 +71,8 @@ def save_checkpoint(path, model: SeparationModel, training_state: dict | None = 
         "checksum": _checksum(meta, state),
         "training_state": _cpu(training_state),
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(path, force=True) as f:  # complete or absent, even after a kill
+        torch.save(payload, f)
 
 
 def load_checkpoint(path, map_location="cpu"):
