@@ -83,5 +83,46 @@ CHIMERA_HD void gradient_row_index(const T* v, int64_t label, T w, const T* G, c
   for (int64_t j = 0; j < D; ++j) out[j] *= w;
 }
 
+// The same rows with G and H padded with zeros to a compile-time width WIDTH >= D (row
+// stride WIDTH): the accumulator then lives in registers and the inner loop has a fixed
+// trip count that the compiler vectorises.
+template <typename T, int WIDTH>
+CHIMERA_HD void accumulate_padded(const T* v, const T* Gp, int64_t D, T* acc) {
+  for (int64_t i = 0; i < D; ++i) {
+    const T vi = v[i];
+    for (int j = 0; j < WIDTH; ++j) acc[j] += vi * Gp[i * WIDTH + j];
+  }
+}
+
+// STORE_WIDTH: write all WIDTH values (the D of this row, then WIDTH - D that spill into
+// the next rows, which the caller writes afterwards); a fixed-size store lets the compiler
+// keep the accumulator in registers. Otherwise exactly D values are written.
+template <typename T, int WIDTH, bool STORE_WIDTH>
+CHIMERA_HD void store_row(const T* acc, T w, int64_t D, T* out) {
+  if (STORE_WIDTH) {
+    for (int j = 0; j < WIDTH; ++j) out[j] = w * acc[j];
+  } else {
+    for (int64_t j = 0; j < D; ++j) out[j] = w * acc[j];
+  }
+}
+
+template <typename T, int WIDTH, bool STORE_WIDTH = false>
+CHIMERA_HD void gradient_row_index_padded(const T* v, const T* h_label, T w, const T* Gp, int64_t D, T* out) {
+  T acc[WIDTH];
+  for (int j = 0; j < WIDTH; ++j) acc[j] = h_label[j];
+  accumulate_padded<T, WIDTH>(v, Gp, D, acc);
+  store_row<T, WIDTH, STORE_WIDTH>(acc, w, D, out);
+}
+
+template <typename T, int WIDTH, bool STORE_WIDTH = false>
+CHIMERA_HD void gradient_row_dense_padded(const T* v, const T* y, T w, const T* Gp, const T* Hp, int64_t D,
+                                          int64_t C, T* out) {
+  T acc[WIDTH];
+  for (int j = 0; j < WIDTH; ++j) acc[j] = T(0);
+  accumulate_padded<T, WIDTH>(y, Hp, C, acc);
+  accumulate_padded<T, WIDTH>(v, Gp, D, acc);
+  store_row<T, WIDTH, STORE_WIDTH>(acc, w, D, out);
+}
+
 }  // namespace affinity
 }  // namespace chimera

@@ -12,9 +12,14 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #include <vector>
 
 #include "common/affinity.h"
@@ -39,35 +44,19 @@ __attribute__((always_inline)) inline double tile_dot(const T* __restrict a, con
   return s;
 }
 
-// The packed Gram pairs of one tile. Compiled for AVX-512, AVX2+FMA and baseline x86-64
-// (chosen at load time), so one binary runs anywhere and uses the wide units where present.
-template <typename T>
-__attribute__((always_inline)) inline void tile_pairs(const T* zt, const T* wzt, const int64_t* pi,
-                                                      const int64_t* pj, int64_t P, double* acc) {
-  for (int64_t p = 0; p < P; ++p) acc[p] += tile_dot(zt + pi[p] * TILE, wzt + pj[p] * TILE);
-}
-
 #if defined(__x86_64__) && !defined(__clang__)
+// Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, chosen at load time,
+// so one binary runs anywhere and uses the wide units where present.
 #define CHIMERA_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define CHIMERA_CLONES
 #endif
 
-CHIMERA_CLONES void tile_pairs_f32(const float* zt, const float* wzt, const int64_t* pi, const int64_t* pj,
-                                   int64_t P, double* acc) {
-  tile_pairs(zt, wzt, pi, pj, P, acc);
-}
-CHIMERA_CLONES void tile_pairs_f64(const double* zt, const double* wzt, const int64_t* pi, const int64_t* pj,
-                                   int64_t P, double* acc) {
-  tile_pairs(zt, wzt, pi, pj, P, acc);
-}
-inline void tile_pairs_any(const float* zt, const float* wzt, const int64_t* pi, const int64_t* pj, int64_t P,
-                           double* acc) {
-  tile_pairs_f32(zt, wzt, pi, pj, P, acc);
-}
-inline void tile_pairs_any(const double* zt, const double* wzt, const int64_t* pi, const int64_t* pj, int64_t P,
-                           double* acc) {
-  tile_pairs_f64(zt, wzt, pi, pj, P, acc);
+// The packed Gram pairs of one tile.
+template <typename T>
+CHIMERA_CLONES void tile_pairs(const T* zt, const T* wzt, const int64_t* pi, const int64_t* pj, int64_t P,
+                               double* acc) {
+  for (int64_t p = 0; p < P; ++p) acc[p] += tile_dot(zt + pi[p] * TILE, wzt + pj[p] * TILE);
 }
 
 struct Shape {
@@ -168,7 +157,7 @@ void stats_cpu(const Shape& s, const T* V, const T* Yd, const int64_t* labels, c
             }
           }
         }
-        tile_pairs_any(zt.data(), wzt.data(), pair_i.data(), pair_j.data(), P, acc);
+        tile_pairs(zt.data(), wzt.data(), pair_i.data(), pair_j.data(), P, acc);
         if (s.index_target) {
           for (int64_t k = 0; k < C * D; ++k) acc_vy[k] += vy_tile[k];
           for (int64_t c = 0; c < C; ++c) acc_yy[c] += y_tile[c];
@@ -226,6 +215,98 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cpu(
   return {vv, vy, yy, wsum};
 }
 
+// The gradient is as large as the embedding (131 MB for the benchmark shape) and freshly
+// allocated: touching it page by page costs more than computing it. Where transparent huge
+// pages are enabled on request (madvise), ask for them over the buffer's aligned interior.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t HUGE = uintptr_t(2) << 20;
+  if (bytes < 4 * HUGE) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + HUGE - 1) & ~(HUGE - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(HUGE - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+template <typename T>
+struct Rows {
+  Shape s;
+  const T* v;
+  const T* y;            // dense target or null
+  const int64_t* labels; // index target or null
+  const T* w;            // weights or null
+  T* out;
+};
+
+inline void check_label(int64_t c, int64_t C) {
+  TORCH_CHECK(c >= 0 && c < C, "affinity_stats_backward: target label ", c, " out of range [0, ", C, ")");
+}
+
+// Rows [begin, end) of dL/dV with G, H padded to WIDTH columns (see accumulate_padded).
+// One row; SPILL: store all WIDTH values, over the start of the rows after it.
+template <typename T, int WIDTH, bool SPILL>
+inline void backward_row(const Rows<T>& r, const T* gp, const T* hp, int64_t k) {
+  const int64_t D = r.s.D, C = r.s.C;
+  const T wk = r.w ? r.w[k] : T(1);
+  if (r.labels) {
+    const int64_t c = r.labels[k];
+    check_label(c, C);
+    affinity::gradient_row_index_padded<T, WIDTH, SPILL>(r.v + k * D, hp + c * WIDTH, wk, gp, D, r.out + k * D);
+  } else {
+    affinity::gradient_row_dense_padded<T, WIDTH, SPILL>(r.v + k * D, r.y + k * C, wk, gp, hp, D, C, r.out + k * D);
+  }
+}
+
+// Rows [begin, end) of dL/dV with G, H padded to WIDTH columns (see accumulate_padded).
+// Rows are written in increasing order with full-width stores that spill into the next
+// rows of this range (rewritten right after); the rows whose spill would leave the range
+// (its last WIDTH / D + 1) are stored exactly, so parallel ranges never overlap.
+template <typename T, int WIDTH>
+CHIMERA_CLONES void backward_rows(const Rows<T>& r, const T* Gp, const T* Hp, int64_t begin, int64_t end) {
+  const int64_t N = r.s.N, D = r.s.D, C = r.s.C;
+  const int64_t exact_from = end - (WIDTH + D - 1) / D;
+  for (int64_t k = begin; k < end;) {  // row k = b * N + n, item by item (no division per row)
+    const int64_t b = k / N, stop = std::min(end, (b + 1) * N);
+    const T* gp = Gp + b * D * WIDTH;
+    const T* hp = Hp + b * C * WIDTH;
+    for (const int64_t fast = std::min(stop, exact_from); k < fast; ++k) backward_row<T, WIDTH, true>(r, gp, hp, k);
+    for (; k < stop; ++k) backward_row<T, WIDTH, false>(r, gp, hp, k);
+  }
+}
+
+template <typename T, int WIDTH>
+void backward_padded(const Rows<T>& r, const at::Tensor& G, const at::Tensor& H) {
+  // (B, D, D) and (B, C, D) -> zero-padded (B, D, WIDTH) and (B, C, WIDTH)
+  const at::Tensor Gp = at::constant_pad_nd(G, {0, WIDTH - r.s.D}).contiguous();
+  const at::Tensor Hp = at::constant_pad_nd(H, {0, WIDTH - r.s.D}).contiguous();
+  const T* gp = Gp.const_data_ptr<T>();
+  const T* hp = Hp.const_data_ptr<T>();
+  at::parallel_for(0, r.s.B * r.s.N, 2048, [&](int64_t begin, int64_t end) {
+    backward_rows<T, WIDTH>(r, gp, hp, begin, end);
+  });
+}
+
+// Any D: the unpadded row formulas.
+template <typename T>
+void backward_generic(const Rows<T>& r, const T* g, const T* h) {
+  const int64_t N = r.s.N, D = r.s.D, C = r.s.C;
+  at::parallel_for(0, r.s.B * N, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t b = k / N;
+      const T wk = r.w ? r.w[k] : T(1);
+      if (r.labels) {
+        check_label(r.labels[k], C);
+        affinity::gradient_row_index(r.v + k * D, r.labels[k], wk, g + b * D * D, h + b * C * D, D, r.out + k * D);
+      } else {
+        affinity::gradient_row_dense(r.v + k * D, r.y + k * C, wk, g + b * D * D, h + b * C * D, D, C, r.out + k * D);
+      }
+    }
+  });
+}
+
 at::Tensor affinity_stats_backward_cpu(const at::Tensor& grad_vv, const at::Tensor& grad_vy,
                                        const at::Tensor& embedding, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight) {
@@ -242,27 +323,20 @@ at::Tensor affinity_stats_backward_cpu(const at::Tensor& grad_vv, const at::Tens
   const at::Tensor G = at::add(grad_vv, grad_vv.transpose(1, 2)).to(V.scalar_type()).contiguous();
   const at::Tensor H = grad_vy.transpose(1, 2).to(V.scalar_type()).contiguous();
   at::Tensor dV = at::empty_like(V);
-  const int64_t D = s.D, C = s.C, N = s.N;
+  advise_huge_pages(dV.data_ptr(), dV.nbytes());
   AT_DISPATCH_FLOATING_TYPES(V.scalar_type(), "affinity_stats_backward_cpu", [&] {
-    const scalar_t* v = V.const_data_ptr<scalar_t>();
-    const scalar_t* w = s.weighted ? W.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* g = G.const_data_ptr<scalar_t>();
-    const scalar_t* h = H.const_data_ptr<scalar_t>();
-    scalar_t* out = dV.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.B * N, 2048, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t b = k / N;
-        const scalar_t wk = w ? w[k] : scalar_t(1);
-        if (s.index_target) {
-          const int64_t c = Y.const_data_ptr<int64_t>()[k];
-          TORCH_CHECK(c >= 0 && c < C, "affinity_stats_backward: target label ", c, " out of range [0, ", C, ")");
-          affinity::gradient_row_index(v + k * D, c, wk, g + b * D * D, h + b * C * D, D, out + k * D);
-        } else {
-          affinity::gradient_row_dense(v + k * D, Y.const_data_ptr<scalar_t>() + k * C, wk, g + b * D * D,
-                                       h + b * C * D, D, C, out + k * D);
-        }
-      }
-    });
+    const Rows<scalar_t> rows{s, V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
+                              s.index_target ? Y.const_data_ptr<int64_t>() : nullptr,
+                              s.weighted ? W.const_data_ptr<scalar_t>() : nullptr, dV.mutable_data_ptr<scalar_t>()};
+    if (s.D <= 16) {
+      backward_padded<scalar_t, 16>(rows, G, H);
+    } else if (s.D <= 32) {
+      backward_padded<scalar_t, 32>(rows, G, H);
+    } else if (s.D <= 64) {
+      backward_padded<scalar_t, 64>(rows, G, H);
+    } else {
+      backward_generic<scalar_t>(rows, G.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>());
+    }
   });
   return dV;
 }
