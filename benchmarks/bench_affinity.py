@@ -13,7 +13,7 @@ import torch
 
 from chimera import losses
 from chimera.ops import reference
-from benchutil import FULL, peak_rss_delta_mb
+from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb
 
 B, T, F, D, C = (8, 400, 513, 20, 2) if FULL else (2, 100, 129, 20, 2)
 N = T * F
@@ -119,3 +119,18 @@ def test_dc_forward_peak_memory(benchmark, impl):
     benchmark.group = "dc-forward peak extra RSS (MiB in extra_info)"
     benchmark.extra_info["peak_extra_rss_mib"] = round(mb, 1)
     print(f"\n{impl}: forward peak extra RSS {mb:.1f} MiB")
+
+
+@cuda
+@pytest.mark.parametrize("impl", ["chimera", "plain_lowrank"])
+def test_dc_forward_backward_cuda(benchmark, impl):
+    V, y, w = (t.cuda() for t in inputs())
+    V.requires_grad_(True)
+    benchmark.group = f"dc-forward-backward CUDA B{B} N{N} D{D}"
+
+    def step():
+        V.grad = None
+        IMPLS[impl](V, y, w).backward()
+        return V.grad
+
+    assert torch.isfinite(benchmark(on_cuda(step))).all()

@@ -10,7 +10,7 @@ in a subprocess and reports its peak RSS over the inputs (extra_info and a print
 import pytest
 import torch
 
-from benchutil import FULL, peak_rss_delta_mb
+from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb
 SHAPE = (8, 400, 513, 2, 12) if FULL else (2, 50, 65, 2, 12)  # B, T, F, C, K
 GROUP = "codebook fwd+bwd " + "x".join(map(str, SHAPE))
 VARIANTS = ("plain", "reference", "op")
@@ -81,3 +81,11 @@ def test_codebook_fwd_bwd(benchmark, variant):
     print(f"{'variant':<10} {'median s':>9} {'peak RSS over inputs MiB':>25}")
     for v, delta, med in rows:
         print(f"{v:<10} {med if med is not None else float('nan'):>9.4f} {delta:>25.1f}")
+
+
+@cuda
+@pytest.mark.parametrize("variant", ["plain", "op"])
+def test_codebook_fwd_bwd_cuda(benchmark, variant):
+    benchmark.group = GROUP + " CUDA"
+    logits, codebook, grad = (t.detach().cuda().requires_grad_(t.requires_grad) for t in _inputs(SHAPE))
+    benchmark(on_cuda(_step), _fn(variant), logits, codebook, grad)

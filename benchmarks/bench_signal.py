@@ -12,7 +12,7 @@ import torch
 
 from chimera.signal import istft
 
-from benchutil import FULL, peak_rss_delta_mb
+from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb
 BATCH, SECONDS, RATE = (8, 30.0, 44100) if FULL else (2, 1.0, 16000)
 N_FFT, HOP = 1024, 256
 
@@ -93,3 +93,11 @@ def test_istft_forward_backward(benchmark, impl):
         ours = best_time(lambda: fwd_bwd(fn, spec, window))
         benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: fwd_bwd(run_torch, spec, window)) / ours
         benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch", backward=True)
+
+
+@cuda
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_istft_forward_backward_cuda(benchmark, impl):
+    spec, window = (t.cuda() for t in make_inputs())
+    benchmark.group = f"istft forward+backward CUDA {BATCH}x{SECONDS:g}s"
+    benchmark(on_cuda(fwd_bwd), IMPLS[impl], spec, window)

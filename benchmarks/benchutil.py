@@ -38,3 +38,22 @@ def peak_rss_delta_mb(setup, work):
     if out.returncode != 0:
         raise RuntimeError(f"peak-memory subprocess failed:\n{out.stderr[-2000:]}")
     return float(out.stdout.split("PEAK_MIB")[-1].split()[0])
+
+
+def cuda(obj):
+    """A GPU benchmark: selected by `pytest -m cuda` (make test-cuda), skipped without a GPU."""
+    import pytest
+    import torch
+    obj = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(obj)
+    return pytest.mark.cuda(obj)
+
+
+def on_cuda(fn):
+    """`fn` timed to completion on the GPU (kernels are asynchronous)."""
+    import torch
+
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+    return run
