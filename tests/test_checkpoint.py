@@ -12,13 +12,7 @@ from testutil import cuda
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small LSTMs run many times faster on one thread than on contended cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name="chimerapp", **kw):

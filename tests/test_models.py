@@ -14,13 +14,7 @@ STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 TINY = dict(hidden=16, layers=2, stft=STFT)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small LSTMs run many times faster on one thread than on contended cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tone_and_noise(seconds=1.0, sr=8000, seed=0):

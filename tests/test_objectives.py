@@ -13,13 +13,7 @@ from chimera.objectives import (
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small LSTMs run many times faster on one thread than on contended cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tone_and_noise(batch=1, seconds=0.25, sr=8000, seed=0):
