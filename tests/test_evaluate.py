@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from chimera import evaluate as ev
 from chimera.models import SeparationModel, preset, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
