@@ -187,7 +187,6 @@ class SeparationStream:
         self._next_seg = 0       # next segment to run
         self._pending = None     # (channels, C, F, shared) weighted spectra of the frames still open
         self._emitted = 0        # input-rate samples handed out
-        self._model_emitted = 0  # model-rate samples handed out
 
     # -------------------------------------------------------------- feeding
     def push(self, block):
@@ -274,7 +273,6 @@ class SeparationStream:
         """y: (channels, C, n) model-rate samples → input-rate (n', channels, C) blocks."""
         y = y.to(torch.float32).numpy()
         flat = y.reshape(self.channels * self.n_sources, -1).T  # (n, channels*C)
-        self._model_emitted += flat.shape[0]
         if self._up is not None:
             flat = self._up.resample_chunk(np.ascontiguousarray(flat), last=False)
         yield from self._hand_out(flat, final=False)
