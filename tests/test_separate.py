@@ -201,8 +201,10 @@ def test_output_files_in_source_order(tmp_path, model_file):
 
 
 def test_killed_run_leaves_no_partial_files(tmp_path, model_file):
-    src = tmp_path / "long.wav"
-    sf.write(src, noise(1, 8000 * 120).T, 8000)
+    src = tmp_path / "long.wav"  # an hour: minutes of work even for the tiny model
+    with sf.SoundFile(src, "w", 8000, 1, subtype="PCM_16") as f:
+        for k in range(60):
+            f.write(noise(1, 8000 * 60, seed=k)[0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}
     proc = subprocess.Popen([sys.executable, "-m", "chimera", "predict", str(src), "--model", str(model_file),
                              "--out", str(tmp_path / "sep"), "--segment", "0.5", "--overlap", "0.1", "--batch-size", "1"],
@@ -211,9 +213,9 @@ def test_killed_run_leaves_no_partial_files(tmp_path, model_file):
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "sep" / "long").exists():
         time.sleep(0.05)
-    time.sleep(1.0)
+    time.sleep(0.5)
     assert (tmp_path / "sep" / "long").is_dir() and proc.poll() is None, proc.stderr.read()  # mid-write
     proc.send_signal(os_signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -os_signal.SIGKILL  # killed, not finished
     left = [p for p in (tmp_path / "sep").rglob("*") if p.is_file()] if (tmp_path / "sep").exists() else []
     assert left == []
