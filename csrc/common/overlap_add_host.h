@@ -6,8 +6,12 @@
 #include <ATen/OpMathType.h>
 #include <c10/core/ScalarType.h>
 
+#include <ATen/ops/empty.h>
+
 #include <cmath>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "common/overlap_add.h"
 
@@ -91,6 +95,27 @@ inline void check_nola(const at::Tensor& window, const Shape& s, const char* op)
               " (below 1e-11) at output sample ", where - s.start, ", so the signal cannot be recovered there: window",
               " and hop_length=", s.hop, " violate the NOLA condition (torch.istft rejects this too). Use center=True,",
               " a window that is non-zero at its ends, or a smaller hop_length.");
+}
+
+// Checked shape and the allocated output of overlap_add (..., out_len) and of its
+// backward (..., n_frames, n_fft): the part of each kernel that is not device-specific.
+inline std::pair<Shape, at::Tensor> forward_output(const at::Tensor& frames, const at::Tensor& window, int64_t hop,
+                                                   bool center, std::optional<int64_t> length) {
+  const Shape s = forward_shape(frames, window, hop, center, length);
+  check_nola(window, s, "overlap_add");
+  std::vector<int64_t> sizes(frames.sizes().begin(), frames.sizes().end() - 2);
+  sizes.push_back(s.out_len);
+  return {s, at::empty(sizes, frames.options())};
+}
+
+inline std::pair<Shape, at::Tensor> backward_output(const at::Tensor& grad, const at::Tensor& window, int64_t hop,
+                                                    bool center, int64_t n_frames) {
+  const Shape s = backward_shape(grad, window, hop, center, n_frames);
+  check_nola(window, s, "overlap_add_backward");
+  std::vector<int64_t> sizes(grad.sizes().begin(), grad.sizes().end() - 1);
+  sizes.push_back(n_frames);
+  sizes.push_back(s.n_fft);
+  return {s, at::empty(sizes, grad.options())};
 }
 
 }  // namespace ola

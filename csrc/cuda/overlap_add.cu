@@ -57,17 +57,9 @@ __global__ void overlap_add_backward_kernel(const scalar_t* __restrict__ grad, c
 
 unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + THREADS - 1) / THREADS); }
 
-std::vector<int64_t> batch_sizes(const at::Tensor& t, int64_t drop) {
-  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end() - drop);
-}
-
 at::Tensor overlap_add_cuda(const at::Tensor& frames, const at::Tensor& window, int64_t hop_length, bool center,
                             std::optional<int64_t> length) {
-  const Shape s = ola::forward_shape(frames, window, hop_length, center, length);
-  ola::check_nola(window, s, "overlap_add");
-  std::vector<int64_t> sizes = batch_sizes(frames, 2);
-  sizes.push_back(s.out_len);
-  at::Tensor out = at::empty(sizes, frames.options());
+  const auto [s, out] = ola::forward_output(frames, window, hop_length, center, length);
   if (out.numel() == 0) return out;
   const c10::cuda::CUDAGuard guard(frames.device());
   const at::Tensor f = frames.contiguous(), w = window.contiguous();
@@ -82,12 +74,7 @@ at::Tensor overlap_add_cuda(const at::Tensor& frames, const at::Tensor& window, 
 
 at::Tensor overlap_add_backward_cuda(const at::Tensor& grad, const at::Tensor& window, int64_t hop_length,
                                      bool center, int64_t n_frames) {
-  const Shape s = ola::backward_shape(grad, window, hop_length, center, n_frames);
-  ola::check_nola(window, s, "overlap_add_backward");
-  std::vector<int64_t> sizes = batch_sizes(grad, 1);
-  sizes.push_back(n_frames);
-  sizes.push_back(s.n_fft);
-  at::Tensor dframes = at::empty(sizes, grad.options());
+  const auto [s, dframes] = ola::backward_output(grad, window, hop_length, center, n_frames);
   if (dframes.numel() == 0) return dframes;
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor g = grad.contiguous(), w = window.contiguous();
