@@ -1,7 +1,12 @@
 #pragma once
 // Argument checks of chimera::codebook_lookup shared by the CPU and CUDA kernels (host only).
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+
+#include <array>
+#include <utility>
 
 #include <vector>
 
@@ -43,6 +48,17 @@ inline void check_grad(const at::Tensor& grad, const Shape& s, const at::Tensor&
               " differs from the codebook dtype ", codebook.scalar_type());
   TORCH_CHECK(grad.device() == codebook.device(), name, ": grad on ", grad.device(), " but codebook on ",
               codebook.device());
+}
+
+// The gradients codebook_lookup_backward returns, allocated: (0,) when not requested;
+// argmax is piecewise constant, so its logits gradient is zero; the codebook gradient is
+// accumulated into zeros.
+inline std::pair<at::Tensor, at::Tensor> backward_outputs(const at::Tensor& logits, const at::Tensor& codebook,
+                                                          bool argmax, std::array<bool, 2> output_mask) {
+  at::Tensor gx = !output_mask[0] ? at::empty({0}, logits.options())
+                  : argmax        ? at::zeros(logits.sizes(), logits.options())
+                                  : at::empty(logits.sizes(), logits.options());
+  return {gx, at::zeros(codebook.sizes(), codebook.options())};
 }
 
 }  // namespace codebook

@@ -130,11 +130,7 @@ std::tuple<at::Tensor, at::Tensor> codebook_lookup_backward_cpu(const at::Tensor
   const at::Tensor x = logits.contiguous();
   const at::Tensor c = codebook.contiguous();
   const at::Tensor g = grad.contiguous();
-  // Not requested: a (0,) tensor. argmax is piecewise constant: a zero logits gradient.
-  at::Tensor gx = !output_mask[0] ? at::empty({0}, x.options())
-                  : argmax        ? at::zeros(x.sizes(), x.options())
-                                  : at::empty(x.sizes(), x.options());
-  at::Tensor gc = at::zeros(c.sizes(), c.options());
+  auto [gx, gc] = codebook::backward_outputs(x, c, argmax, output_mask);
   const bool write_gx = output_mask[0] && !argmax;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "codebook_lookup_backward_cpu", [&] {
     using L = scalar_t;

@@ -214,10 +214,7 @@ std::tuple<at::Tensor, at::Tensor> codebook_lookup_backward_cuda(const at::Tenso
   const at::Tensor x = logits.contiguous();
   const at::Tensor c = codebook.contiguous();
   const at::Tensor g = grad.contiguous();
-  at::Tensor gx = !output_mask[0] ? at::empty({0}, x.options())
-                  : argmax        ? at::zeros(x.sizes(), x.options())
-                                  : at::empty(x.sizes(), x.options());
-  at::Tensor gc = at::zeros(c.sizes(), c.options());
+  auto [gx, gc] = codebook::backward_outputs(x, c, argmax, output_mask);
   const bool write_gx = output_mask[0] && !argmax;
   if (s.rows == 0 || (!write_gx && !output_mask[1])) return {gx, gc};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "codebook_lookup_backward_cuda", [&] {
