@@ -90,18 +90,21 @@ def test_dc_forward(benchmark, impl):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_dc_forward_backward(benchmark, impl):
-    V, y, w = inputs()
+def training_step(impl, V, y, w):
+    """One forward+backward of `impl`; returns dL/dV."""
     V.requires_grad_(True)
-    benchmark.group = f"dc-forward-backward B{B} N{N} D{D}"
 
     def step():
         V.grad = None
         IMPLS[impl](V, y, w).backward()
         return V.grad
+    return step
 
-    grad = benchmark(step)
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_dc_forward_backward(benchmark, impl):
+    benchmark.group = f"dc-forward-backward B{B} N{N} D{D}"
+    grad = benchmark(training_step(impl, *inputs()))
     assert torch.isfinite(grad).all()
 
 
@@ -124,13 +127,6 @@ def test_dc_forward_peak_memory(benchmark, impl):
 @cuda
 @pytest.mark.parametrize("impl", ["chimera", "plain_lowrank"])
 def test_dc_forward_backward_cuda(benchmark, impl):
-    V, y, w = (t.cuda() for t in inputs())
-    V.requires_grad_(True)
     benchmark.group = f"dc-forward-backward CUDA B{B} N{N} D{D}"
-
-    def step():
-        V.grad = None
-        IMPLS[impl](V, y, w).backward()
-        return V.grad
-
-    assert torch.isfinite(benchmark(on_cuda(step))).all()
+    grad = benchmark(on_cuda(training_step(impl, *(t.cuda() for t in inputs()))))
+    assert torch.isfinite(grad).all()
