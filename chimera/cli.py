@@ -38,6 +38,9 @@ def _info(args):
 
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
+# Multichannel Wiener iterations by default (chimera.wiener; 0 = per-channel masks only): one
+# iteration gains ~0.3 dB vocals SDR on the bundled model's held-out test (model card).
+WIENER_DEFAULT = 1
 
 
 class InputError(Exception):
@@ -87,7 +90,8 @@ def _predict(args):
     try:
         model = _load_model(args.model)
         separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
-                              batch_size=args.batch_size, method=args.method, misi_iters=args.misi)
+                              batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
+                              wiener_iters=args.wiener)
     except (InputError, SeparationError, ValueError) as exc:
         _fail(str(exc), args)
         return 2
@@ -123,7 +127,8 @@ def _evaluate(args):
         separate = None
         if args.oracle is None:
             separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
-                                  batch_size=args.batch_size, method=args.method, misi_iters=args.misi)
+                                  batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
+                              wiener_iters=args.wiener)
             separate = separator.separate
         results = ev.evaluate(args.data_dir, names, separate=separate, oracle=args.oracle, stft=model.stft,
                               progress=not args.quiet)
@@ -157,12 +162,14 @@ def build_parser():
                    help="output name under --out; fields {track}, {stem} (source name), {ext}")
     p.add_argument("--output-files", nargs="+", metavar="FILE",
                    help="one input only: write its sources to these files, in the model's source order")
-    p.add_argument("--segment", type=float, default=10.0, help="seconds per segment (default 10)")
+    p.add_argument("--segment", type=float, default=20.0, help="seconds per segment (default 20)")
     p.add_argument("--overlap", type=float, default=1.0, help="seconds of cross-fade between segments (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=4, help="segments (x channels) per forward pass")
     p.add_argument("--method", choices=["mask", "kmeans"], help="mask head (default) or k-means on DC embeddings")
     p.add_argument("--misi", type=int, default=0, metavar="N", help="MISI phase-reconstruction iterations")
+    p.add_argument("--wiener", type=int, default=WIENER_DEFAULT, metavar="N",
+                   help=f"multichannel Wiener filter iterations across channels (default {WIENER_DEFAULT}; 0: off)")
     p.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "aiff"], help="output format")
     p.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac)")
     p.add_argument("--int24", action="store_true", help="24-bit integer output")
@@ -184,12 +191,13 @@ def build_parser():
     e.add_argument("--csv", help="per-track CSV (default: beside --out)")
     e.add_argument("--plot", help="per-track SDR histogram per source (PNG/PDF/SVG)")
     e.add_argument("--oracle", choices=ev_oracles(), help="score oracle masks, or the unprocessed mixture")
-    e.add_argument("--segment", type=float, default=10.0)
+    e.add_argument("--segment", type=float, default=20.0)
     e.add_argument("--overlap", type=float, default=1.0)
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--method", choices=["mask", "kmeans"])
     e.add_argument("--misi", type=int, default=0, metavar="N")
+    e.add_argument("--wiener", type=int, default=WIENER_DEFAULT, metavar="N")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
 

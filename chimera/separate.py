@@ -20,6 +20,7 @@ import soxr
 import torch
 
 from . import signal
+from .wiener import multichannel_wiener
 from .models import SeparationModel
 
 
@@ -61,11 +62,13 @@ class Separator:
 
     segment, overlap: seconds (rounded to STFT hops); batch_size: segments per forward
     pass (each channel counts as one); method: "mask" or "kmeans" (None: the model's
-    default); misi_iters: MISI phase-reconstruction iterations per segment.
+    default); wiener_iters: multichannel Wiener filter iterations across the channels of
+    each segment (:mod:`chimera.wiener`; 0 keeps each channel's own estimates); misi_iters:
+    MISI phase-reconstruction iterations per segment (after the Wiener filter).
     """
 
-    def __init__(self, model: SeparationModel, segment=10.0, overlap=1.0, device="auto", batch_size=4,
-                 method=None, misi_iters=0, seed=0):
+    def __init__(self, model: SeparationModel, segment=20.0, overlap=1.0, device="auto", batch_size=4,
+                 method=None, misi_iters=0, seed=0, wiener_iters=0):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         st = model.stft
@@ -81,6 +84,9 @@ class Separator:
         self.batch_size = batch_size
         self.method = model.resolve_method(method)
         self.misi_iters = int(misi_iters)
+        if wiener_iters < 0:
+            raise ValueError(f"wiener_iters must be >= 0, got {wiener_iters}")
+        self.wiener_iters = int(wiener_iters)
         self.seed = seed
 
     @property
@@ -114,14 +120,20 @@ class Separator:
 
     # ------------------------------------------------------------------ model calls
     @torch.no_grad()
-    def _source_spectra(self, segments):
-        """(B, segment) model-rate waveforms → (B, C, F, T) complex source spectra."""
+    def _source_spectra(self, segments, channels=1):
+        """(B, segment) model-rate waveforms, `channels` consecutive rows per segment →
+        (B, C, F, T) complex source spectra."""
         x = segments.to(self.device, torch.float32)
-        out = self.model(x)
+        out = self.model(x, need_embedding=self.method == "kmeans")
         if self.method == "mask":
             est = out.estimates
         else:
             est = self._kmeans_estimates(out)
+        if self.wiener_iters > 0:
+            B, C, F, T = est.shape
+            est = multichannel_wiener(est.reshape(B // channels, channels, C, F, T),
+                                      out.mixture_spec.reshape(B // channels, channels, F, T),
+                                      self.wiener_iters).reshape(B, C, F, T)
         if self.misi_iters > 0:
             st = self.model.stft
             _, est = signal.misi(x, est, self.misi_iters, st.n_fft, st.hop_length,
@@ -235,7 +247,7 @@ class SeparationStream:
 
     def _run(self, ks):
         batch = torch.from_numpy(np.stack([self._segment(k) for k in ks]).reshape(-1, self.seg_len))
-        spectra = self.sep._source_spectra(batch)          # (len(ks) * channels, C, F, T)
+        spectra = self.sep._source_spectra(batch, self.channels)  # (len(ks) * channels, C, F, T)
         spectra = spectra.reshape(len(ks), self.channels, *spectra.shape[1:])
         for k, spec in zip(ks, spectra):
             yield from self._add_segment(k, spec)

@@ -1,9 +1,9 @@
 # Demo data (chimera.data.synth): real music + synthetic voices from Debian packages.
 # Included from the main Makefile, which provides $(PY) (the venv python) and the `venv` target.
-#   make demo-data                         # 40 train + 8 valid + 8 test tracks of 20 s, wsj0-2mix 200/40/40
+#   make demo-data                         # 480 train + 8 valid + 8 test tracks of 20 s (~5 GB, ~3 min), wsj0-2mix 200/40/40
 #   make demo-data DEMO_DATA_ARGS="--train 4 --valid 1 --test 1 --seconds 5 --speakers 10 2 2"
 DEMO_DATA_DIR ?= demo-data
-DEMO_DATA_ARGS ?= --seed 0 --train 40 --valid 8 --test 8 --seconds 20
+DEMO_DATA_ARGS ?= --seed 0 --train 480 --valid 8 --test 8 --seconds 20
 DEMO_DATA_DEBS := warzone2100-music wesnoth-1.16-music espeak-ng flite festival festvox-kallpc16k \
 	festvox-us-slt-hts festlex-cmu festlex-poslex fortunes-min fortunes
 # apt-get needs root: use sudo when not root (and when sudo exists).

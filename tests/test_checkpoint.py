@@ -38,6 +38,28 @@ def test_round_trip_gives_identical_outputs(tmp_path, name):
     assert not torch.equal(loaded.features.std, torch.ones_like(loaded.features.std))
 
 
+def test_half_precision_weights_halve_the_file_and_load_as_float32(tmp_path):
+    model = SeparationModel(preset("chimerapp", hidden=32, layers=2, stft=STFT, source_names=("voice", "music")))
+    fit_statistics(model, [torch.randn(2, 800)])
+    model.eval()
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    save_checkpoint(full, model)
+    save_checkpoint(half, model, weights_dtype=torch.float16)
+    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
+    raw = torch.load(half, weights_only=True)
+    assert raw["state_dict"]["mask_head.linear.weight"].dtype == torch.float16
+    assert raw["state_dict"]["features.std"].dtype == torch.float32  # statistics stay exact
+    loaded, _ = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert torch.equal(loaded.features.std, model.features.std)
+    x = torch.randn(2, 700)
+    a, b = model(x).masks, loaded(x).masks
+    assert not torch.equal(a, b)  # rounded weights, not the originals
+    torch.testing.assert_close(b, a, atol=5e-3, rtol=0)
+    with pytest.raises(TypeError, match="floating dtype"):
+        save_checkpoint(tmp_path / "bad.pt", model, weights_dtype=torch.int8)
+
+
 def test_training_state_and_plain_weights_only_load(tmp_path):
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

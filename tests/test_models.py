@@ -218,6 +218,18 @@ def test_separate_shapes_methods_and_mode():
         model(torch.randn(900))
 
 
+@pytest.mark.parametrize("name", ["chimerapp", "dc"])
+def test_skipping_the_embedding_keeps_the_masks(name):
+    model = SeparationModel(preset(name, **TINY)).eval()
+    x = torch.randn(2, 900)
+    full, lean = model(x), model(x, need_embedding=False)
+    if model.mask_head is not None:
+        assert lean.embedding is None
+        torch.testing.assert_close(lean.masks, full.masks, rtol=0, atol=0)
+    else:  # nothing to separate with but the embedding: it is always computed
+        torch.testing.assert_close(lean.embedding, full.embedding, rtol=0, atol=0)
+
+
 def test_small_chimerapp_overfits_one_mixture():
     torch.manual_seed(0)
     sources = tone_and_noise()  # 1 s at 8 kHz

@@ -1,6 +1,6 @@
 """Demo data from locally installable Debian packages: real music plus synthetic voices.
 
-    python -m chimera.data.synth --out demo-data --seed 0 --train 40 --valid 8 --test 8 --seconds 20
+    python -m chimera.data.synth --out demo-data --seed 0 --train 480 --valid 8 --test 8 --seconds 20
 
 Writes
   ``OUT/musdb/{train,valid,test}/<track>/{mixture,vocals,accompaniment}.wav`` (44.1 kHz stereo,
@@ -73,8 +73,17 @@ SPLIT_ID = {"train": 1, "valid": 2, "test": 3}
 WSJ_SPLITS = {"tr": "train", "cv": "valid", "tt": "test"}
 
 # Voices: (engine, name). Train and valid share the "train" voices; test has its own.
-ESPEAK_TRAIN = [(a, v) for a in ("en-us", "en-gb", "en-029", "en-gb-x-rp")
-                for v in ("m1", "m2", "m3", "m4", "f1", "f2", "f3", "Andy", "Annie", "Michael")]
+# Many espeak-ng variants (timbre presets) in training: with few, a model learns the voices
+# rather than "voice" and does not carry over to the held-out ones.
+ESPEAK_TRAIN_VARIANTS = (
+    "m1", "m2", "m3", "m4", "m8", "f1", "f2", "f3", "Andy", "Annie", "Michael", "Alex", "Alicia",
+    "Andrea", "AnxiousAndy", "Denis", "Diogo", "Gene", "Henrique", "Hugo", "Jacky", "Lee", "Marco",
+    "Mario", "Mike", "Nguyen", "Storm", "Tweaky", "adam", "anika", "announcer", "antonio", "aunty",
+    "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward", "grandma",
+    "grandpa", "gustave", "iven", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "marcelo",
+    "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+    "sandro", "shelby", "steph", "travis", "victor", "zac")
+ESPEAK_TRAIN = [(a, v) for a in ("en-us", "en-gb", "en-029", "en-gb-x-rp") for v in ESPEAK_TRAIN_VARIANTS]
 ESPEAK_TEST = [(a, v) for a in ("en-gb-scotland", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
                for v in ("m5", "m6", "m7", "f4", "f5", "Linda")]
 VOICES = {
@@ -649,7 +658,7 @@ def write_licences(out_dir: Path) -> Path:
     return path
 
 
-def make(out: str | os.PathLike, *, seed: int = 0, train: int = 40, valid: int = 8, test: int = 8,
+def make(out: str | os.PathLike, *, seed: int = 0, train: int = 480, valid: int = 8, test: int = 8,
          seconds: float = 20.0, speakers: tuple[int, int, int] = (200, 40, 40), jobs: int = 1,
          cache: str | os.PathLike | None = None, quiet: bool = False, **opt_kwargs) -> dict:
     """Build everything under ``out``; returns counts and timing."""
@@ -675,7 +684,9 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 40, valid: int =
     work = [("song", "musdb", s, c) for s, c in (("train", train), ("valid", valid), ("test", test))]
     work += [("speakers", "wsj0-2mix", s, c) for s, c in zip(("tr", "cv", "tt"), speakers)]
     for kind, sub, split, count in work:
-        cfg = {"kind": kind, "count": count, "options": asdict(opts), "version": CACHE_VERSION}
+        voice_split = "test" if split in ("test", "tt") else "train"
+        cfg = {"kind": kind, "count": count, "options": asdict(opts), "version": CACHE_VERSION,
+               "voices": [":".join(v) for v in VOICES[voice_split]]}
         t = time.perf_counter()
         built[f"{sub}/{split}"] = _build_split(kind, split, count, opts, out / sub, cache, jobs, cfg,
                                                progress)
@@ -690,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train", type=int, default=40, help="training tracks")
+    ap.add_argument("--train", type=int, default=480, help="training tracks")
     ap.add_argument("--valid", type=int, default=8,
                     help="validation tracks (train voices, other music/texts)")
     ap.add_argument("--test", type=int, default=8, help="held-out tracks (other voices, music and texts)")

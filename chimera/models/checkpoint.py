@@ -49,15 +49,30 @@ def _cpu(obj):
     return obj
 
 
-def save_checkpoint(path, model: SeparationModel, training_state: dict | None = None) -> None:
+def save_checkpoint(path, model: SeparationModel, training_state: dict | None = None,
+                    weights_dtype: torch.dtype | None = None) -> None:
     """Write ``model`` (and optional ``training_state``) to ``path`` atomically (see
-    :mod:`chimera.atomic`): it appears complete, fsynced, or not at all."""
+    :mod:`chimera.atomic`): it appears complete, fsynced, or not at all.
+
+    ``weights_dtype`` (e.g. ``torch.float16``) stores the learned weights in that precision
+    to halve a shipped model's size; loading casts them back to the model's float32. The
+    feature statistics stay in full precision.
+    """
     if not isinstance(model, SeparationModel):
         raise TypeError(f"save_checkpoint: expected a SeparationModel, got {type(model).__name__}")
     if training_state is not None and not isinstance(training_state, dict):
         raise TypeError(f"save_checkpoint: training_state must be a dict, got {type(training_state).__name__}")
+    if weights_dtype is not None and not weights_dtype.is_floating_point:
+        raise TypeError(f"save_checkpoint: weights_dtype must be a floating dtype, got {weights_dtype}")
     cfg = model.config
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def stored(name, t):
+        t = t.detach().cpu().clone()
+        if weights_dtype is not None and t.is_floating_point() and not name.startswith("features."):
+            t = t.to(weights_dtype)
+        return t
+
+    state = {k: stored(k, v) for k, v in model.state_dict().items()}
     meta = {"model_config": cfg.to_dict(), "stft": cfg.stft.to_dict(), "source_names": list(cfg.source_names)}
     from .. import __version__
 

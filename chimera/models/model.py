@@ -94,8 +94,10 @@ class SeparationModel(nn.Module):
         return self.window.to(like.device, dtype)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, mixture: torch.Tensor) -> ModelOutput:
-        """``mixture``: waveform ``(B, L)``."""
+    def forward(self, mixture: torch.Tensor, need_embedding: bool = True) -> ModelOutput:
+        """``mixture``: waveform ``(B, L)``. ``need_embedding=False`` skips the embedding head
+        when the masks do not depend on it (mask inference: it is the largest layer and its
+        (B, T·F, D) output the largest activation); ``embedding`` is then None."""
         if mixture.dim() != 2:
             raise ValueError(
                 f"SeparationModel.forward: expected a (batch, samples) waveform, got {tuple(mixture.shape)}")
@@ -105,7 +107,8 @@ class SeparationModel(nn.Module):
         B, F, T = spec.shape
         feats = self.features(spec.abs()).to(self.features.mean.dtype)  # float64 input, float32 model
         h = self.trunk(feats)  # (B, T, 2H)
-        embedding = self.embedding_head(h) if self.embedding_head is not None else None
+        wanted = need_embedding or self.mask_head is None or self.config.mask_input != "trunk"
+        embedding = self.embedding_head(h) if self.embedding_head is not None and wanted else None
         masks = estimates = None
         if self.mask_head is not None:
             x = h if self.config.mask_input == "trunk" else embedding.reshape(B, T, -1)
@@ -148,7 +151,7 @@ class SeparationModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = self(x)
+            out = self(x, need_embedding=method == "kmeans")
         finally:
             self.train(was_training)
         if method == "mask":
