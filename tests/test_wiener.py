@@ -68,3 +68,23 @@ def test_recovers_a_panned_source_better_than_per_channel_masks():
     refined = multichannel_wiener(est, mix, 1)
     assert err(refined) < 0.8 * err(est), (err(refined), err(est))
     assert np.isfinite(err(multichannel_wiener(est, mix, 3)))
+
+
+def test_separator_with_wiener_keeps_the_mixture_and_changes_stereo_estimates(one_thread):
+    from test_separate import noise, tiny_model
+    from chimera.separate import Separator
+
+    model = tiny_model()
+    x = noise(2, 8000 * 3, seed=7)
+    x[1] = 0.7 * x[0] + 0.3 * x[1]  # correlated channels, as in a real stereo mix
+    plain = Separator(model, segment=5.0, device="cpu").separate(x, 8000)
+    wiener = Separator(model, segment=5.0, device="cpu", wiener_iters=1).separate(x, 8000)
+    assert wiener.shape == plain.shape == (2, 2, x.shape[1])
+    # doubled-sigmoid masks need not add up to one; the filtered sources do (one segment:
+    # across segment joins the edge frames of each segment are not exact, filter or not)
+    torch.testing.assert_close(wiener.sum(1), torch.from_numpy(x), atol=1e-5, rtol=0)
+    assert (wiener - plain).abs().max() > 1e-3
+    segmented = Separator(model, segment=1.0, overlap=0.25, device="cpu", wiener_iters=1).separate(x, 8000)
+    assert segmented.shape == wiener.shape and torch.isfinite(segmented).all()
+    with pytest.raises(ValueError, match="wiener_iters"):
+        Separator(model, device="cpu", wiener_iters=-1)
