@@ -42,6 +42,7 @@ class _Plan:
     hop: int        # STFT hop (samples at the model rate)
     segment: int    # samples per segment, a multiple of hop
     step: int       # samples between segment starts (segment - overlap), a multiple of hop
+    edge: int = 0   # frames at each end of a segment that reach into its padding
 
     @property
     def frames(self):            # frames per segment (center=True)
@@ -52,9 +53,20 @@ class _Plan:
         return self.frames - self.step // self.hop
 
     def fade_in(self):
-        """Weight of the later segment over the shared frames; the earlier one gets 1 − it."""
-        n = self.shared
-        return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        """Weight of the later segment over the shared frames; the earlier one gets 1 − it.
+
+        A segment's first and last ``edge`` frames see its padding, not the signal around
+        it: they get weight 0, so the cross-faded spectra equal the STFT of the whole signal
+        wherever the masks add up to one (joins are then exact), and the ramp runs between.
+        """
+        n, e = self.shared, self.edge
+        if n <= 2 * e:  # overlap too short to skip the edges: a plain ramp
+            return (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        w = torch.zeros(n, dtype=torch.float64)
+        w[n - e:] = 1.0
+        m = n - 2 * e
+        w[e:n - e] = (torch.arange(m, dtype=torch.float64) + 0.5) / m
+        return w
 
 
 class Separator:
@@ -78,7 +90,7 @@ class Separator:
         ovl = int(round(overlap * self.rate / hop)) * hop
         if ovl < 0 or 2 * ovl + hop > seg:  # a frame is shared by two segments at most
             raise ValueError(f"overlap ({overlap} s) must be between 0 and half the segment ({segment} s)")
-        self.plan = _Plan(hop, seg, seg - ovl)
+        self.plan = _Plan(hop, seg, seg - ovl, edge=math.ceil(st.n_fft / 2 / hop))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
