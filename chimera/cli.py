@@ -147,6 +147,8 @@ def _evaluate(args):
 
 
 def build_parser():
+    from chimera.separate import DEFAULT_SEGMENT
+
     parser = argparse.ArgumentParser(prog="chimera", description=chimera.__doc__)
     parser.add_argument("--version", action="version", version=f"chimera {chimera.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -162,7 +164,8 @@ def build_parser():
                    help="output name under --out; fields {track}, {stem} (source name), {ext}")
     p.add_argument("--output-files", nargs="+", metavar="FILE",
                    help="one input only: write its sources to these files, in the model's source order")
-    p.add_argument("--segment", type=float, default=20.0, help="seconds per segment (default 20)")
+    p.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
+                   help=f"seconds per segment (default {DEFAULT_SEGMENT:g})")
     p.add_argument("--overlap", type=float, default=1.0, help="seconds of cross-fade between segments (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=4, help="segments (x channels) per forward pass")
@@ -191,7 +194,7 @@ def build_parser():
     e.add_argument("--csv", help="per-track CSV (default: beside --out)")
     e.add_argument("--plot", help="per-track SDR histogram per source (PNG/PDF/SVG)")
     e.add_argument("--oracle", choices=ev_oracles(), help="score oracle masks, or the unprocessed mixture")
-    e.add_argument("--segment", type=float, default=20.0)
+    e.add_argument("--segment", type=float, default=DEFAULT_SEGMENT)
     e.add_argument("--overlap", type=float, default=1.0)
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=4)

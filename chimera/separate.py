@@ -42,7 +42,7 @@ class _Plan:
     hop: int        # STFT hop (samples at the model rate)
     segment: int    # samples per segment, a multiple of hop
     step: int       # samples between segment starts (segment - overlap), a multiple of hop
-    edge: int = 0   # frames at each end of a segment that reach into its padding
+    edge: int       # frames at each end of a segment that reach into its padding
 
     @property
     def frames(self):            # frames per segment (center=True)
@@ -69,6 +69,10 @@ class _Plan:
         return w
 
 
+#: Seconds per segment unless told otherwise (the BLSTM sees this much context).
+DEFAULT_SEGMENT = 20.0
+
+
 class Separator:
     """Separate waveforms or audio files with a :class:`SeparationModel`.
 
@@ -79,7 +83,7 @@ class Separator:
     MISI phase-reconstruction iterations per segment (after the Wiener filter).
     """
 
-    def __init__(self, model: SeparationModel, segment=20.0, overlap=1.0, device="auto", batch_size=4,
+    def __init__(self, model: SeparationModel, segment=DEFAULT_SEGMENT, overlap=1.0, device="auto", batch_size=4,
                  method=None, misi_iters=0, seed=0, wiener_iters=0):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()

@@ -62,9 +62,10 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
         # R_j(f) = sum_t y y^H / sum_t v: unit trace per channel on average
         cov = torch.einsum("...cfti,...cftk->...cfik", y, y.conj())
         r = cov / v.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)[..., None, None]
-        mix_cov = torch.einsum("...cft,...cfik->...ftik", v.to(r.dtype), r)
+        v = v.to(r.dtype)
+        mix_cov = torch.einsum("...cft,...cfik->...ftik", v, r)
         ridge = _RIDGE * mix_cov.diagonal(dim1=-2, dim2=-1).real.mean((-3, -2, -1), keepdim=True)
         mix_cov = mix_cov + (ridge.unsqueeze(-1) + _FLOOR) * eye
         z = _solve_small(mix_cov, x)                          # (..., F, T, I): C^{-1} x
-        y = torch.einsum("...cft,...cfik,...ftk->...cfti", v.to(r.dtype), r, z)
+        y = torch.einsum("...cft,...cfik,...ftk->...cfti", v, r, z)
     return y.movedim(-1, -4).to(dtype)

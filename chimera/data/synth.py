@@ -92,6 +92,14 @@ VOICES = {
     + [("festival", "kal_diphone"), ("festival", "cmu_us_slt_arctic_hts")],
     "test": [("espeak", f"{a}+{v}") for a, v in ESPEAK_TEST] + [("flite", "rms")],
 }
+
+
+def split_voices(split: str) -> list[tuple[str, str]]:
+    """The voices a split may use: held-out ones for the test split (``test`` or wsj0-2mix's
+    ``tt``), the training voices otherwise."""
+    return VOICES["test" if WSJ_SPLITS.get(split, split) == "test" else "train"]
+
+
 # Engines get drawn evenly (not in proportion to how many voices each has).
 ENGINE_WEIGHTS = {"espeak": 0.45, "flite": 0.3, "festival": 0.25}
 
@@ -504,8 +512,7 @@ def _quantise_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def build_song(split: str, index: int, opts: Options, out_dir: Path, cache: Path) -> dict:
     """One MUSDB-like track; returns its metadata."""
     rng = np.random.default_rng([opts.seed, SPLIT_ID[split], index, 0x50])
-    voice_split = "test" if split == "test" else "train"
-    voices = VOICES[voice_split]
+    voices = split_voices(split)
     texts = fortune_texts()[split]
     log: dict = {"split": split}
     acc = _music_segment(rng, music_files()[split], opts.seconds, log, cache)
@@ -546,7 +553,7 @@ def build_speaker_mix(split: str, index: int, opts: Options, out_dir: Path, cach
     """One wsj0-2mix-style example ("min" mode: cut to the shorter utterance)."""
     data_split = WSJ_SPLITS[split]
     rng = np.random.default_rng([opts.seed, SPLIT_ID[data_split], index, 0x2A])
-    voices = VOICES["test" if data_split == "test" else "train"]
+    voices = split_voices(split)
     texts = fortune_texts()[data_split]
     v1 = _pick_voice(rng, voices)
     v2 = v1
@@ -684,9 +691,8 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 480, valid: int 
     work = [("song", "musdb", s, c) for s, c in (("train", train), ("valid", valid), ("test", test))]
     work += [("speakers", "wsj0-2mix", s, c) for s, c in zip(("tr", "cv", "tt"), speakers)]
     for kind, sub, split, count in work:
-        voice_split = "test" if split in ("test", "tt") else "train"
         cfg = {"kind": kind, "count": count, "options": asdict(opts), "version": CACHE_VERSION,
-               "voices": [":".join(v) for v in VOICES[voice_split]]}
+               "voices": [":".join(v) for v in split_voices(split)]}
         t = time.perf_counter()
         built[f"{sub}/{split}"] = _build_split(kind, split, count, opts, out / sub, cache, jobs, cfg,
                                                progress)
