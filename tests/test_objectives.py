@@ -210,6 +210,24 @@ def test_chimera_is_the_alpha_combination():
     torch.testing.assert_close(objective("chimera", alpha=1.0)(out, mix, sources), dc)
 
 
+def test_chimera_takes_one_stft_of_the_sources(monkeypatch):
+    # The DC and MI terms share the source spectrograms of a batch (one STFT, not one per term).
+    model = SeparationModel(preset("chimerapp", hidden=8, layers=1, stft=STFT))
+    sources = torch.randn(2, 2, 1000)
+    out = model(sources.sum(1))
+    calls, real = [], signal.stft
+    monkeypatch.setattr(signal, "stft", lambda x, *a, **k: calls.append(tuple(x.shape)) or real(x, *a, **k))
+    objective("chimera", alpha=0.5)(out, sources.sum(1), sources)
+    assert calls == [(2, 2, 1000)]
+
+
+def test_losses_is_the_objectives_api_under_its_public_name():
+    from chimera import losses, objectives
+
+    for name in losses.__all__:
+        assert getattr(losses, name) is getattr(objectives, name), name
+
+
 def test_objective_registry_errors():
     with pytest.raises(ValueError, match="unknown objective"):
         objective("mse")

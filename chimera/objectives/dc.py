@@ -1,4 +1,4 @@
-"""Training objectives of the deep clustering family.
+"""The deep-clustering losses: DC and DC-W.
 
 Deep clustering (Hershey et al. 2016) and its whitened k-means variant (Wang, Le Roux
 & Hershey 2018) are computed from the Gram statistics VᵀWV, VᵀWY and YᵀWY of the
@@ -6,23 +6,14 @@ fused op ``chimera.ops.affinity_stats``: never from the N×N affinity matrices.
 """
 import torch
 
-from . import ops
+from .. import ops
+from ._common import reduce_loss
 
 #: Relative ridge added to VᵀWV and YᵀWY before inverting them in DC-W:
 #: ε = RIDGE · tr(M)/size + TINY. It keeps the inverses finite when a class is absent
 #: from an item (a zero row/column of YᵀWY) or the embeddings are rank-deficient.
 WHITENING_RIDGE = 1e-6
 _TINY = 1e-12
-
-
-def _reduce(loss, reduction):
-    if reduction == "none":
-        return loss
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
 
 
 def _stats(embedding, target, weight, num_classes=None):
@@ -58,7 +49,7 @@ def deep_clustering_loss(embedding, target, weight=None, reduction="mean", num_c
     norm = wsum.square().clamp_min(_TINY)
     loss = (vv.square().sum((1, 2)) - 2 * vy.square().sum((1, 2)) + yy.square().sum((1, 2))) / norm
     loss = torch.where(wsum > 0, loss, torch.zeros_like(loss))
-    return _reduce(loss, reduction).to(embedding.dtype)
+    return reduce_loss(loss, reduction).to(embedding.dtype)
 
 
 def _ridge(m):
@@ -82,26 +73,4 @@ def whitened_kmeans_loss(embedding, target, weight=None, reduction="mean", num_c
     b = torch.linalg.solve(_ridge(yy), vy.transpose(1, 2))  # (YᵀWY)⁻¹ YᵀWV
     loss = D - torch.einsum("bij,bji->b", a, b)
     loss = torch.where(wsum > 0, loss, torch.zeros_like(loss))
-    return _reduce(loss, reduction).to(embedding.dtype)
-
-
-# ---------------------------------------------------------------- weights and labels
-
-def magnitude_ratio_weights(mix_mag):
-    """w = |X| / Σ|X| per item, flattened to (B, N) with N = the trailing dims of mix_mag."""
-    flat = mix_mag.reshape(mix_mag.shape[0], -1).abs()
-    total = flat.sum(-1, keepdim=True)
-    return torch.where(total > 0, flat / total.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
-
-
-def voice_activity_weights(mix_mag, threshold_db=40.0):
-    """1 for bins within `threshold_db` of the item's loudest bin, else 0: (B, N)."""
-    flat = mix_mag.reshape(mix_mag.shape[0], -1).abs()
-    peak = flat.amax(-1, keepdim=True)
-    floor = peak * 10.0 ** (-threshold_db / 20.0)
-    return ((flat >= floor) & (peak > 0)).to(flat.dtype)
-
-
-def ideal_binary_labels(source_mags):
-    """Index of the loudest source per bin: (B, C, ...) -> (B, N) int64, N = prod(...)."""
-    return source_mags.abs().argmax(1).reshape(source_mags.shape[0], -1)
+    return reduce_loss(loss, reduction).to(embedding.dtype)

@@ -1,310 +1,178 @@
-"""Training objectives of the deep clustering family, and the SI-SDR metric.
+"""The objectives the trainer uses, by name.
 
-Mask-inference (MI) losses compare masked mixtures with the sources (Wang et al., "Alternative
-objective functions for deep clustering", ICASSP 2018); WA and WA-MISI compare waveforms
-(Wang et al., "End-to-end speech separation with unfolded iterative phase reconstruction",
-Interspeech 2018); SI-SDR follows Le Roux et al., "SDR – half-baked or well done?", ICASSP 2019.
-
-Conventions: spectrograms ``(B, C, F, T)`` (sources) and ``(B, F, T)`` (mixture), waveforms
-``(B, C, L)`` and ``(B, L)``. Spectral losses average |error| (L1) or |error|² (L2) over
-sources and time-frequency bins, waveform losses over sources and samples, then over the
-batch. ``pit=True`` takes the best source permutation per item (speech); the default keeps
-the fixed source order (music: one output per instrument).
-
-:func:`objective` builds the callables ``(output, mixture, sources) -> loss`` used by the
-trainer, where ``output`` is a :class:`chimera.models.ModelOutput` and ``mixture``/``sources``
-are the waveforms.
+:func:`objective` builds a callable ``(output, mixture, sources) -> scalar loss`` where ``output``
+is a :class:`chimera.models.ModelOutput` and ``mixture`` ``(B, L)`` / ``sources`` ``(B, C, L)``
+are waveforms. Every name, its options and their defaults are declared once, in :data:`OPTIONS`,
+and every option's check once, in :data:`CHECKS`; :func:`objective` applies both.
 """
 from __future__ import annotations
 
-import itertools
-import math
+import functools
 
-import torch
-
-from . import signal
-
-
-def _losses():
-    # Imported on use: chimera.losses re-exports this module, so neither may import the other at load time.
-    from . import losses
-
-    return losses
-
-NORMS = ("l1", "l2")
+from .. import signal
+from ._common import check_choice
+from .dc import deep_clustering_loss
+from .metrics import NORMS
+from .mi import csa_loss, msa_loss, tpsa_loss
+from .targets import DC_WEIGHTS, dc_targets
+from .wave import wa_loss, wa_misi_loss, wave_si_sdr_loss
 
 
-# ----------------------------------------------------------------------------- SI-SDR
+class Batch:
+    """One batch as the objectives see it. The source spectrograms are computed on first use
+    and then shared, so the DC and MI terms of the Chimera objective take one STFT of the sources."""
 
-def _si_sdr_parts(estimate, reference, zero_mean):
-    if estimate.shape[-1] != reference.shape[-1]:
-        raise ValueError(f"si_sdr: estimate has {estimate.shape[-1]} samples, reference {reference.shape[-1]}")
-    if zero_mean:
-        estimate = estimate - estimate.mean(-1, keepdim=True)
-        reference = reference - reference.mean(-1, keepdim=True)
-    ref_energy = reference.pow(2).sum(-1, keepdim=True)
-    dot = (estimate * reference).sum(-1, keepdim=True)
-    # A silent reference has no scale to fit; alpha = 0 makes the whole estimate residual.
-    alpha = torch.where(ref_energy > 0, dot / torch.where(ref_energy > 0, ref_energy, 1), 0)
-    target = alpha * reference
-    return target.pow(2).sum(-1), (estimate - target).pow(2).sum(-1)
+    def __init__(self, output, mixture, sources):
+        self.output, self.mixture, self.sources = output, mixture, sources
 
-
-def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = False) -> torch.Tensor:
-    """Scale-invariant SDR in dB over the last axis (shapes broadcast), computed in float64.
-
-    SI-SDR = 10 log10(‖α s‖² / ‖α s − ŝ‖²) with α = ⟨ŝ, s⟩ / ‖s‖². Edge cases: a perfect
-    estimate gives +inf; a silent reference or an estimate orthogonal to (or silent
-    against) the reference gives −inf (nothing of the target is recovered), never NaN.
-    """
-    num, den = _si_sdr_parts(estimate.to(torch.float64), reference.to(torch.float64), zero_mean)
-    out = 10 * torch.log10(num) - 10 * torch.log10(den)
-    return torch.where(num > 0, out, -math.inf)
+    @functools.cached_property
+    def source_specs(self):
+        if self.sources.dim() != 3:
+            raise ValueError(f"objective: sources must be waveforms (B, C, L), got {tuple(self.sources.shape)}")
+        st = self.output.stft
+        window = st.window_tensor(self.sources.device, self.sources.dtype)
+        return signal.stft(self.sources, st.n_fft, st.hop_length, window, center=True)
 
 
-def si_sdr_loss(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8, zero_mean: bool = False,
-                reduction: str = "mean") -> torch.Tensor:
-    """Negative SI-SDR (dB) with ``eps`` added to both energies, so it stays finite and
-    differentiable for perfect estimates and silent references."""
-    num, den = _si_sdr_parts(estimate, reference, zero_mean)
-    loss = -10 * torch.log10((num + eps) / (den + eps))
-    return _reduce(loss, reduction)
+def _dc_loss(b: Batch, o: dict):
+    target, weight = dc_targets(b.output.mixture_spec, b.source_specs, o["weights"])
+    return deep_clustering_loss(b.output.embedding, target.to(b.output.embedding.dtype), weight)
 
 
-def _reduce(loss, reduction):
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+#: The loss of each deep-clustering (embedding head) and mask-inference (mask head) objective,
+#: given a :class:`Batch` and the objective's options.
+DC_LOSSES = {"dc": _dc_loss, "dcw": _dc_loss}
+MI_LOSSES = {
+    "msa": lambda b, o: msa_loss(b.output.masks, b.output.mixture_spec, b.source_specs, norm=o["norm"],
+                                 pit=o["pit"]),
+    "tpsa": lambda b, o: tpsa_loss(b.output.masks, b.output.mixture_spec, b.source_specs, gamma=o["gamma"],
+                                   norm=o["norm"], pit=o["pit"]),
+    "csa": lambda b, o: csa_loss(b.output.masks, b.output.mixture_spec, b.source_specs, norm=o["norm"],
+                                 pit=o["pit"]),
+    "wa": lambda b, o: wa_loss(b.output.estimates, b.sources, b.output.stft, pit=o["pit"]),
+    "wa-misi": lambda b, o: wa_misi_loss(b.output.estimates, b.mixture, b.sources, b.output.stft, o["misi_iters"],
+                                         pit=o["pit"]),
+    "si-sdr": lambda b, o: wave_si_sdr_loss(b.output.estimates, b.sources, b.output.stft, o["eps"], pit=o["pit"]),
+}
+DC_NAMES, MI_NAMES = tuple(DC_LOSSES), tuple(MI_LOSSES)
+
+#: Each objective's options with their defaults; "chimera" passes any other option to its MI loss.
+OPTIONS = {
+    "dc": {"weights": None},
+    "dcw": {"weights": "mr"},  # magnitude-ratio weights
+    "msa": {"pit": False, "norm": "l1"},
+    "tpsa": {"pit": False, "norm": "l1", "gamma": 2.0},
+    "csa": {"pit": False, "norm": "l1"},
+    "wa": {"pit": False},
+    "wa-misi": {"pit": False, "misi_iters": 5},
+    "si-sdr": {"pit": False, "eps": 1e-8},
+    # alpha 0.975: Chimera++ (the torch-chimera recipe uses 0.95); dc_weights "default": those of `dc`
+    "chimera": {"alpha": 0.975, "mi": "tpsa", "dc": "dcw", "dc_weights": "default"},
+}
+OBJECTIVES = tuple(OPTIONS)
 
 
-# ----------------------------------------------------------------------------- PIT
-
-def pit_from_matrix(pairwise: torch.Tensor):
-    """``pairwise[b, i, j]``: loss of estimate ``i`` against target ``j``. Returns
-    ``(loss (B,), perm (B, C))`` minimising the mean over targets of
-    ``pairwise[b, perm[b, j], j]``: estimate ``perm[b, j]`` goes with target ``j``."""
-    B, C, C2 = pairwise.shape
-    if C != C2:
-        raise ValueError(f"pit: pairwise loss matrix must be square, got {tuple(pairwise.shape)}")
-    perms = torch.tensor(list(itertools.permutations(range(C))), device=pairwise.device)  # (P, C)
-    cols = torch.arange(C, device=pairwise.device)
-    totals = pairwise[:, perms, cols].mean(-1)  # (B, P)
-    loss, best = totals.min(-1)
-    return loss, perms[best]
+def _requires(test, requirement):
+    def check(what, value):
+        if not test(value):
+            raise ValueError(f"{what} must be {requirement}, got {value!r}")
+    return check
 
 
-def pit(pair_loss, estimates: torch.Tensor, targets: torch.Tensor):
-    """Permutation-invariant training: ``pair_loss(estimate, target) -> (B,)`` for one
-    source ``(B, ...)``; ``estimates``/``targets`` ``(B, C, ...)``. Returns
-    ``(loss (B,), perm (B, C))`` as :func:`pit_from_matrix`; the loss keeps its gradient."""
-    if estimates.shape[:2] != targets.shape[:2]:
-        raise ValueError(f"pit: estimates {tuple(estimates.shape)} and targets {tuple(targets.shape)} differ in (B, C)")
-    C = estimates.shape[1]
-    pairwise = torch.stack([torch.stack([pair_loss(estimates[:, i], targets[:, j]) for j in range(C)], -1)
-                            for i in range(C)], -2)
-    return pit_from_matrix(pairwise)
+def _one_of(choices):
+    return lambda what, value: check_choice(what, value, choices)
 
 
-def permute_sources(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Reorder ``x (B, C, ...)`` so that ``out[b, j] = x[b, perm[b, j]]`` (aligns estimates with targets)."""
-    index = perm.reshape(*perm.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-    return torch.gather(x, 1, index)
+#: How each option's value is checked (options not named here take any value).
+CHECKS = {
+    "weights": _one_of(tuple(DC_WEIGHTS)),
+    "norm": _one_of(NORMS),
+    "gamma": _requires(lambda v: v > 0, "positive"),
+    "misi_iters": _requires(lambda v: v >= 0, ">= 0"),
+    "alpha": _requires(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "mi": _one_of(MI_NAMES),
+    "dc": _one_of(DC_NAMES),
+    "dc_weights": _one_of(("default", *DC_WEIGHTS)),
+}
 
 
-def _match(pred, target, norm, pit_):
-    """Mean |pred − target|^p over everything but the batch, in fixed order or with PIT; → scalar."""
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
-    if pred.shape != target.shape:
-        raise ValueError(f"estimates {tuple(pred.shape)} and targets {tuple(target.shape)} differ in shape")
-    err = lambda a, b: (a - b).abs() if norm == "l1" else (a - b).abs().pow(2)  # noqa: E731
-    if not pit_:
-        return err(pred, target).mean()
-    dims = tuple(range(3, pred.dim() + 1))
-    pairwise = err(pred.unsqueeze(2), target.unsqueeze(1)).mean(dims)  # (B, C_est, C_tgt)
-    return pit_from_matrix(pairwise)[0].mean()
-
-
-# ----------------------------------------------------------------------------- mask inference
-
-def tpsa_target(mixture_spec: torch.Tensor, source_specs: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Truncated phase-sensitive target min(max(|S| cos(θ_S − θ_X), 0), γ|X|) ``(B, C, F, T)``."""
-    X = mixture_spec.unsqueeze(1)
-    mag = X.abs()
-    # |S| cos(θS − θX) = Re(S X*) / |X|; it is 0 where the mixture is silent.
-    proj = (source_specs * X.conj()).real / torch.where(mag > 0, mag, 1)
-    return torch.minimum(proj.clamp_min(0), gamma * mag)
-
-
-def msa_loss(masks, mixture_spec, source_specs, norm="l1", pit=False):
-    """MI-MSA: ‖|M̂| |X| − |S|‖ (complex masks contribute their magnitude)."""
-    return _match(masks.abs() * mixture_spec.abs().unsqueeze(1), source_specs.abs(), norm, pit)
-
-
-def tpsa_loss(masks, mixture_spec, source_specs, gamma=2.0, norm="l1", pit=False):
-    """MI-tPSA: ‖M̂ |X| − T(|S| cos(θ_S − θ_X))‖ with truncation to [0, γ|X|]. Complex masks
-    contribute Re(M̂), the part of M̂X along the mixture phase."""
-    pred = (masks.real if masks.is_complex() else masks) * mixture_spec.abs().unsqueeze(1)
-    return _match(pred, tpsa_target(mixture_spec, source_specs, gamma), norm, pit)
-
-
-def csa_loss(masks, mixture_spec, source_specs, norm="l1", pit=False):
-    """CSA: ‖M̂ X − S‖ on complex spectra."""
-    return _match(masks * mixture_spec.unsqueeze(1), source_specs, norm, pit)
-
-
-def wa_loss(estimates, sources, stft, pit=False):
-    """WA: L1 between the iSTFT of the masked mixture ``estimates (B, C, F, T)`` and the
-    source waveforms ``(B, C, L)``; ``stft`` is a :class:`chimera.models.StftConfig`."""
-    window = stft.window_tensor(estimates.device, estimates.real.dtype)
-    y = signal.istft(estimates, stft.n_fft, stft.hop_length, window, center=True, length=sources.shape[-1])
-    return _match(y, sources, "l1", pit)
-
-
-def wa_misi_loss(estimates, mixture, sources, stft, n_iter=5, pit=False):
-    """WA-MISI-K: L1 between the sources and the waveforms after ``n_iter`` unfolded MISI
-    iterations (differentiable) starting from ``estimates``."""
-    window = stft.window_tensor(estimates.device, estimates.real.dtype)
-    y = signal.misi(mixture, estimates, n_iter, stft.n_fft, stft.hop_length, window)
-    return _match(y, sources, "l1", pit)
-
-
-# ----------------------------------------------------------------------------- deep clustering
-
-def dc_targets(mixture_spec, source_specs, weights=None):
-    """Deep-clustering targets for an embedding in :func:`chimera.models.flatten_bins` order:
-    ``(one-hot (B, N, C) float, weight (B, N) or None)``, N = T·F with frequency fastest.
-    ``weights``: None, ``"mr"`` (magnitude ratio, DC-W) or ``"va"`` (voice activity)."""
-    B, C = source_specs.shape[:2]
-    # Work in (B, [C,] T, F) so that a plain reshape gives frequency-fastest bins.
-    labels = _losses().ideal_binary_labels(source_specs.abs().transpose(-1, -2)).reshape(B, -1)
-    target = torch.nn.functional.one_hot(labels.long(), C).to(source_specs.real.dtype)
-    mix_mag = mixture_spec.abs().transpose(-1, -2)
-    if weights is None:
-        weight = None
-    elif weights == "mr":
-        weight = _losses().magnitude_ratio_weights(mix_mag).reshape(B, -1)
-    elif weights == "va":
-        weight = _losses().voice_activity_weights(mix_mag).reshape(B, -1)
-    else:
-        raise ValueError(f"unknown DC weights {weights!r}; use None, 'mr' or 'va'")
-    return target, weight
-
-
-# ----------------------------------------------------------------------------- registry
-
-def _source_specs(output, sources):
-    st = output.stft
-    if sources.dim() != 3:
-        raise ValueError(f"objective: sources must be waveforms (B, C, L), got {tuple(sources.shape)}")
-    window = st.window_tensor(sources.device, sources.dtype)
-    return signal.stft(sources, st.n_fft, st.hop_length, window, center=True)
-
-
-def _need(output, what, name):
-    if getattr(output, what) is None:
-        head = "embedding (DC) head" if what == "embedding" else "mask head"
-        raise ValueError(f"objective {name!r} needs a model with a {head}")
+def _resolve(name: str, given: dict) -> dict:
+    """The options of objective ``name``: its defaults updated with ``given``, all checked."""
+    table = OPTIONS[name]
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        raise ValueError(f"objective {name!r}: unknown option(s) {unknown}; it takes {list(table)}")
+    options = {k: given.get(k, default) for k, default in table.items()}
+    for k, value in options.items():
+        if k in CHECKS:
+            CHECKS[k](f"objective {name!r}: {k}", value)
+    return options
 
 
 class Objective:
     """``(output, mixture, sources) -> scalar loss``; see :func:`objective`."""
 
-    def __init__(self, name: str, **options):
+    def __init__(self, name: str, options: dict):
         self.name, self.options = name, options
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"objective({self.name!r}{', ' if opts else ''}{opts})"
 
+    def __call__(self, output, mixture, sources):
+        return self.loss(Batch(output, mixture, sources))
+
+    def loss(self, batch: Batch):
+        raise NotImplementedError
+
+    def _need(self, output, what):
+        if getattr(output, what) is None:
+            head = "embedding (DC) head" if what == "embedding" else "mask head"
+            raise ValueError(f"objective {self.name!r} needs a model with a {head}")
+
 
 class _DC(Objective):
-    def __init__(self, name, weights=None):
-        super().__init__(name, weights=weights)
-        if weights not in (None, "mr", "va"):
-            raise ValueError(f"objective {name!r}: unknown weights {weights!r}; use None, 'mr' or 'va'")
-        self.weights = weights
+    def __init__(self, name, **options):
+        super().__init__(name, _resolve(name, options))
+        self.weights = self.options["weights"]
 
-    def __call__(self, output, mixture, sources):
-        _need(output, "embedding", self.name)
-        target, weight = dc_targets(output.mixture_spec, _source_specs(output, sources), self.weights)
-        return _losses().deep_clustering_loss(output.embedding, target.to(output.embedding.dtype), weight)
+    def loss(self, batch):
+        self._need(batch.output, "embedding")
+        return DC_LOSSES[self.name](batch, self.options)
 
 
 class _MI(Objective):
-    _SPECTRAL = {"msa": msa_loss, "tpsa": tpsa_loss, "csa": csa_loss}
+    def __init__(self, name, **options):
+        super().__init__(name, _resolve(name, options))
 
-    def __init__(self, name, pit=False, norm="l1", gamma=2.0, misi_iters=5, eps=1e-8):
-        opts = dict(pit=pit)
-        if name in self._SPECTRAL:
-            if norm not in NORMS:
-                raise ValueError(f"objective {name!r}: unknown norm {norm!r}; use one of {NORMS}")
-            opts["norm"] = norm
-        if name == "tpsa":
-            if gamma <= 0:
-                raise ValueError(f"objective 'tpsa': gamma must be positive, got {gamma}")
-            opts["gamma"] = gamma
-        if name == "wa-misi":
-            if misi_iters < 0:
-                raise ValueError(f"objective 'wa-misi': misi_iters must be >= 0, got {misi_iters}")
-            opts["misi_iters"] = misi_iters
-        if name == "si-sdr":
-            opts["eps"] = eps
-        super().__init__(name, **opts)
-
-    def __call__(self, output, mixture, sources):
-        _need(output, "masks", self.name)
-        o, pit_ = self.options, self.options["pit"]
-        if self.name in self._SPECTRAL:
-            kw = {"gamma": o["gamma"]} if self.name == "tpsa" else {}
-            return self._SPECTRAL[self.name](output.masks, output.mixture_spec, _source_specs(output, sources),
-                                             norm=o["norm"], pit=pit_, **kw)
-        if self.name == "wa":
-            return wa_loss(output.estimates, sources, output.stft, pit=pit_)
-        if self.name == "wa-misi":
-            return wa_misi_loss(output.estimates, mixture, sources, output.stft, o["misi_iters"], pit=pit_)
-        # si-sdr
-        st = output.stft
-        window = st.window_tensor(sources.device, sources.dtype)
-        y = signal.istft(output.estimates, st.n_fft, st.hop_length, window, center=True, length=sources.shape[-1])
-        if pit_:
-            loss, _ = pit(lambda a, b: si_sdr_loss(a, b, o["eps"], reduction="none"), y, sources)
-            return loss.mean()
-        return si_sdr_loss(y, sources, o["eps"])
+    def loss(self, batch):
+        self._need(batch.output, "masks")
+        return MI_LOSSES[self.name](batch, self.options)
 
 
 class _Chimera(Objective):
-    def __init__(self, name, alpha=0.975, mi="tpsa", dc="dcw", dc_weights="default", **mi_options):
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"objective 'chimera': alpha must be in [0, 1], got {alpha}")
-        if mi not in MI_NAMES:
-            raise ValueError(f"objective 'chimera': mi must be one of {MI_NAMES}, got {mi!r}")
-        if dc not in ("dc", "dcw"):
-            raise ValueError(f"objective 'chimera': dc must be 'dc' or 'dcw', got {dc!r}")
-        self.dc = objective(dc) if dc_weights == "default" else objective(dc, weights=dc_weights)
-        self.mi = objective(mi, **mi_options)
-        super().__init__(name, alpha=alpha, mi=mi, dc=dc, dc_weights=self.dc.weights, **self.mi.options)
-        self.alpha = alpha
+    def __init__(self, name, **options):
+        own = _resolve(name, {k: v for k, v in options.items() if k in OPTIONS[name]})
+        dc_options = {} if own["dc_weights"] == "default" else {"weights": own["dc_weights"]}
+        self.dc = objective(own["dc"], **dc_options)
+        self.mi = objective(own["mi"], **{k: v for k, v in options.items() if k not in OPTIONS[name]})
+        super().__init__(name, {**own, "dc_weights": self.dc.weights, **self.mi.options})
+        self.alpha = own["alpha"]
         self.last = {}  # detached DC and MI terms of the latest call, for logging
 
-    def __call__(self, output, mixture, sources):
+    def loss(self, batch):
         a = self.alpha
         loss, self.last = 0.0, {}
         if a > 0:
-            dc = self.dc(output, mixture, sources)
+            dc = self.dc.loss(batch)
             loss, self.last["dc"] = loss + a * dc, dc.detach()
         if a < 1:
-            mi = self.mi(output, mixture, sources)
+            mi = self.mi.loss(batch)
             loss, self.last["mi"] = loss + (1 - a) * mi, mi.detach()
         return loss
 
 
-MI_NAMES = ("msa", "tpsa", "csa", "wa", "wa-misi", "si-sdr")
-OBJECTIVES = ("dc", "dcw", *MI_NAMES, "chimera")
+_KINDS = {**dict.fromkeys(DC_NAMES, _DC), **dict.fromkeys(MI_NAMES, _MI), "chimera": _Chimera}
 
 
 def objective(name: str, **options) -> Objective:
@@ -320,22 +188,6 @@ def objective(name: str, **options) -> Objective:
 
     MI losses take ``pit=True`` for permutation-invariant training (default: fixed order).
     """
-    if name in ("dc", "dcw"):
-        if name == "dcw":
-            options.setdefault("weights", "mr")
-        _check_options(name, options, ("weights",))
-        return _DC(name, **options)
-    if name in MI_NAMES:
-        allowed = {"msa": ("norm",), "csa": ("norm",), "tpsa": ("norm", "gamma"), "wa": (),
-                   "wa-misi": ("misi_iters",), "si-sdr": ("eps",)}[name]
-        _check_options(name, options, ("pit", *allowed))
-        return _MI(name, **options)
-    if name == "chimera":
-        return _Chimera(name, **options)
-    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
-
-
-def _check_options(name, options, allowed):
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"objective {name!r}: unknown option(s) {unknown}; it takes {list(allowed)}")
+    if name not in _KINDS:
+        raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+    return _KINDS[name](name, **options)
