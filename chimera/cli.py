@@ -7,6 +7,7 @@ import sys
 import torch
 
 import chimera
+from chimera import train
 
 
 def _info(args):
@@ -204,8 +205,19 @@ def build_parser():
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_evaluate)
 
-    from chimera import train
-    train.add_parser(sub)
+    t = sub.add_parser("train", help="train a model from a TOML recipe (staged, resumable, DDP)",
+                       description="Train a separation model from a recipe (see recipes/).")
+    t.add_argument("config", nargs="?", metavar="CONFIG", help="TOML recipe (optional with --resume)")
+    t.add_argument("--run-dir", help="folder for checkpoints and metrics (default runs/<config name>)")
+    t.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
+                   help="continue from RUN_DIR/last.pt (or the given checkpoint)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. stages.0.epochs=2 (repeatable)")
+    t.add_argument("--device", help="cpu, cuda or auto (default: train.device)")
+    t.add_argument("--seed", type=int, help="override the config's seed")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    t.set_defaults(func=train.main)
     return parser
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from chimera import train as tr
+from chimera.train import solver
 from testutil import cuda
 from chimera.data import write_audio
 from chimera.models import load_checkpoint
@@ -297,7 +298,7 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_summed_batch(data_roo
 
     single = dict(cfg, data={**cfg["data"], "batch_size": 4}, train={**cfg["train"], "stats_batches": 1})
     torch.set_num_threads(1)
-    monkeypatch.setattr(tr, "epoch_indices", both_ranks)
+    monkeypatch.setattr(solver, "epoch_indices", both_ranks)
     tr.Trainer(single, merged, quiet=True).run()
     a = load_checkpoint(tmp_path / "ddp" / "last.pt")[0].state_dict()
     b = load_checkpoint(merged / "last.pt")[0].state_dict()
@@ -339,7 +340,7 @@ def test_unreadable_file_with_on_error_raise_is_one_line(data_root, tmp_path, mo
         bad.write_bytes(b"RIFF garbage")  # damaged after the headers were probed: fails in a worker
         return ds
 
-    monkeypatch.setattr(tr, "build_dataset", build_then_damage)
+    monkeypatch.setattr(solver, "build_dataset", build_then_damage)
     args = build_parser().parse_args(["train", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1",
                                       "--quiet"])
     assert args.func(args) == 2
