@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from chimera import train as tr
+from chimera.atomic import PARTIAL_PREFIX
 from chimera.data import write_audio
 from chimera.models import load_checkpoint
 from chimera.train import solver
@@ -320,8 +321,8 @@ def test_ddp_gradients_are_the_mean_over_ranks_of_one_process_on_the_concatenate
     assert p.returncode == 0, p.stderr[-3000:]
     files = sorted(os.listdir(tmp_path / "ddp"))
     assert "last.pt" in files and "best.pt" in files
-    # One writer: no leftover temporaries (chimera.atomic's fallback names, metrics rewrites).
-    assert not [f for f in files if f.startswith(".chimera-partial-") or f.endswith(".tmp")], files
+    # One writer: no leftover temporaries (chimera.atomic's partial files).
+    assert not [f for f in files if f.startswith(PARTIAL_PREFIX) or f.endswith(".tmp")], files
     rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
     assert len(rows) == 1  # rank 0 only
     _, state = weights(tmp_path / "ddp" / "last.pt")
