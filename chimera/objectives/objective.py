@@ -11,7 +11,7 @@ import functools
 
 from .. import signal
 from ._common import check_choice
-from .dc import deep_clustering_loss
+from .dc import deep_clustering_loss, whitened_kmeans_loss
 from .metrics import NORMS
 from .mi import csa_loss, msa_loss, tpsa_loss
 from .targets import DC_WEIGHTS, dc_targets
@@ -34,14 +34,20 @@ class Batch:
         return signal.stft(self.sources, st.n_fft, st.hop_length, window, center=True)
 
 
-def _dc_loss(b: Batch, o: dict):
-    target, weight = dc_targets(b.output.mixture_spec, b.source_specs, o["weights"])
-    return deep_clustering_loss(b.output.embedding, target.to(b.output.embedding.dtype), weight)
+def _dc_term(loss):
+    """A deep-clustering objective on ideal-binary labels (class indices: no one-hot)."""
+    def term(b: Batch, o: dict):
+        labels, weight = dc_targets(b.output.mixture_spec, b.source_specs, o["weights"])
+        if weight is not None:
+            weight = weight.to(b.output.embedding.dtype)
+        return loss(b.output.embedding, labels, weight, num_classes=b.source_specs.shape[1])
+    return term
 
 
 #: The loss of each deep-clustering (embedding head) and mask-inference (mask head) objective,
-#: given a :class:`Batch` and the objective's options.
-DC_LOSSES = {"dc": _dc_loss, "dcw": _dc_loss}
+#: given a :class:`Batch` and the objective's options: "dc" the classic affinity loss (Hershey
+#: 2016), "dcw" the whitened k-means loss (DC-W, Wang, Le Roux & Hershey 2018).
+DC_LOSSES = {"dc": _dc_term(deep_clustering_loss), "dcw": _dc_term(whitened_kmeans_loss)}
 MI_LOSSES = {
     "msa": lambda b, o: msa_loss(b.output.masks, b.output.mixture_spec, b.source_specs, norm=o["norm"],
                                  pit=o["pit"]),
@@ -59,7 +65,7 @@ DC_NAMES, MI_NAMES = tuple(DC_LOSSES), tuple(MI_LOSSES)
 #: Each objective's options with their defaults; "chimera" passes any other option to its MI loss.
 OPTIONS = {
     "dc": {"weights": None},
-    "dcw": {"weights": "mr"},  # magnitude-ratio weights
+    "dcw": {"weights": "mr"},  # magnitude-ratio weights, as Chimera++ uses them
     "msa": {"pit": False, "norm": "l1"},
     "tpsa": {"pit": False, "norm": "l1", "gamma": 2.0},
     "csa": {"pit": False, "norm": "l1"},
@@ -178,12 +184,13 @@ _KINDS = {**dict.fromkeys(DC_NAMES, _DC), **dict.fromkeys(MI_NAMES, _MI), "chime
 def objective(name: str, **options) -> Objective:
     """Loss callable ``(output, mixture waveform (B, L), source waveforms (B, C, L)) -> scalar``.
 
-    - ``"dc"`` (no weights; ``weights="va"`` for voice-activity weights) and ``"dcw"``
-      (magnitude-ratio weights): deep clustering on ideal binary labels.
+    - ``"dc"``, the classic deep-clustering loss (no weights by default; ``weights="mr"`` for
+      magnitude-ratio, ``"va"`` for voice-activity weights), and ``"dcw"``, the whitened
+      k-means loss DC-W (magnitude-ratio weights by default): both on ideal binary labels.
     - ``"msa"``, ``"tpsa"`` (``gamma=2.0``), ``"csa"``: MI losses, ``norm="l1"|"l2"``.
     - ``"wa"``; ``"wa-misi"`` (``misi_iters=5``); ``"si-sdr"`` (negative SI-SDR after iSTFT).
     - ``"chimera"``: ``alpha``·DC + (1 − ``alpha``)·MI with ``alpha=0.975`` (Chimera++; the
-      torch-chimera recipe uses 0.95), ``mi="tpsa"``, ``dc="dcw"`` (``dc_weights`` overrides its
+      torch-chimera recipe uses 0.95), ``mi="tpsa"``, ``dc="dcw"`` (DC-W, as in Chimera++; ``dc_weights`` overrides its
       weights); other options go to the MI loss. Its ``last`` dict holds the latest DC and MI terms.
 
     MI losses take ``pit=True`` for permutation-invariant training (default: fixed order).

@@ -31,12 +31,13 @@ DC_WEIGHTS = {None: None, "mr": magnitude_ratio_weights, "va": voice_activity_we
 
 def dc_targets(mixture_spec, source_specs, weights=None):
     """Deep-clustering targets for an embedding in :func:`chimera.models.flatten_bins` order:
-    ``(one-hot (B, N, C) float, weight (B, N) or None)``, N = T·F with frequency fastest.
+    ``(labels (B, N) int64, weight (B, N) or None)``, N = T·F with frequency fastest; the
+    labels are ideal-binary class indices in [0, C) (C = ``source_specs.shape[1]``, to pass
+    as ``num_classes``), never expanded to one-hot.
     ``weights``: a key of :data:`DC_WEIGHTS` (None, ``"mr"`` or ``"va"``)."""
     weigh = DC_WEIGHTS[check_choice("DC weights", weights, tuple(DC_WEIGHTS))]
-    B, C = source_specs.shape[:2]
+    B = source_specs.shape[0]
     # Work in (B, [C,] T, F) so that a plain reshape gives frequency-fastest bins.
     labels = ideal_binary_labels(source_specs.abs().transpose(-1, -2)).reshape(B, -1)
-    target = torch.nn.functional.one_hot(labels.long(), C).to(source_specs.real.dtype)
     weight = None if weigh is None else weigh(mixture_spec.abs().transpose(-1, -2)).reshape(B, -1)
-    return target, weight
+    return labels, weight
