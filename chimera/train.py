@@ -567,7 +567,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self, model, objective, valid_ds, pit_metric) -> dict:
         from .objectives import pit, si_sdr
+        from .separate import Separator
 
+        separator = Separator(model, device=self.device, seed=self.seed)  # what predict runs, batch-wise
         bs = self.cfg["data"].get("valid_batch_size", self.cfg["data"]["batch_size"])
         n = len(valid_ds)
         idx = list(range(self.dist.rank, n, self.dist.world))
@@ -584,8 +586,7 @@ class Trainer:
                 loss = _LossModule(model, objective, self._autocast)(mix, src)
                 loss_sum += float(loss) * mix.shape[0]
                 count += mix.shape[0]
-                method = "mask" if model.mask_head is not None else "kmeans"
-                est = model.separate(mix, method=method, seed=self.seed)
+                est = separator.separate_batch(mix)
                 ref = src.to(torch.float64)
                 if pit_metric:
                     _, perm = pit(lambda a, b: -si_sdr(a, b), est.to(torch.float64), ref)

@@ -99,13 +99,45 @@ def test_segment_joins_are_exact_when_the_masks_add_up_to_one(wiener):
     np.testing.assert_allclose(y.sum(1).numpy(), x, atol=2e-5, rtol=0)
 
 
-def test_single_segment_equals_model_separate():
+@pytest.mark.parametrize("method", ["mask", "kmeans"])
+def test_single_segment_equals_separate_batch(method):
+    # one segment: the streamed engine (predict, evaluate) gives what validation scores
     model = tiny_model()
     x = noise(1, 4000)
-    sep = Separator(model, segment=10.0, device="cpu")
+    sep = Separator(model, segment=10.0, device="cpu", method=method)
     got = sep.separate(x[0], 8000).numpy()
-    want = model.separate(torch.from_numpy(x[0]).unsqueeze(0))[0].numpy()
+    want = sep.separate_batch(torch.from_numpy(x[0]).unsqueeze(0))[0].numpy()
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+TINY = dict(hidden=16, layers=2, stft=dict(sample_rate=8000, n_fft=128, hop_length=32))
+
+
+def test_separate_batch_shapes_methods_and_mode():
+    model = SeparationModel(preset("chimera", **TINY))  # softmax masks sum to one
+    model.train()
+    mix = torch.randn(2, 3, 900)
+    y = Separator(model, device="cpu").separate_batch(mix)
+    assert y.shape == (2, 3, 2, 900) and model.training
+    torch.testing.assert_close(y.sum(-2), mix, atol=1e-4, rtol=1e-4)
+    assert Separator(model, device="cpu").separate_batch(mix[0, 0]).shape == (2, 900)
+    k = Separator(model, device="cpu", method="kmeans").separate_batch(mix[0])
+    assert k.shape == (3, 2, 900)
+    torch.testing.assert_close(k.sum(-2), mix[0], atol=1e-4, rtol=1e-4)  # binary masks partition the bins
+    assert Separator(model, device="cpu", misi_iters=2).separate_batch(mix[0]).shape == (3, 2, 900)
+    dc = SeparationModel(preset("dc", **TINY))
+    assert Separator(dc, device="cpu").separate_batch(mix[0]).shape == (3, 2, 900)  # defaults to k-means
+    with pytest.raises(ValueError, match="no mask head"):
+        Separator(dc, device="cpu", method="mask")
+    with pytest.raises(ValueError, match="unknown method"):
+        Separator(model, device="cpu", method="ica")
+
+
+def test_separate_batch_keeps_the_input_dtype_and_rejects_integers():
+    sep = Separator(SeparationModel(preset("chimerapp", **TINY)).eval(), device="cpu")
+    assert sep.separate_batch(torch.randn(1, 900).double()).dtype == torch.float64
+    with pytest.raises(TypeError, match="floating"):
+        sep.separate_batch(torch.zeros(900, dtype=torch.int16))
 
 
 def test_file_equals_in_memory_and_blocks_do_not_matter(tmp_path):
