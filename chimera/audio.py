@@ -64,9 +64,10 @@ class AudioInfo:
 
 
 def _reason(exc: Exception) -> str:
-    """libsndfile's reason, without its "Error opening 'path':" preamble."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.replace("Error opening", "").replace(repr(str(getattr(exc, "filename", ""))), "").strip(" :")
+    """libsndfile's reason alone (the message names the file already)."""
+    text = str(getattr(exc, "error_string", "") or exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text.removeprefix("Error :").strip(" .")
 
 
 def open_audio(path: PathLike) -> sf.SoundFile:
