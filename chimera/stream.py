@@ -8,12 +8,13 @@ frames that no later segment touches are final and go through a streaming invers
 then back to the input's rate. Nothing kept grows with the length of the input.
 
 Where the inverse STFT runs: on the device and in the precision of the spectra (the
-Separator's device, float32), so on a GPU the fused ``overlap_add`` kernel runs there and
-only the final waveforms (4 bytes a sample) cross to the host instead of the spectra
-(``n_fft / hop`` complex values a sample: 32 bytes at the bundled model's 512 / 128 in
-complex64, 64 in complex128). The state it keeps is a segment's overlap, a few MB on the
-device. float32 rounding (~1e-7 of full scale, below a 24-bit PCM step) is far under any
-output's quantisation and the model's own error, so float64 would buy nothing.
+Separator's device, float32). On a GPU the fused ``overlap_add`` kernel then runs there and
+only the final waveforms (4 bytes a sample and source) cross to the host, not the spectra
+((n_fft / 2 + 1) / hop complex values a sample: about 2 for the bundled model's 512 / 128,
+32 bytes in the complex128 the stream used to run in). What it keeps between segments is
+one overlap of spectra, about 1 MB for the bundled model on a stereo input. float32 is
+enough: on the demo stems the waveforms differ from a float64 inverse by at most 9e-8,
+less than one 24-bit PCM step (1.2e-7) and far below the model's own error.
 """
 from __future__ import annotations
 
