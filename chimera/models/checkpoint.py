@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..atomic import atomic_write
 from .config import ModelConfig, StftConfig
 from .model import SeparationModel
