@@ -11,7 +11,7 @@ Where the inverse STFT runs: on the device and in the precision of the spectra (
 Separator's device, float32). On a GPU the fused ``overlap_add`` kernel then runs there and
 only the final waveforms (4 bytes a sample and source) cross to the host, not the spectra
 ((n_fft / 2 + 1) / hop complex values a sample: about 2 for the bundled model's 512 / 128,
-32 bytes in the complex128 the stream used to run in). What it keeps between segments is
+so 32 bytes in complex128, the precision this inverse used to run in on the host). What it keeps between segments is
 one overlap of spectra, about 1 MB for the bundled model on a stereo input. float32 is
 enough: on the demo stems the waveforms differ from a float64 inverse by at most 9e-8,
 less than one 24-bit PCM step (1.2e-7) and far below the model's own error.
