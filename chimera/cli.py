@@ -69,10 +69,14 @@ def _collect_inputs(paths):
     return found, problems
 
 
-def _separator(args):
-    """The model of --model (default: the bundled one) in a Separator built from the
-    options of :func:`_add_separator_options`."""
+def _model(args):
+    """The model of --model (default: the bundled one)."""
     model, _ = load_checkpoint(args.model or default_model_path())
+    return model
+
+
+def _separator(model, args):
+    """A Separator built from the options of :func:`_add_separator_options`."""
     return Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
                      batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
                      wiener_iters=args.wiener)
@@ -87,7 +91,7 @@ def _predict(args):
         return 2
     subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
     try:
-        separator = _separator(args)
+        separator = _separator(_model(args), args)
     except (CheckpointError, ValueError) as exc:
         log.error(str(exc))
         return 2
@@ -114,8 +118,8 @@ def _predict(args):
 
 def _evaluate(args):
     try:
-        model, _ = load_checkpoint(args.model or default_model_path())
-        separate = None if args.oracle is not None else _separator(args).separate
+        model = _model(args)
+        separate = None if args.oracle is not None else _separator(model, args).separate
         results = ev.evaluate(args.data_dir, list(model.source_names), separate=separate, oracle=args.oracle,
                               stft=model.stft, progress=not args.quiet)
     except (AudioError, CheckpointError, ValueError) as exc:
