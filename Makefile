@@ -17,7 +17,7 @@ TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 BENCH_THRESHOLD ?= 25%
 
-EXT_SOURCES := $(shell sed -n 's/^[a-z]* *//p' csrc/sources.txt | grep -v '^\#') $(wildcard csrc/common/*.h) csrc/sources.txt
+EXT_SOURCES := $(shell sed -n 's/^[a-z]* *//p' csrc/sources.txt | grep -v '^\#') $(wildcard csrc/common/*.h csrc/cpu/*.h csrc/cpu/*.inc) csrc/sources.txt
 
 .PHONY: help venv system-deps ext test test-ref demo bench bench-peers bench-compare cmake-check clean
 help:

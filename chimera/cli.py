@@ -39,6 +39,9 @@ def _info(args):
         build = "with CUDA kernels" if ext["with_cuda"] else "CPU kernels only"
         lines.append(f"extension chimera._C: built against torch {ext['built_against_torch']}, {build}")
         lines.append(f"  {ext['path']}")
+        supported = ", ".join(ops.supported_cpu_capabilities())
+        lines.append(f"CPU kernels: {ops.cpu_capability()} path (this CPU and build: {supported}; "
+                     "CHIMERA_CPU_CAPABILITY=default|avx2|avx512 chooses)")
     else:
         lines.append(f"extension chimera._C: not in use — {ext['reason']}")
     devices = ["cpu"]

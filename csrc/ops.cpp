@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/isa.h"
+
 TORCH_LIBRARY(chimera, m) {
   // --- deep clustering (csrc/common/affinity.h) ---
   // Per batch item: V^T W V (B,D,D), V^T W Y (B,D,C), Y^T W Y (B,C,C), sum(w) (B,),
@@ -30,9 +32,60 @@ TORCH_LIBRARY(chimera, m) {
 }
 
 // A plain Python module so `import chimera._C` loads the library and runs the
-// registrations above; it carries only build facts for `chimera info`.
+// registrations above; it carries build facts for `chimera info` and the choice of the
+// CPU kernels' instruction-set path (cpu/isa.h).
+namespace {
+
+PyObject* isa_tuple(bool (*keep)(chimera::cpu::Isa)) {
+  using chimera::cpu::Isa;
+  PyObject* out = PyList_New(0);
+  for (Isa isa : {Isa::Default, Isa::Avx2, Isa::Avx512}) {
+    if (!keep(isa)) continue;
+    PyObject* name = PyUnicode_FromString(chimera::cpu::isa_name(isa));
+    PyList_Append(out, name);
+    Py_DECREF(name);
+  }
+  PyObject* tuple = PyList_AsTuple(out);
+  Py_DECREF(out);
+  return tuple;
+}
+
+PyObject* py_cpu_capability(PyObject*, PyObject*) {
+  return PyUnicode_FromString(chimera::cpu::isa_name(chimera::cpu::capability()));
+}
+
+PyObject* py_supported(PyObject*, PyObject*) { return isa_tuple(&chimera::cpu::supported); }
+
+PyObject* py_compiled(PyObject*, PyObject*) { return isa_tuple(&chimera::cpu::compiled); }
+
+PyObject* py_set_cpu_capability(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  chimera::cpu::Isa isa;
+  if (!chimera::cpu::parse_isa(name, isa)) {
+    PyErr_Format(PyExc_ValueError, "CPU capability must be one of default, avx2, avx512, got '%s'", name);
+    return nullptr;
+  }
+  if (!chimera::cpu::supported(isa)) {
+    PyErr_Format(PyExc_RuntimeError, "the CPU kernels' %s path is not %s", name,
+                 chimera::cpu::compiled(isa) ? "supported by this CPU" : "compiled in this build");
+    return nullptr;
+  }
+  chimera::cpu::set_capability(isa);
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"cpu_capability", py_cpu_capability, METH_NOARGS, "instruction-set path the CPU kernels take now"},
+    {"set_cpu_capability", py_set_cpu_capability, METH_O, "choose the CPU kernels' path: default, avx2 or avx512"},
+    {"supported_cpu_capabilities", py_supported, METH_NOARGS, "paths compiled in and runnable on this CPU"},
+    {"compiled_cpu_capabilities", py_compiled, METH_NOARGS, "paths compiled in this build"},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" __attribute__((visibility("default"))) PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "chimera kernels (torch.ops.chimera)", -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "chimera kernels (torch.ops.chimera)", -1, methods};
   PyObject* mod = PyModule_Create(&module);
   if (mod == nullptr) return nullptr;
   PyModule_AddStringConstant(mod, "torch_version", CHIMERA_TORCH_VERSION);

@@ -14,3 +14,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# Every instruction-set path of the CPU kernels this machine runs (chimera.ops.isa): a test
+# that takes `cpu_path` runs once per path, so an AVX-512 machine also tests the AVX2 and
+# baseline code. Without the extension: one run, on the references.
+from chimera.ops import isa as _isa  # noqa: E402  (after the fixtures above, which need no chimera)
+
+CPU_PATHS = _isa.supported_cpu_capabilities() or ("reference",)
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request):
+    if request.param == "reference":
+        yield None
+        return
+    with _isa.use_cpu_capability(request.param):
+        yield request.param

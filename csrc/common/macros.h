@@ -4,5 +4,8 @@
 #ifdef __CUDACC__
 #define CHIMERA_HD __host__ __device__ __forceinline__
 #else
-#define CHIMERA_HD inline
+// always_inline: the CPU kernels are compiled once per instruction set (cpu/isa.h) while
+// these helpers are compiled before the per-ISA target pragmas; inlined, they take the
+// caller's ISA (AVX2 / AVX-512) instead of running the baseline copy.
+#define CHIMERA_HD inline __attribute__((always_inline))
 #endif
