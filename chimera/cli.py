@@ -176,8 +176,9 @@ def setup_logging(verbose=0, quiet=False):
     handler = logging.StreamHandler(sys.stderr)
     handler._chimera_cli = True
     handler.setFormatter(_Formatter("%(message)s"))
-    logger.addHandler(handler)
     level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
+    handler.setLevel(level)  # also for records of child loggers that set their own level
+    logger.addHandler(handler)
     logger.setLevel(level)
 
 
