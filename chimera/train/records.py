@@ -55,13 +55,22 @@ class _ConsoleFormat(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"chimera train: {message}"
 
 
+@contextlib.contextmanager
 def console(stream, quiet: bool = False):
     """The ``chimera train`` command's view of the log on ``stream``: progress lines unless
-    ``quiet``, and always warnings and errors (prefixed ``chimera train:``)."""
+    ``quiet``, and always warnings and errors (prefixed ``chimera train:``). While it is
+    attached, ``chimera.train`` records stop at it instead of also reaching the handler the
+    CLI puts on the ``chimera`` logger (each line once)."""
     handler = logging.StreamHandler(stream)
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
     handler.setFormatter(_ConsoleFormat("%(message)s"))
-    return _attached(handler)
+    propagate = LOG.propagate
+    LOG.propagate = False
+    try:
+        with _attached(handler):
+            yield handler
+    finally:
+        LOG.propagate = propagate
 
 
 class MetricsLog:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write
 from ..models import SeparationModel, StftConfig, fit_statistics, load_checkpoint, preset, save_checkpoint
 from ..objectives import Objective, objective, pit, si_sdr
+from ..separate import Separator
 from .config import validate_config
 from .data import build_dataset, check_batch, epoch_indices, loader
 from .distrib import Dist, amp_dtype
@@ -75,9 +76,11 @@ def make_optimizer(model, stage: dict, tcfg: dict, steps_per_epoch: int):
 def validate(model, objective: Objective, batches, autocast, pit_metric: bool, seed: int) -> list[float]:
     """Sums over the validation ``batches`` of (loss × items, items, SI-SDR of the estimates,
     SI-SDR of the mixture, source pairs with a finite SI-SDR). The estimates come from
-    ``model.separate`` (the mask head, else k-means on the embeddings), as predict makes them."""
+    :meth:`chimera.separate.Separator.separate_batch`, the engine predict uses (mask head, else
+    k-means on the embeddings)."""
     loss_sum = est_sum = mix_sum = 0.0
     count = pairs = 0
+    separator = Separator(model, device=next(model.parameters()).device, seed=seed)
     was = model.training
     model.eval()
     try:
@@ -85,8 +88,7 @@ def validate(model, objective: Objective, batches, autocast, pit_metric: bool, s
             loss = _LossModule(model, objective, autocast)(mix, src)
             loss_sum += float(loss) * mix.shape[0]
             count += mix.shape[0]
-            method = "mask" if model.mask_head is not None else "kmeans"
-            est = model.separate(mix, method=method, seed=seed)
+            est = separator.separate_batch(mix)
             ref = src.to(torch.float64)
             if pit_metric:
                 _, perm = pit(lambda a, b: -si_sdr(a, b), est.to(torch.float64), ref)
