@@ -4,10 +4,17 @@ Every problem with a file (missing, a folder, empty, not audio, truncated, NaN/I
 an output that exists) is an :class:`AudioError` whose message is one line naming the file
 and the problem, so the data sets, ``predict`` and ``evaluate`` report a bad file the same
 way, and a bad file inside a DataLoader worker still says which one it was.
+
+libsndfile reads and writes the files; what it cannot read (AAC/ALAC in .m4a, WMA, WebM,
+…) is decoded by ffmpeg through a pipe (:class:`FfmpegFile`), when ffmpeg is installed.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,18 +22,26 @@ import soundfile as sf
 import soxr
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "AudioError", "AudioInfo", "OUTPUT_FORMATS", "StreamResampler", "audio_info",
-    "check_output_format", "open_audio", "read_audio", "read_blocks", "resample", "to_mono", "write_audio",
+    "AUDIO_EXTENSIONS", "AudioError", "AudioInfo", "FFMPEG_EXTENSIONS", "FfmpegFile", "OUTPUT_FORMATS",
+    "OUTPUT_RATES", "StreamResampler", "audio_info", "check_output_format", "open_audio", "output_rate",
+    "read_audio", "read_blocks", "resample", "to_mono", "write_audio",
 ]
 
 PathLike = str | os.PathLike
 
+#: Formats libsndfile reads itself, so its verdict on such a file stands (no ffmpeg retry).
+_SNDFILE_ONLY = (".wav", ".flac", ".aiff", ".aif", ".au", ".w64", ".caf")
+#: Formats that only ffmpeg reads (libsndfile has no AAC, ALAC, WMA, WebM/Matroska, AC-3).
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".wma", ".webm", ".mka", ".ac3")
 #: File name endings taken for audio when a folder is searched (predict, data sets).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
+AUDIO_EXTENSIONS = _SNDFILE_ONLY + (".ogg", ".oga", ".opus", ".mp3") + FFMPEG_EXTENSIONS
 
 #: Output formats (libsndfile major format, default subtype) by file extension.
 OUTPUT_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
-                  "aiff": ("AIFF", "PCM_16")}
+                  "opus": ("OGG", "OPUS"), "mp3": ("MP3", "MPEG_LAYER_III"), "aiff": ("AIFF", "PCM_16")}
+#: The only sample rates some output formats hold (libsndfile refuses others).
+OUTPUT_RATES = {"opus": (8000, 12000, 16000, 24000, 48000),
+                "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)}
 
 # What soundfile raises for a file it cannot open or decode (the class differs by version).
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
@@ -84,7 +99,9 @@ def open_audio(path: PathLike) -> sf.SoundFile:
     try:
         f = sf.SoundFile(path)
     except _DECODE_ERRORS as exc:
-        raise AudioError.at(path, f"not a readable audio file ({_reason(exc)})") from None
+        if path.lower().endswith(_SNDFILE_ONLY):
+            raise AudioError.at(path, f"not a readable audio file ({_reason(exc)})") from None
+        f = _open_with_ffmpeg(path, _reason(exc))
     problem = None
     if f.samplerate <= 0 or f.channels <= 0:
         problem = f"invalid header (rate {f.samplerate}, channels {f.channels})"
@@ -94,6 +111,106 @@ def open_audio(path: PathLike) -> sf.SoundFile:
         f.close()
         raise AudioError.at(path, problem)
     return f
+
+
+def _open_with_ffmpeg(path: str, sndfile_reason: str) -> "FfmpegFile":
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise AudioError.at(path, f"not a readable audio file (libsndfile: {sndfile_reason}; ffmpeg, which reads "
+                                  "more formats, is not installed)")
+    try:
+        return FfmpegFile(path)
+    except RuntimeError as exc:
+        raise AudioError.at(path, f"not a readable audio file (libsndfile: {sndfile_reason}; ffmpeg: {exc})") from None
+
+
+class FfmpegFile:
+    """An audio file decoded by ffmpeg to float32 through a pipe, with the part of
+    ``soundfile.SoundFile``'s reading interface chimera uses (``name``, ``samplerate``,
+    ``channels``, ``frames``, ``read``, ``seek``, ``tell``, ``close``). ``frames`` is
+    counted by decoding the file once when it is opened (a container's duration is an
+    estimate); memory stays bounded. Decoding problems raise RuntimeError with ffmpeg's
+    reason."""
+
+    _CHUNK = 1 << 20  # bytes per read when counting
+
+    def __init__(self, path: PathLike):
+        self.name = os.fspath(path)
+        self.samplerate, self.channels = _ffprobe(self.name)
+        self.frames, self._proc, self._errors = 0, None, None
+        self.seek(0)
+        width = 4 * self.channels
+        counted = 0
+        while chunk := self._proc.stdout.read(self._CHUNK):
+            counted += len(chunk)
+        self._check_exit()
+        self.frames = counted // width
+        self.seek(0)
+
+    def _start(self, start: int) -> None:
+        self.close()
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", self.name, "-map", "0:a:0", "-ac", str(self.channels),
+               "-ar", str(self.samplerate)]
+        if start:
+            cmd += ["-af", f"atrim=start_sample={start}"]  # exact, unlike -ss on compressed audio
+        cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
+        self._errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty ffmpeg cannot block on it
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors)
+
+    def _check_exit(self) -> None:
+        if self._proc.wait() != 0:
+            self._errors.seek(0)
+            lines = self._errors.read().decode(errors="replace").strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"exit status {self._proc.returncode}")
+
+    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        width = 4 * self.channels
+        want = (self.frames - self._pos if frames < 0 else frames) * width
+        data = self._proc.stdout.read(max(0, want))
+        if len(data) < want:
+            self._check_exit()
+        n = len(data) // width
+        self._pos += n
+        x = np.frombuffer(data[:n * width], dtype="<f4").reshape(n, self.channels).astype(dtype)
+        return x if always_2d or self.channels > 1 else x[:, 0]
+
+    def seek(self, frame: int) -> int:
+        self._start(int(frame))
+        self._pos = int(frame)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if getattr(self, "_proc", None) is not None:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc.stdout.close()
+            self._errors.close()
+            self._proc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+def _ffprobe(path: str) -> tuple[int, int]:
+    """(sample rate, channels) of the first audio stream; RuntimeError with ffprobe's reason."""
+    run = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                          "stream=sample_rate,channels", "-of", "json", path], capture_output=True, text=True)
+    if run.returncode != 0:
+        lines = run.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"ffprobe exit status {run.returncode}")
+    streams = json.loads(run.stdout or "{}").get("streams") or []
+    if not streams:
+        raise RuntimeError("no audio stream")
+    return int(streams[0].get("sample_rate") or 0), int(streams[0].get("channels") or 0)
 
 
 def audio_info(path: PathLike) -> AudioInfo:
@@ -119,8 +236,9 @@ def read_blocks(f: sf.SoundFile, block_frames: int, frames: int | None = None):
         if data.shape[0] == 0:
             raise AudioError.at(f.name, f"file ends at sample {at}, its header says {f.frames}")
         if not np.isfinite(data).all():
-            bad = at + int(np.argwhere(~np.isfinite(data))[0, 0])
-            raise AudioError.at(f.name, f"NaN/Inf sample at {bad / rate:.3f} s (sample {bad})")
+            row, col = np.argwhere(~np.isfinite(data))[0]
+            bad = at + int(row)
+            raise AudioError.at(f.name, f"NaN/Inf sample at {bad / rate:.3f} s (sample {bad} is {data[row, col]})")
         at += data.shape[0]
         yield data
 
@@ -146,9 +264,21 @@ def check_output_format(ext: str, subtype: str | None = None) -> tuple[str, str]
         raise ValueError(f"unsupported output format {ext!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     major, default = OUTPUT_FORMATS[ext]
     subtype = subtype or default
+    if major not in sf.available_formats() or default not in sf.available_subtypes(major):
+        raise ValueError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {ext}")
     if not sf.check_format(major, subtype):
         raise ValueError(f"output format {ext} cannot hold subtype {subtype}")
     return major, subtype
+
+
+def output_rate(ext: str, rate: int) -> int:
+    """The sample rate an output of format `ext` gets for an input at `rate`: `rate` when the
+    format holds it, else the next rate up that it holds (so the whole band is kept), else
+    its highest (opus: 44100 -> 48000, its own rate; mp3: 96000 -> 48000)."""
+    rates = OUTPUT_RATES.get(ext)
+    if rates is None or rate in rates:
+        return int(rate)
+    return next((r for r in rates if r > rate), rates[-1])
 
 
 def write_audio(path: PathLike, data: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:

@@ -77,7 +77,8 @@ class SegmentPlan:
 
 class SeparationStream:
     """Push (n, channels) float32 blocks at the input rate; get back the separated
-    samples that are final as (n, channels, C) blocks at the input rate.
+    samples that are final as (n, channels, C) blocks at ``out_rate`` (default: the input
+    rate; another rate for an output format that cannot hold the input's).
 
     ``spectra(segments, channels)`` maps (B, segment) model-rate waveforms, ``channels``
     consecutive rows per segment, to their (B, C, F, T) complex source spectra (the
@@ -85,7 +86,8 @@ class SeparationStream:
     signal; ``stft`` is the model's STFT, inverted here.
     """
 
-    def __init__(self, spectra, plan: SegmentPlan, stft: StftConfig, n_sources, channels, sample_rate, length):
+    def __init__(self, spectra, plan: SegmentPlan, stft: StftConfig, n_sources, channels, sample_rate, length,
+                 out_rate=None):
         if length <= 0:
             raise ValueError("the input has no samples")
         self.spectra, self.plan, self.stft = spectra, plan, stft
@@ -93,10 +95,12 @@ class SeparationStream:
         self.n_sources = n_sources
         self.in_rate = int(sample_rate)
         self.length = int(length)
+        self.out_rate = self.in_rate if out_rate is None else int(out_rate)
         rate = stft.sample_rate
-        self.model_length = self.length if self.in_rate == rate else int(math.ceil(self.length * rate / self.in_rate))
+        self.model_length = _length_at(self.length, self.in_rate, rate)
+        self.out_length = _length_at(self.length, self.in_rate, self.out_rate)
         self._down = StreamResampler(self.in_rate, rate, channels)
-        self._up = StreamResampler(rate, self.in_rate, channels * n_sources)
+        self._up = StreamResampler(rate, self.out_rate, channels * n_sources)
         # segments: the first starts at 0; enough of them to cover the signal
         L = self.model_length
         self.n_seg = 1 if L <= plan.segment else 1 + math.ceil((L - plan.segment) / plan.step)
@@ -110,7 +114,7 @@ class SeparationStream:
         self._received = 0       # model-rate samples received
         self._next_seg = 0       # next segment to run
         self._pending = None     # (channels, C, F, shared) weighted spectra of the frames still open
-        self._emitted = 0        # input-rate samples handed out
+        self._emitted = 0        # output-rate samples handed out
 
     # -------------------------------------------------------------- feeding
     def push(self, block):
@@ -186,15 +190,20 @@ class SeparationStream:
         yield from self._hand_out(self._up.finish(), final=True)
 
     def _emit(self, y):
-        """y: (channels, C, n) model-rate samples → input-rate (n', channels, C) blocks."""
+        """y: (channels, C, n) model-rate samples → output-rate (n', channels, C) blocks."""
         flat = y.to(device="cpu", dtype=torch.float32).numpy().reshape(self.channels * self.n_sources, -1).T
         yield from self._hand_out(self._up.push(flat), final=False)
 
     def _hand_out(self, flat, final):
-        remaining = self.length - self._emitted
+        remaining = self.out_length - self._emitted
         flat = flat[:remaining]
         if final and flat.shape[0] < remaining:  # the resampler's rounding: pad to the exact length
             flat = np.concatenate([flat, np.zeros((remaining - flat.shape[0], flat.shape[1]), np.float32)])
         self._emitted += flat.shape[0]
         if flat.shape[0]:
             yield flat.reshape(-1, self.channels, self.n_sources)
+
+
+def _length_at(length, rate, new_rate):
+    """Samples that `length` samples at `rate` last at `new_rate` (rounded up)."""
+    return length if rate == new_rate else int(math.ceil(length * new_rate / rate))
