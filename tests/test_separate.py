@@ -1,6 +1,8 @@
-"""chimera.Separator and `chimera predict`: segmenting, streaming, files, bad input."""
+"""chimera.Separator and `chimera predict`: segmenting, streaming, files, bad input, the Python API."""
+import inspect
 import logging
 import os
+import re
 import signal as os_signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import soundfile as sf
 import torch
 
 from chimera import signal
-from chimera.cli import build_parser
+from chimera.cli import build_parser, main
 from chimera.models import SeparationModel, preset, save_checkpoint
 from chimera.separate import Separator
 from testutil import cuda
@@ -85,8 +87,8 @@ def separate_in_memory_reference(model, x, segment, overlap):
 def test_streamed_engine_equals_segments_in_memory(overlap):
     model = tiny_model()
     x = noise(2, 8000 * 3 + 123)
-    sep = Separator(model, segment=1.0, overlap=overlap, device="cpu", batch_size=3)
-    got = sep.separate(x, 8000).numpy()                       # (channels, C, L)
+    sep = Separator(model, segment=1.0, overlap=overlap, device="cpu", batch_size=3, wiener_iters=0)
+    got = sep.separate(x, 8000).numpy().transpose(1, 0, 2)    # (C, channels, L) -> (channels, C, L)
     want = separate_in_memory_reference(model, x, 1.0, overlap)
     assert got.shape == (2, 2, x.shape[1])
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
@@ -99,7 +101,7 @@ def test_segment_joins_are_exact_when_the_masks_add_up_to_one(wiener):
     model = tiny_model(name="chimera" if wiener == 0 else "chimerapp")
     x = noise(2, 8000 * 3 + 123, seed=3)
     y = Separator(model, segment=1.0, overlap=0.25, device="cpu", wiener_iters=wiener).separate(x, 8000)
-    np.testing.assert_allclose(y.sum(1).numpy(), x, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(y.sum(0).numpy(), x, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["mask", "kmeans"])
@@ -152,7 +154,7 @@ def test_file_equals_in_memory_and_blocks_do_not_matter(tmp_path):
     want = sep.separate(x, 44100).numpy()
     for block in (0.05, 0.7):
         out = sep.separate_file(src, tmp_path / f"out{block}", subtype="FLOAT", clip="none", block_seconds=block)
-        got = np.stack([sf.read(p, always_2d=True)[0].T for p in out], 1)  # (channels, C, L)
+        got = np.stack([sf.read(p, always_2d=True)[0].T for p in out])  # (C, channels, L)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -163,33 +165,63 @@ def predict(*args, cwd=None, timeout=300):
                           text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
+def run_cli(capsys, *args):
+    """`chimera ARGS` in this process (no interpreter start-up, seconds faster than
+    :func:`predict`): a CompletedProcess with the exit status and what it printed."""
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    finally:  # the CLI's handler writes to this test's captured stderr: leave no trace
+        logger = logging.getLogger("chimera")
+        for h in [h for h in logger.handlers if getattr(h, "_chimera_cli", False)]:
+            logger.removeHandler(h)
+        logger.setLevel(logging.NOTSET)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
 @pytest.mark.parametrize("rate,channels,seconds", [(8000, 1, 1.3), (16000, 2, 0.7), (44100, 6, 0.4),
                                                    (48000, 2, 0.5)])
-def test_predict_keeps_length_channels_and_rate(tmp_path, model_file, rate, channels, seconds):
+def test_predict_keeps_length_channels_and_rate(tmp_path, model_file, rate, channels, seconds, capsys):
     n = int(rate * seconds)
     src = tmp_path / "mix.flac"
     sf.write(src, noise(channels, n).T, rate)
-    out = predict(src, "--model", model_file, "--out", tmp_path / "sep", "--segment", "0.5", "--overlap", "0.1",
-                  "--quiet")
+    out = run_cli(capsys, "predict", src, "--model", model_file, "--out", tmp_path / "sep", "--segment", "0.5",
+                  "--overlap", "0.1", "--quiet")
     assert out.returncode == 0, out.stderr
     for name in ("vocals", "accompaniment"):
         data, sr = sf.read(tmp_path / "sep" / "mix" / f"{name}.wav", always_2d=True)
         assert sr == rate and data.shape == (n, channels) and np.isfinite(data).all()
 
 
-def test_valid_edge_cases_succeed(tmp_path, model_file):
+def test_valid_edge_cases_succeed(tmp_path, model_file, capsys):
     cases = {"silence.wav": (np.zeros((2, 8000), np.float32), 16000),
              "tiny.wav": (noise(1, 50), 8000),               # shorter than one STFT frame
              "one.wav": (noise(1, 1), 44100)}
     for name, (x, rate) in cases.items():
         sf.write(tmp_path / name, x.T, rate)
-    out = predict(*(tmp_path / n for n in cases), "--model", model_file, "--out", tmp_path / "sep", "--quiet")
+    out = run_cli(capsys, "predict", *(tmp_path / n for n in cases), "--model", model_file, "--out", tmp_path / "sep",
+                  "--quiet")
     assert out.returncode == 0, out.stderr
     for name, (x, rate) in cases.items():
         data, sr = sf.read(tmp_path / "sep" / Path(name).stem / "vocals.wav", always_2d=True)
         assert sr == rate and data.shape == x.T.shape and np.isfinite(data).all()
     silent, _ = sf.read(tmp_path / "sep" / "silence" / "accompaniment.wav")
     assert np.abs(silent).max() == 0
+
+
+# Each bad input's own reason, word for word (libsndfile 1.2's words for text and corrupt).
+BAD_INPUT_REASONS = {
+    "missing.wav": "no such file",
+    "empty.wav": "empty file (0 bytes)",
+    "text.wav": "not a readable audio file (Format not recognised)",
+    "corrupt.wav": "not a readable audio file (Error in WAV/W64/RF64 file. Malformed 'fmt ' chunk)",
+    "nan.wav": "NaN/Inf sample at 0.375 s (sample 3000 is nan)",
+    "inf.wav": "NaN/Inf sample at 0.250 s (sample 2000 is -inf)",
+    "no-audio": "folder contains no audio files",
+}
 
 
 def test_bad_inputs_one_line_each_others_still_processed(tmp_path, model_file):
@@ -201,9 +233,12 @@ def test_bad_inputs_one_line_each_others_still_processed(tmp_path, model_file):
     nan = noise(1, 4000)
     nan[0, 3000] = np.nan
     sf.write(tmp_path / "nan.wav", nan.T, 8000, subtype="FLOAT")
+    inf = noise(2, 4000)
+    inf[1, 2000] = -np.inf  # in the second channel
+    sf.write(tmp_path / "inf.wav", inf.T, 8000, subtype="FLOAT")
     (tmp_path / "no-audio").mkdir()
     (tmp_path / "no-audio" / "notes.txt").write_text("x")
-    bad = ["missing.wav", "empty.wav", "text.wav", "corrupt.wav", "nan.wav", "no-audio"]
+    bad = ["missing.wav", "empty.wav", "text.wav", "corrupt.wav", "nan.wav", "inf.wav", "no-audio"]
     out = predict(*(tmp_path / b for b in bad), good, "--model", model_file, "--out", tmp_path / "sep", "--quiet")
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
@@ -213,40 +248,42 @@ def test_bad_inputs_one_line_each_others_still_processed(tmp_path, model_file):
         assert sum(str(tmp_path / name) in line for line in lines) == 1, (name, lines)
     assert "no such file" in out.stderr and "empty" in out.stderr and "NaN" in out.stderr
     assert "no audio files" in out.stderr
+    # each file's line gives its own reason, exactly (not words that its path happens to hold)
+    assert sorted(lines) == sorted(f"chimera: error: {tmp_path / name}: {BAD_INPUT_REASONS[name]}" for name in bad)
     assert sorted(os.listdir(tmp_path / "sep")) == ["good"]   # nothing for the bad ones
     assert sorted(os.listdir(tmp_path / "sep" / "good")) == ["accompaniment.wav", "vocals.wav"]
 
 
-def test_incompatible_model_file(tmp_path):
+def test_incompatible_model_file(tmp_path, capsys):
     src = tmp_path / "a.wav"
     sf.write(src, noise(1, 4000).T, 8000)
     fake = tmp_path / "model.pt"
     torch.save({"hello": 1}, fake)
-    out = predict(src, "--model", fake, "--out", tmp_path / "sep")
+    out = run_cli(capsys, "predict", src, "--model", fake, "--out", tmp_path / "sep")
     assert out.returncode != 0 and str(fake) in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sep").exists()
 
 
-def test_existing_outputs_need_force(tmp_path, model_file):
+def test_existing_outputs_need_force(tmp_path, model_file, capsys):
     src = tmp_path / "a.wav"
     sf.write(src, noise(1, 4000).T, 8000)
     args = [src, "--model", model_file, "--out", tmp_path / "sep", "--quiet"]
-    assert predict(*args).returncode == 0
+    assert run_cli(capsys, "predict", *args).returncode == 0
     target = tmp_path / "sep" / "a" / "vocals.wav"
     target.write_bytes(b"keep me")
-    out = predict(*args)
+    out = run_cli(capsys, "predict", *args)
     assert out.returncode != 0 and "--force" in out.stderr
     assert target.read_bytes() == b"keep me"
-    assert predict(*args, "--force").returncode == 0
+    assert run_cli(capsys, "predict", *args, "--force").returncode == 0
     assert sf.info(target).frames == 4000
 
 
-def test_output_files_in_source_order(tmp_path, model_file):
+def test_output_files_in_source_order(tmp_path, model_file, capsys):
     src = tmp_path / "a.wav"
     sf.write(src, noise(1, 4000).T, 8000)
-    out = predict(src, "--model", model_file, "--output-files", tmp_path / "v.flac", tmp_path / "acc.flac", "--quiet",
-                  "--format", "flac")
+    out = run_cli(capsys, "predict", src, "--model", model_file, "--output-files", tmp_path / "v.flac",
+                  tmp_path / "acc.flac", "--quiet", "--format", "flac")
     assert out.returncode == 0, out.stderr
     assert sf.info(tmp_path / "v.flac").frames == 4000 and sf.info(tmp_path / "acc.flac").frames == 4000
 
@@ -278,7 +315,8 @@ def test_kmeans_sources_are_named_after_the_mask_head():
     model = tiny_model()
     x = torch.from_numpy(noise(8, 4000, seed=2))
     out = model(x)
-    masks = (Separator(model, device="cpu", method="kmeans").source_spectra(x).abs() > 0).to(torch.float32)
+    sep = Separator(model, device="cpu", method="kmeans", wiener_iters=0)
+    masks = (sep.source_spectra(x).abs() > 0).to(torch.float32)
     reference = out.masks.abs()
     kept = (masks * reference).sum((-2, -1)).sum(-1)                  # overlap in the given order
     swapped = (masks.flip(1) * reference).sum((-2, -1)).sum(-1)
@@ -289,7 +327,7 @@ def check_streaming_istft_runs_where_the_spectra_are(device):
     # the inverse STFT runs on the separator's device in float32 (chimera/stream.py says why)
     model = tiny_model()
     x = noise(2, 8000 * 2 + 5)
-    sep = Separator(model, segment=1.0, overlap=0.25, device=device)
+    sep = Separator(model, segment=1.0, overlap=0.25, device=device, wiener_iters=0)
     stream = sep.stream(2, 8000, x.shape[1])
     got = np.concatenate(list(stream.push(x.T)) + list(stream.finish()))
     assert stream._istft.window.device.type == device and stream._istft.window.dtype == torch.float32
@@ -315,11 +353,11 @@ def test_separation_reports_through_logging(tmp_path, caplog):
     assert record.levelno == logging.INFO and str(src) in record.getMessage() and "real time" in record.getMessage()
 
 
-def test_verbose_shows_the_library_messages(tmp_path, model_file):
+def test_verbose_shows_the_library_messages(tmp_path, model_file, capsys):
     src = tmp_path / "a.wav"
     sf.write(src, noise(1, 4000).T, 8000)
     args = [src, "--model", model_file, "--out", tmp_path / "sep", "--force"]
-    plain, verbose = predict(*args), predict(*args, "-v")
+    plain, verbose = run_cli(capsys, "predict", *args), run_cli(capsys, "predict", *args, "-v")
     assert plain.returncode == verbose.returncode == 0
     assert "real time" not in plain.stderr and "real time" in verbose.stderr and str(src) in verbose.stderr
 
@@ -334,3 +372,99 @@ def test_predict_and_evaluate_share_the_separator_options():
         e = vars(parser.parse_args(["evaluate", "data", *given]))
         assert {k: p[k] for k in names} == {k: e[k] for k in names}
     assert p["misi"] == 2 and p["method"] == "kmeans"
+
+
+# ---------------------------------------------------------------------- the Python API
+
+def test_separate_is_sources_first_on_the_callers_device_and_dtype():
+    sep = Separator(tiny_model(), segment=0.5, overlap=0.1, device="cpu", wiener_iters=0)
+    x = torch.from_numpy(noise(3, 8000 + 77, seed=5)).double().requires_grad_()  # 3 channels: not C = 2
+    y = sep.separate(x, 8000)
+    assert y.shape == (2, 3, x.shape[1]) and y.dtype == torch.float64 and not y.requires_grad
+    for c in range(3):  # y[:, c] is channel c, separated on its own (no Wiener filter across channels)
+        alone = sep.separate(x[c].detach().float().numpy(), 8000)   # (C, L)
+        torch.testing.assert_close(y[:, c].float(), alone, atol=1e-6, rtol=0)
+    assert list(dict(zip(sep.source_names, y))) == ["vocals", "accompaniment"]
+    assert sep.separate(noise(2, 4000), 8000.0).dtype == torch.float32  # an array: float32 on the CPU
+
+
+def test_separate_refuses_what_it_would_misread():
+    sep = Separator(tiny_model(), device="cpu")
+    x = noise(2, 4000)
+    with pytest.raises(ValueError, match=r"\(4000, 2\) has more channels than samples.*transpose"):
+        sep.separate(x.T, 8000)                                  # soundfile's (samples, channels)
+    with pytest.raises(TypeError, match="int16"):
+        sep.separate((x * 32767).astype(np.int16), 8000)
+    for rate in (0, -8000, 44100.5, True):
+        with pytest.raises(ValueError, match="sample_rate must be a"):
+            sep.separate(x, rate)
+    with pytest.raises(ValueError, match="arguments swapped"):
+        sep.separate(8000, x)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sep.separate(np.full((1, 100), np.inf, np.float32), 8000)
+
+
+@cuda
+def test_separate_returns_to_the_callers_gpu():
+    sep = Separator(tiny_model(), device="cuda", wiener_iters=0)
+    x = torch.from_numpy(noise(2, 4000)).cuda().requires_grad_()
+    y = sep.separate(x, 8000)
+    assert y.device == x.device and y.shape == (2, 2, 4000) and not y.requires_grad
+    torch.testing.assert_close(y.cpu(), sep.separate(x.detach().cpu(), 8000), atol=1e-5, rtol=0)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pretrained_load_from_pretrained_and_torch_hub():
+    from chimera import pretrained
+
+    model = pretrained.load()
+    assert isinstance(model, SeparationModel) and not model.training
+    assert tuple(model.source_names) == ("vocals", "accompaniment")
+    sep = Separator.from_pretrained(device="cpu", wiener_iters=0)
+    assert sep.wiener_iters == 0 and _same_weights(sep.model, model)
+    assert _same_weights(pretrained.load(pretrained.default_model_path()), model)   # a file by path
+    hub = torch.hub.load(str(ROOT), "vocals_accompaniment", source="local")          # from this clone
+    assert _same_weights(hub, model) and not hub.training
+    untrained = torch.hub.load(str(ROOT), "vocals_accompaniment", source="local", pretrained=False)
+    assert untrained.config == model.config and not _same_weights(untrained, model)
+    with pytest.raises(ValueError, match="bundled: vocals_accompaniment"):
+        pretrained.load("drums")
+
+
+def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, one_thread):
+    # a clone's files without its outputs, as the working folder: what a user in a clone has
+    for entry in ROOT.iterdir():
+        if entry.name not in (".git", ".venv", "separated", "build"):
+            (tmp_path / entry.name).symlink_to(entry)
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for k, block in enumerate(blocks):
+        exec(compile(block, f"README.md python block {k}", "exec"), {"__name__": f"readme_{k}"})
+    for s in ("vocals", "accompaniment"):
+        assert sf.info(tmp_path / "separated" / "demo-mixture" / f"{s}.wav").frames == 12 * 44100
+
+
+def test_python_and_command_line_defaults_are_the_same():
+    from chimera.cli import separator_options
+
+    params = inspect.signature(Separator).parameters
+    for command in (["predict", "x.wav"], ["evaluate", "data"]):
+        args = build_parser().parse_args(command)
+        cli = {**separator_options(args), "device": args.device}
+        assert cli == {k: params[k].default for k in cli}
+    assert params["wiener_iters"].default == 1  # what the model card measured
+
+
+def test_the_wiener_filter_works_across_channels_and_leaves_mono_alone():
+    model = tiny_model()
+    x = noise(1, 6000, seed=4)
+    plain = Separator(model, device="cpu", wiener_iters=0).separate(x, 8000)
+    assert torch.equal(Separator(model, device="cpu", wiener_iters=2).separate(x, 8000), plain)
+    stereo = np.concatenate([x, 0.5 * x + noise(1, 6000, seed=5)])
+    filtered = Separator(model, device="cpu", wiener_iters=1).separate(stereo, 8000)
+    assert (filtered - Separator(model, device="cpu", wiener_iters=0).separate(stereo, 8000)).abs().max() > 1e-3
