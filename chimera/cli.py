@@ -5,27 +5,23 @@ and errors by default, progress and per-file/per-track results with ``-v``, debu
 details with ``-vv``, errors only with ``--quiet``.
 """
 import argparse
+import functools
 import logging
 import os
 import platform
 import sys
-import traceback
 
 import torch
 
 import chimera
 from chimera import evaluate as ev
-from chimera import ops, train
-from chimera.audio import AUDIO_EXTENSIONS, AudioError
-from chimera.models import CheckpointError, load_checkpoint
-from chimera.pretrained import default_model_path
-from chimera.separate import DEFAULT_SEGMENT, METHODS, Separator
+from chimera import ops, predict, pretrained, train
+from chimera.audio import OUTPUT_FORMATS, AudioError
+from chimera.models import CheckpointError
+from chimera.separate import (DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_MISI_ITERS, DEFAULT_OVERLAP,
+                              DEFAULT_SEGMENT, DEFAULT_WIENER_ITERS, METHODS, Separator)
 
 log = logging.getLogger(__name__)
-
-# Multichannel Wiener iterations by default (chimera.wiener; 0 = per-channel masks only): one
-# iteration gains 0.5 dB vocals SDR on the bundled model's held-out test (model card).
-WIENER_DEFAULT = 1
 
 
 def _info(args):
@@ -57,83 +53,42 @@ def _info(args):
     return 0
 
 
-def _collect_inputs(paths):
-    """Files as given; folders: every audio file inside (recursively, sorted)."""
-    found, problems = [], []
-    for p in paths:
-        if os.path.isdir(p):
-            inside = sorted(os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs
-                            if f.lower().endswith(AUDIO_EXTENSIONS))
-            if not inside:
-                problems.append(f"{p}: folder contains no audio files")
-            found += inside
-        else:
-            found.append(p)
-    return found, problems
+def separator_options(args):
+    """The Separator's keyword arguments (but the device) from :func:`_add_separator_options`."""
+    return dict(segment=args.segment, overlap=args.overlap, batch_size=args.batch_size, method=args.method,
+                misi_iters=args.misi, wiener_iters=args.wiener)
 
 
-def _model(args):
-    """The model of --model (default: the bundled one)."""
-    model, _ = load_checkpoint(args.model or default_model_path())
-    return model
-
-
-def _separator(model, args):
-    """A Separator built from the options of :func:`_add_separator_options`."""
-    return Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
-                     batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
-                     wiener_iters=args.wiener)
+def _worker_init(args):
+    """What each -j worker process runs first: the same logging as here."""
+    return functools.partial(setup_logging, args.verbose, args.quiet)
 
 
 def _predict(args):
-    inputs, problems = _collect_inputs(args.inputs)
-    for p in problems:
-        log.error(p)
-    if args.output_files is not None and len(inputs) != 1:
-        log.error(f"--output-files needs exactly one input, got {len(inputs)}")
-        return 2
-    subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
-    try:
-        separator = _separator(_model(args), args)
-    except (CheckpointError, ValueError) as exc:
-        log.error(str(exc))
-        return 2
-    failed = len(problems)
-    for path in inputs:
-        try:
-            written = separator.separate_file(
-                path, out_dir=args.out, output_files=args.output_files, filename=args.filename, ext=args.format,
-                subtype=subtype, clip=args.clip_mode, force=args.force, progress=not args.quiet)
-        except (AudioError, ValueError) as exc:
-            failed += 1
-            log.error(str(exc))
-            continue
-        except Exception as exc:  # one bad input must not stop the others
-            failed += 1
-            if args.verbose:
-                traceback.print_exc()
-            log.error(f"{path}: {type(exc).__name__}: {exc}")
-            continue
-        if not args.quiet:
-            print(f"{path} -> " + ", ".join(written))
-    return 1 if failed else 0
+    return predict.run(args, separator_options(args), init=_worker_init(args))
 
 
 def _evaluate(args):
     try:
-        model = _model(args)
-        separate = None if args.oracle is not None else _separator(model, args).separate
+        ev.require_museval()
+        model = pretrained.load(args.model or pretrained.DEFAULT)
+        separate = None
+        if args.oracle is None:
+            separate = Separator(model, device=args.device, **separator_options(args)).separate
         results = ev.evaluate(args.data_dir, list(model.source_names), separate=separate, oracle=args.oracle,
-                              stft=model.stft, progress=not args.quiet)
-    except (AudioError, CheckpointError, ValueError) as exc:
+                              stft=model.stft, progress=not args.quiet, split=args.split, targets=args.targets,
+                              jobs=args.jobs, estimates_dir=args.save_estimates, force=args.force,
+                              init=_worker_init(args))
+    except (AudioError, CheckpointError, ImportError, ValueError) as exc:
         log.error(str(exc))
         return 1
     print(ev.summary_table(results))
     csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
-    ev.write_results(results, args.out, csv_path)
+    museval_dir = args.museval_dir or (os.path.splitext(args.out)[0] + ".museval" if args.out else None)
+    ev.write_results(results, args.out, csv_path, museval_dir)
     if args.plot:
         ev.plot_histogram(results, args.plot)
-    for p in (args.out, csv_path, args.plot):
+    for p in (args.out, csv_path, museval_dir, args.plot):
         if p and not args.quiet:
             print(f"wrote {p}")
     return 0
@@ -142,16 +97,25 @@ def _evaluate(args):
 def _add_separator_options(parser):
     """The options that build the Separator, shared by predict and evaluate."""
     g = parser.add_argument_group("separation")
-    g.add_argument("--model", help="checkpoint file (default: the bundled vocals/accompaniment model)")
+    g.add_argument("-n", "--model", metavar="NAME_OR_FILE",
+                   help=f"a bundled model ({', '.join(pretrained.MODELS)}; default {pretrained.DEFAULT}) "
+                        "or a checkpoint file")
     g.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
                    help=f"seconds per segment (default {DEFAULT_SEGMENT:g})")
-    g.add_argument("--overlap", type=float, default=1.0, help="seconds of cross-fade between segments (default 1)")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    g.add_argument("--batch-size", type=int, default=4, help="segments (x channels) per forward pass")
+    g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
+                   help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP:g})")
+    g.add_argument("-d", "--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto; with -j or torchrun, one GPU per process)")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"segments (x channels) per forward pass (default {DEFAULT_BATCH_SIZE})")
     g.add_argument("--method", choices=METHODS, help="mask head (default) or k-means on DC embeddings")
-    g.add_argument("--misi", type=int, default=0, metavar="N", help="MISI phase-reconstruction iterations")
-    g.add_argument("--wiener", type=int, default=WIENER_DEFAULT, metavar="N",
-                   help=f"multichannel Wiener filter iterations across channels (default {WIENER_DEFAULT}; 0: off)")
+    g.add_argument("--misi", type=int, default=DEFAULT_MISI_ITERS, metavar="N",
+                   help=f"MISI phase-reconstruction iterations (default {DEFAULT_MISI_ITERS})")
+    g.add_argument("--wiener", type=int, default=DEFAULT_WIENER_ITERS, metavar="N",
+                   help=f"multichannel Wiener filter iterations across channels (default {DEFAULT_WIENER_ITERS}; "
+                        "0: off)")
+    g.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="worker processes on this machine, sharing the CPU threads (default 1)")
 
 
 def _add_output_options(parser):
@@ -190,17 +154,25 @@ def build_parser():
     info.set_defaults(func=_info)
 
     p = sub.add_parser("predict", help="separate audio files (any length, bounded memory)",
-                       description="Separate each INPUT (files, or folders of audio files) into its sources.")
+                       description="Separate each INPUT (files, or folders of audio files) into its sources. "
+                                   "Under torchrun each rank separates its share of the inputs.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--out", default="separated", help="output folder (default: separated/)")
-    p.add_argument("--filename", default="{track}/{stem}.{ext}",
-                   help="output name under --out; fields {track}, {stem} (source name), {ext}")
+    p.add_argument("-o", "--out", default="separated", help="output folder (default: separated/)")
+    p.add_argument("--model-subfolder", action="store_true",
+                   help="put the outputs in OUT/<model name>/, like demucs' separated/<model>/")
+    p.add_argument("--filename", default=DEFAULT_FILENAME,
+                   help=f"output name under --out (default {DEFAULT_FILENAME}); fields {{track}} (input name "
+                        "without extension), {trackext} (its extension), {stem} (source name), {ext} (output "
+                        "extension), {relpath} (the input's path under the folder given, without extension)")
     p.add_argument("--output-files", nargs="+", metavar="FILE",
                    help="one input only: write its sources to these files, in the model's source order")
-    p.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "aiff"], help="output format")
-    p.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac)")
-    p.add_argument("--int24", action="store_true", help="24-bit integer output")
-    p.add_argument("--float32", action="store_true", help="32-bit float output")
+    p.add_argument("--format", default="wav", choices=list(OUTPUT_FORMATS),
+                   help="output format (default wav; opus holds 8/12/16/24/48 kHz and mp3 8 to 48 kHz: other "
+                        "rates are resampled to the next one up)")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac/aiff)")
+    depth.add_argument("--int24", action="store_true", help="24-bit integer output")
+    depth.add_argument("--float32", action="store_true", help="32-bit float output")
     p.add_argument("--clip-mode", choices=["clamp", "none"], default="clamp",
                    help="clamp samples to [-1, 1] (default) or leave them (use with --float32)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -209,12 +181,23 @@ def build_parser():
     p.set_defaults(func=_predict)
 
     e = sub.add_parser("evaluate", help="score separations with museval (BSS Eval v4) and SI-SDR",
-                       description="Separate DATA_DIR/<track>/mixture.wav and score it against "
-                                   "DATA_DIR/<track>/<source>.wav, SiSEC style (median over 1 s windows, "
-                                   "then over tracks).")
+                       description="Separate the mixture of every track of DATA_DIR and score it against its "
+                                   "stems, SiSEC style (median over 1 s windows, then over tracks). Layouts: "
+                                   "DATA_DIR/<track>/{mixture,<stem>...}.wav|flac; MUSDB18-HQ "
+                                   "(DATA_DIR/<train|test>/<track>/...); DSD100 (DATA_DIR/Mixtures/<Dev|Test>/"
+                                   "<track>/mixture.wav, DATA_DIR/Sources/<Dev|Test>/<track>/<stem>.wav).")
     e.add_argument("data_dir", metavar="DATA_DIR")
-    e.add_argument("--out", help="results JSON (a CSV of the same name is written beside it)")
+    e.add_argument("--split", help="MUSDB18-HQ: train or test (default test); DSD100: Dev or Test (default Test)")
+    e.add_argument("--targets", action="append", metavar="SOURCE=SPEC",
+                   help="reference of a model source: stems summed (accompaniment=drums+bass+other) or the "
+                        "mixture minus stems (accompaniment=mixture-vocals); repeatable. Default: the stem of "
+                        "the source's name; a source without one is the mixture minus the others")
+    e.add_argument("--out", help="results JSON (a CSV and a museval folder of the same name are written beside it)")
     e.add_argument("--csv", help="per-track CSV (default: beside --out)")
+    e.add_argument("--museval-dir", help="museval's per-track JSON (DIR/<subset>/<track>.json, as museval's "
+                                         "eval_mus_track writes it; default: beside --out)")
+    e.add_argument("--save-estimates", metavar="DIR", help="write each track's estimates to DIR/<track>/<source>.wav")
+    e.add_argument("--force", action="store_true", help="overwrite existing estimates")
     e.add_argument("--plot", help="per-track SDR histogram per source (PNG/PDF/SVG)")
     e.add_argument("--oracle", choices=ev.ORACLES, help="score oracle masks, or the unprocessed mixture")
     _add_separator_options(e)

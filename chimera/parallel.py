@@ -1,0 +1,96 @@
+"""Work shared among processes: ``-j N`` on one machine, torchrun's ranks across machines.
+
+``predict`` and ``evaluate`` start their ``-j`` workers through :func:`process_pool`
+(spawned, so CUDA and the extension start clean in each; the CPU threads are divided among
+them). Under torchrun (``WORLD_SIZE`` > 1) every rank runs the command and takes its share
+(:func:`balanced_shares`) of the same list; inside :func:`joined`, :func:`sum_over_ranks`
+adds up per-rank counts over gloo, which also holds a rank that finished early until all
+have (torchrun stops every rank as soon as one exits with an error).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import multiprocessing
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# How long a rank waits for the others at the end: shares are balanced by size, but one
+# long file can still keep a rank busy for hours.
+RANK_TIMEOUT = datetime.timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+    local: int = 0      # rank on this machine: which GPU it takes
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def torchrun_rank() -> Rank:
+    """This process's place among torchrun's (RANK, WORLD_SIZE, LOCAL_RANK); one of one without."""
+    env = os.environ
+    return Rank(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def device_for(device: str, local: int) -> str:
+    """`device` for the process of local rank `local`: "auto" and "cuda" take one GPU each
+    (round robin), an explicit "cuda:N" or "cpu" stays."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{local % torch.cuda.device_count()}"
+    return device
+
+
+def balanced_shares(costs, n: int) -> list[list[int]]:
+    """Indices of `costs` in `n` shares of about equal total cost (largest first, each to the
+    share that holds least; ties by index), each share in index order. Every index is in
+    exactly one share, and the result depends only on `costs`, so every rank computes it."""
+    shares, loads = [[] for _ in range(n)], [0] * n
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        k = min(range(n), key=lambda r: (loads[r], r))
+        shares[k].append(i)
+        loads[k] += costs[i]
+    return [sorted(s) for s in shares]
+
+
+def _start_worker(init, threads):
+    torch.set_num_threads(threads)
+    if init is not None:
+        init()
+
+
+def process_pool(jobs: int, init=None):
+    """A pool of `jobs` spawned processes; each calls `init()` (e.g. to set up logging; it
+    must be picklable) and gets an equal part of this process's CPU threads."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    return multiprocessing.get_context("spawn").Pool(jobs, initializer=_start_worker, initargs=(init, threads))
+
+
+@contextlib.contextmanager
+def joined(rank: Rank):
+    """Join torchrun's ranks in a gloo group for the block (nothing without torchrun)."""
+    if not rank.distributed:
+        yield
+        return
+    dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world, timeout=RANK_TIMEOUT)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def sum_over_ranks(value: int, rank: Rank) -> int:
+    """`value` summed over torchrun's ranks inside :func:`joined` (gloo all-reduce: it waits
+    until every rank gets here); `value` itself without torchrun."""
+    if not rank.distributed:
+        return value
+    total = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(total)
+    return int(total)

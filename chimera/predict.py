@@ -1,0 +1,152 @@
+"""The ``chimera predict`` command: inputs, output names, and the work shared among processes.
+
+Every output name is computed before any work, so inputs that would write the same file
+(``cd1/01.flac`` and ``cd2/01.flac`` under ``{track}``) are refused up front. The inputs are
+then separated here, or shared among ``-j`` worker processes, or among torchrun's ranks
+(each rank takes its share of the same list: :mod:`chimera.parallel`). Each input belongs
+to exactly one process; a bad input is reported on one line and counted, the others go on,
+and the exit status is non-zero when any process had a failure.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass
+
+from . import pretrained
+from .audio import AUDIO_EXTENSIONS, AudioError
+from .models import CheckpointError
+from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
+from .separate import Separator, output_paths, resolve_device, separate_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Input:
+    path: str
+    relpath: str | None = None     # under the folder it was found in, without extension
+    targets: tuple = ()            # its output files
+
+
+def collect_inputs(paths):
+    """Files as given; folders: every audio file inside (recursively, sorted), with its path
+    under the folder. Returns (inputs, problems): one message per folder without audio."""
+    found, problems = [], []
+    for p in map(os.fspath, paths):
+        if not os.path.isdir(p):
+            found.append(Input(p))
+            continue
+        inside = sorted(os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs
+                        if f.lower().endswith(AUDIO_EXTENSIONS))
+        if not inside:
+            problems.append(f"{p}: folder contains no audio files")
+        found += [Input(f, os.path.splitext(os.path.relpath(f, p))[0]) for f in inside]
+    return found, problems
+
+
+def plan_outputs(inputs, source_names, out_dir, filename, ext, output_files=None):
+    """The inputs with their output files; a ValueError for a bad --filename, and one message
+    per output file that two inputs (or two sources) would write."""
+    planned = [Input(i.path, i.relpath, tuple(output_paths(i.path, source_names, out_dir, filename, ext,
+                                                           output_files, i.relpath)))
+               for i in inputs]
+    writers = defaultdict(list)
+    for i in planned:
+        for t in i.targets:
+            writers[os.path.abspath(t)].append(i.path)
+    clashes = [f"{t}: would be written for {' and '.join(dict.fromkeys(p))} (name outputs with --filename fields "
+               "such as {relpath}/{stem}.{ext}, {trackext} or {stem})"
+               for t, p in writers.items() if len(p) > 1]
+    return planned, clashes
+
+
+def run(args, separator_options, init=None) -> int:
+    """``chimera predict`` with the parsed `args`; `separator_options`: the Separator's
+    keyword arguments but the device; `init`: what each ``-j`` worker runs first (logging)."""
+    rank = torchrun_rank()
+    lead = rank.rank == 0
+    if rank.distributed and args.jobs > 1:
+        log.error("-j/--jobs cannot be combined with torchrun: use one or the other")
+        return 2
+    inputs, problems = collect_inputs(args.inputs)
+    if args.output_files is not None and len(inputs) != 1:
+        log.error(f"--output-files needs exactly one input, got {len(inputs)}")
+        return 2
+    model_spec = args.model or pretrained.DEFAULT
+    try:
+        model = pretrained.load(model_spec)
+        out_dir = os.path.join(args.out, pretrained.model_name(model_spec)) if args.model_subfolder else args.out
+        inputs, clashes = plan_outputs(inputs, model.source_names, out_dir, args.filename, args.format,
+                                       args.output_files)
+        device = device_for(args.device, rank.local)
+        resolve_device(device)
+        # here, or only to check the options before any work when -j workers build their own
+        separator = Separator(model, device=device if args.jobs == 1 else "cpu", **separator_options)
+    except (CheckpointError, ValueError) as exc:
+        log.error(str(exc))
+        return 2
+    if clashes:
+        for c in clashes if lead else ():
+            log.error(c)
+        return 2
+    for p in problems if lead else ():
+        log.error(p)
+    costs = [_size(i.path) for i in inputs]
+    with joined(rank):
+        if args.jobs > 1:
+            shares = balanced_shares(costs, args.jobs)
+            with process_pool(args.jobs, init) as pool:
+                failed = sum(pool.starmap(_worker, [(args, separator_options, [inputs[i] for i in s], k)
+                                                    for k, s in enumerate(shares)]))
+        else:
+            mine = balanced_shares(costs, rank.world)[rank.rank]
+            failed = _separate_all(separator, args, [inputs[i] for i in mine], progress=not (args.quiet or rank.distributed),
+                                   tag=f"[rank {rank.rank}] " if rank.distributed else "")
+        failed = sum_over_ranks(failed, rank) + len(problems)
+    if failed and lead and (rank.distributed or args.jobs > 1):
+        log.error(f"{failed} of {len(inputs) + len(problems)} inputs failed")
+    return 1 if failed else 0
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path) + 1   # + 1: empty and missing files still spread out
+    except OSError:
+        return 1
+
+
+def _worker(args, separator_options, inputs, local_rank) -> int:
+    """A -j worker: its own Separator (on its own GPU, if any), no progress bar."""
+    if not inputs:
+        return 0
+    separator = Separator(pretrained.load(args.model or pretrained.DEFAULT), device=device_for(args.device, local_rank),
+                          **separator_options)
+    return _separate_all(separator, args, inputs, progress=False, tag=f"[job {local_rank}] ")
+
+
+def _separate_all(separator, args, inputs, progress, tag="") -> int:
+    """Separate `inputs` with `separator`; returns how many failed (each reported on one
+    line). `tag` begins each output line (which process wrote it)."""
+    subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
+    failed = 0
+    for item in inputs:
+        try:
+            written = separate_file(separator, item.path, targets=list(item.targets), ext=args.format,
+                                    subtype=subtype, clip=args.clip_mode, force=args.force, progress=progress)
+        except (AudioError, ValueError) as exc:
+            failed += 1
+            log.error(str(exc))
+            continue
+        except Exception as exc:  # one bad input must not stop the others
+            failed += 1
+            if args.verbose:
+                traceback.print_exc()
+            log.error(f"{item.path}: {type(exc).__name__}: {exc}")
+            continue
+        if not args.quiet:
+            print(f"{tag}{item.path} -> " + ", ".join(written), flush=True)
+    return failed
+
