@@ -1,22 +1,35 @@
 """Score separations on a folder of tracks with BSS Eval v4 (museval) and SI-SDR.
 
-DATA_DIR holds `<track>/mixture.wav` and one `<source>.wav` per source. SiSEC-style
-aggregation: for each track and source the median over 1-second windows, then the
-median over tracks. Oracle masks (`irm`, `ibm`) and the unprocessed mixture (`mixture`)
-are scored the same way, computed with the model's STFT at the model's rate, so a
-model's figures can be read against its representation's upper bound.
+Layouts (:func:`list_tracks`): ``DATA_DIR/<track>/{mixture,<stem>...}`` (ours, one split of
+MUSDB18-HQ); MUSDB18-HQ's root ``DATA_DIR/<train|test>/<track>/`` (``split``, default test);
+DSD100's ``DATA_DIR/Mixtures/<Dev|Test>/<track>/mixture`` and
+``DATA_DIR/Sources/<Dev|Test>/<track>/<stem>`` (default Test); wav or flac. A model source's
+reference is the stem of its name, or a sum of stems, or the mixture minus stems
+(``--targets accompaniment=drums+bass+other``, ``accompaniment=mixture-vocals``); a single
+source without a stem of its name is the mixture minus the others.
+
+SiSEC-style aggregation: for each track and source the median over 1-second windows, then
+the median over tracks. Oracle masks (`irm`, `ibm`) and the unprocessed mixture (`mixture`)
+are scored the same way, computed with the model's STFT at the model's rate, so a model's
+figures can be read against its representation's upper bound. Tracks can be scored in
+parallel worker processes (``jobs``); the per-window scores can be written in museval's own
+per-track JSON layout (:func:`write_museval`), which ``museval.EvalStore`` reads.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import importlib
 import io
 import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
@@ -24,11 +37,25 @@ from . import signal
 from .atomic import atomic_write
 from .audio import AudioError, read_audio, resample
 from .objectives import si_sdr
+from .parallel import process_pool
 
 log = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "SAR", "ISR", "SI-SDR")
+BSS_METRICS = ("SDR", "SIR", "SAR", "ISR")
 ORACLES = ("irm", "ibm", "mixture")
+EXTENSIONS = (".wav", ".flac")
+#: museval's subset folder for a split name (MUSDB18 train/test are DSD100's Dev/Test).
+SUBSETS = {"train": "train", "test": "test", "Dev": "train", "Test": "test"}
+
+
+def require_museval():
+    """museval, or an ImportError saying how to install it, before any work."""
+    # TODO(lead): chimera._deps.require("eval", "museval", "chimera evaluate") once it is on main.
+    try:
+        return importlib.import_module("museval")
+    except ImportError as exc:
+        raise ImportError(f"chimera evaluate needs museval ({exc}): pip install 'chimera-separation[eval]'") from exc
 
 
 @dataclass
@@ -39,33 +66,179 @@ class Track:
     rate: int
 
 
-def find_tracks(data_dir, source_names):
-    """The track folders of `data_dir` (sorted); AudioError for a missing folder, no tracks,
-    or a track without one of the sources."""
+@dataclass(frozen=True)
+class Target:
+    """A source's reference: the sum of `stems`, or the mixture minus them (`from_mixture`)."""
+    stems: tuple
+    from_mixture: bool = False
+
+    def __str__(self):
+        return "mixture-" + "-".join(self.stems) if self.from_mixture else "+".join(self.stems)
+
+
+@dataclass
+class TrackFiles:
+    name: str
+    folder: str                  # the track's folder, named by error messages
+    mixture: str
+    stems: dict                  # stem name -> file
+    subset: str = "test"         # museval's subset folder
+    targets: dict = field(default_factory=dict)   # source name -> Target
+
+
+def parse_targets(specs, source_names):
+    """``["accompaniment=drums+bass+other", "vocals=mixture-accompaniment"]`` -> {source: Target}."""
+    out = {}
+    for spec in specs or ():
+        name, sep, rhs = spec.partition("=")
+        name, rhs = name.strip(), rhs.strip()
+        from_mixture = rhs.startswith("mixture-")
+        stems = tuple(s.strip() for s in (rhs[len("mixture-"):].split("-") if from_mixture else rhs.split("+")))
+        if not sep or not name or not all(stems):
+            raise ValueError(f"--targets {spec!r}: expected SOURCE=STEM+STEM... or SOURCE=mixture-STEM-...")
+        if name not in source_names:
+            raise ValueError(f"--targets {spec!r}: the model has no source {name!r} ({', '.join(source_names)})")
+        out[name] = Target(stems, from_mixture)
+    return out
+
+
+def _audio_file(folder, stem):
+    """folder/stem.wav or .flac (the first that exists; .wav when neither does)."""
+    paths = [os.path.join(folder, stem + e) for e in EXTENSIONS]
+    return next((p for p in paths if os.path.isfile(p)), paths[0])
+
+
+def _stems(folder, mixture):
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    found = {}
+    for f in names:
+        stem, ext = os.path.splitext(f)
+        path = os.path.join(folder, f)
+        if ext.lower() in EXTENSIONS and os.path.isfile(path) and path != mixture:
+            found.setdefault(stem, path)
+    return found
+
+
+def _has_mixture(folder):
+    return any(os.path.isfile(os.path.join(folder, "mixture" + e)) for e in EXTENSIONS)
+
+
+def _flat_track(base, name):
+    folder = os.path.join(base, name)
+    mixture = _audio_file(folder, "mixture")
+    split = os.path.basename(os.path.normpath(base))
+    return TrackFiles(name, folder, mixture, _stems(folder, mixture), SUBSETS.get(split, "test"))
+
+
+def _find_files(data_dir, split=None):
+    """The TrackFiles of `data_dir` in one of the layouts of the module docstring (sorted)."""
+    data_dir = os.fspath(data_dir)
     if not os.path.isdir(data_dir):
         raise AudioError.at(data_dir, "no such folder")
-    names = sorted(d for d in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, d, "mixture.wav")))
+    mixtures, sources = os.path.join(data_dir, "Mixtures"), os.path.join(data_dir, "Sources")
+    if os.path.isdir(mixtures) and os.path.isdir(sources):  # DSD100
+        split = split or "Test"
+        src = os.path.join(sources, split)
+        if not os.path.isdir(src):
+            raise AudioError.at(src, "no such folder (DSD100 splits: Dev, Test)")
+        out = []
+        for name in sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d))):
+            mixture = _audio_file(os.path.join(mixtures, split, name), "mixture")
+            out.append(TrackFiles(name, os.path.join(src, name), mixture, _stems(os.path.join(src, name), mixture),
+                                  SUBSETS.get(split, "test")))
+        if not out:
+            raise AudioError.at(src, "no track folders inside")
+        return out
+    base = os.path.join(data_dir, split) if split else data_dir
+
+    def track_names(folder):
+        return sorted(d for d in os.listdir(folder) if _has_mixture(os.path.join(folder, d))) \
+            if os.path.isdir(folder) else []
+
+    names = track_names(base)
+    if not names and not split and track_names(os.path.join(data_dir, "test")):  # MUSDB18-HQ's root
+        base = os.path.join(data_dir, "test")
+        log.info("%s: MUSDB18-HQ layout, scoring its test split (--split train for the other)", data_dir)
+        names = track_names(base)
     if not names:
-        raise AudioError.at(data_dir, "no <track>/mixture.wav inside")
-    for name in names:
-        missing = [s for s in source_names if not os.path.isfile(os.path.join(data_dir, name, f"{s}.wav"))]
-        if missing:
-            raise AudioError.at(os.path.join(data_dir, name), f"missing {', '.join(s + '.wav' for s in missing)}")
-    return names
+        raise AudioError.at(base, "no <track>/mixture.wav or mixture.flac inside (MUSDB18-HQ: DATA_DIR/<split>/"
+                                  "<track>/; DSD100: DATA_DIR/Mixtures and DATA_DIR/Sources)")
+    return [_flat_track(base, n) for n in names]
 
 
-def load_track(data_dir, name, source_names):
-    folder = os.path.join(data_dir, name)
-    mixture, rate = read_audio(os.path.join(folder, "mixture.wav"))
-    refs = []
+def resolve_targets(files, source_names, explicit=None):
+    """{source: Target} for the track `files`: `explicit` ones, else the stem of the source's
+    name, else (one source only) the mixture minus the others. AudioError naming the track
+    folder and what is missing otherwise."""
+    explicit = explicit or {}
+    targets, missing = {}, []
     for s in source_names:
-        path = os.path.join(folder, f"{s}.wav")
-        x, r = read_audio(path)
-        if r != rate or x.shape != mixture.shape:
-            raise AudioError.at(path, f"{x.shape[1]} channels x {x.shape[0]} samples at {r} Hz, but the mixture "
-                                      f"has {mixture.shape[1]} x {mixture.shape[0]} at {rate} Hz")
-        refs.append(x.T)
-    return Track(name, mixture.T, np.stack(refs), rate)
+        if s in explicit:
+            absent = [m for m in explicit[s].stems if m not in files.stems]
+            if absent:
+                raise AudioError.at(files.folder, f"--targets {s}={explicit[s]}: no stem {', '.join(absent)} "
+                                                  f"(stems: {', '.join(files.stems) or 'none'})")
+            targets[s] = explicit[s]
+        elif s in files.stems:
+            targets[s] = Target((s,))
+        else:
+            missing.append(s)
+    others = [t for t in targets.values() if not t.from_mixture]
+    if len(missing) == 1 and targets and len(others) == len(targets):
+        targets[missing[0]] = Target(tuple(m for t in others for m in t.stems), from_mixture=True)
+    elif missing:
+        ext = os.path.splitext(files.mixture)[1]
+        raise AudioError.at(files.folder, f"missing {', '.join(s + ext for s in missing)} (stems: "
+                                          f"{', '.join(files.stems) or 'none'}; --targets SOURCE=STEM+STEM or "
+                                          "SOURCE=mixture-STEM defines a source from them)")
+    return {s: targets[s] for s in source_names}
+
+
+def list_tracks(data_dir, source_names, split=None, targets=None):
+    """Every track of `data_dir` (any layout of the module docstring) with the Targets of
+    the model's sources resolved; AudioError before any work for a track that lacks one."""
+    explicit = targets if isinstance(targets, dict) else parse_targets(targets, source_names)
+    tracks = _find_files(data_dir, split)
+    for t in tracks:
+        t.targets = resolve_targets(t, source_names, explicit)
+    derived = {s: str(tg) for s, tg in tracks[0].targets.items() if tg != Target((s,))}
+    if derived:
+        log.info("references: %s", ", ".join(f"{s} = {d}" for s, d in derived.items()))
+    return tracks
+
+
+def find_tracks(data_dir, source_names):
+    """The names of the tracks of `data_dir` (sorted); see :func:`list_tracks`."""
+    return [t.name for t in list_tracks(data_dir, source_names)]
+
+
+def read_track(files: TrackFiles) -> Track:
+    """Read the mixture and build each source's reference from the stems (:class:`Target`)."""
+    mixture, rate = read_audio(files.mixture)
+    cache = {}
+
+    def stem(name):
+        if name not in cache:
+            path = files.stems[name]
+            x, r = read_audio(path)
+            if r != rate or x.shape != mixture.shape:
+                raise AudioError.at(path, f"{x.shape[1]} channels x {x.shape[0]} samples at {r} Hz, but the mixture "
+                                          f"has {mixture.shape[1]} x {mixture.shape[0]} at {rate} Hz")
+            cache[name] = x
+        return cache[name]
+
+    refs = []
+    for target in files.targets.values():
+        total = sum(stem(m) for m in target.stems)
+        refs.append((mixture - total if target.from_mixture else total).T)
+    return Track(files.name, mixture.T, np.stack(refs).astype(np.float32), rate)
+
+
+def load_track(data_dir, name, source_names, targets=None):
+    """The track folder `data_dir/name` of the flat layout, read (see :func:`read_track`)."""
+    files = _flat_track(os.fspath(data_dir), name)
+    files.targets = resolve_targets(files, source_names, parse_targets(targets, source_names))
+    return read_track(files)
 
 
 def oracle_estimates(track, kind, stft):
@@ -94,20 +267,23 @@ def oracle_estimates(track, kind, stft):
     return out
 
 
-def score_track(track, estimates):
-    """{source index: {metric: value}}: BSS Eval v4 over 1-second windows (median over
-    the windows that are defined) and SI-SDR over the whole track (mean over channels)."""
-    import museval  # optional (the [eval] extra), and slow to import: only when scoring
-
+def bss_eval(track, estimates):
+    """BSS Eval v4 over 1-second windows: {metric: (C, windows) array}, museval's values."""
+    museval = require_museval()  # optional (the [eval] extra), and slow to import: only when scoring
     refs = track.references.transpose(0, 2, 1)   # (C, L, channels): museval's layout
     ests = estimates.transpose(0, 2, 1)
     sdr, isr, sir, sar = museval.evaluate(refs, ests, win=track.rate, hop=track.rate)
+    return {"SDR": sdr, "SIR": sir, "SAR": sar, "ISR": isr}
+
+
+def score_track(track, estimates, windows=None):
+    """[{metric: value}] per source: BSS Eval v4 over 1-second windows (median over the
+    windows that are defined) and SI-SDR over the whole track (mean over channels).
+    `windows`: the :func:`bss_eval` result when already computed."""
+    windows = bss_eval(track, estimates) if windows is None else windows
     si = si_sdr(torch.from_numpy(estimates), torch.from_numpy(track.references)).mean(-1).numpy()
-    out = []
-    for c in range(refs.shape[0]):
-        out.append({"SDR": _nanmedian(sdr[c]), "SIR": _nanmedian(sir[c]), "SAR": _nanmedian(sar[c]),
-                    "ISR": _nanmedian(isr[c]), "SI-SDR": float(si[c])})
-    return out
+    return [{**{m: _nanmedian(windows[m][c]) for m in BSS_METRICS}, "SI-SDR": float(si[c])}
+            for c in range(track.references.shape[0])]
 
 
 def _nanmedian(x):
@@ -116,24 +292,71 @@ def _nanmedian(x):
     return float(np.median(x)) if x.size else float("nan")
 
 
-def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, progress=False):
-    """Score every track of `data_dir`. Either `separate` (mixture (channels, L), rate →
-    (channels, C, L)) or `oracle` (with the `stft` config). Returns the results dict."""
-    names = find_tracks(data_dir, source_names)
-    tracks = []
-    for name in tqdm(names, desc="evaluate", leave=False, disable=not progress):
-        track = load_track(data_dir, name, source_names)
-        if oracle is not None:
-            est = oracle_estimates(track, oracle, stft)
-        else:
-            est = separate(track.mixture, track.rate).numpy().transpose(1, 0, 2)  # (C, channels, L)
-        scores = score_track(track, est)
-        tracks.append({"track": name, "scores": {s: scores[i] for i, s in enumerate(source_names)}})
-        log.info("%s: %s", name, ", ".join(f"{s} SDR {scores[i]['SDR']:.2f} dB" for i, s in enumerate(source_names)))
-    summary = {s: {m: _nanmedian([t["scores"][s][m] for t in tracks]) for m in METRICS} for s in source_names}
+def estimate_paths(estimates_dir, track, source_names):
+    return [os.path.join(estimates_dir, track, f"{s}.wav") for s in source_names]
+
+
+def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, force):
+    """One track's result entry (scores, per-window values), its estimates saved if asked."""
+    track = read_track(files)
+    if oracle is not None:
+        est = oracle_estimates(track, oracle, stft)
+    else:
+        est = separate(track.mixture, track.rate).numpy()  # (C, channels, L)
+    if estimates_dir:
+        for path, x in zip(estimate_paths(estimates_dir, files.name, source_names), est):
+            with atomic_write(path, force=force) as f:
+                sf.write(f, x.T, track.rate, format="WAV", subtype="FLOAT")
+    windows = bss_eval(track, est)
+    scores = score_track(track, est, windows)
+    return {"track": files.name, "subset": files.subset, "scores": dict(zip(source_names, scores)),
+            "windows": {s: {m: windows[m][c].tolist() for m in BSS_METRICS} for c, s in enumerate(source_names)}}
+
+
+_worker_task = None  # a -j worker's _evaluate_track with everything but the track bound
+
+
+def _start_worker(task, init):
+    global _worker_task
+    _worker_task = task
+    if init is not None:
+        init()
+
+
+def _evaluate_in_worker(files):
+    return _worker_task(files)
+
+
+def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, progress=False, split=None,
+             targets=None, jobs=1, estimates_dir=None, force=False, init=None):
+    """Score every track of `data_dir` (:func:`list_tracks`: `split`, `targets`). Either
+    `separate` (mixture (channels, L), rate → (C, channels, L)) or `oracle` (with the
+    `stft` config). `jobs` > 1: tracks in that many worker processes (`separate` must then
+    be picklable, e.g. a Separator's method; `init` runs first in each). `estimates_dir`:
+    each track's estimates written to ``<dir>/<track>/<source>.wav`` (float32), existing
+    ones kept unless `force` (checked before any work). Returns the results dict."""
+    tracks = list_tracks(data_dir, source_names, split, targets)
+    if estimates_dir and not force:
+        for t in tracks:
+            for p in estimate_paths(estimates_dir, t.name, source_names):
+                if os.path.exists(p):
+                    raise AudioError.at(p, "exists (use --force to overwrite)")
+    task = functools.partial(_evaluate_track, source_names=list(source_names), separate=separate, oracle=oracle,
+                             stft=stft, estimates_dir=estimates_dir, force=force)
+    bar = tqdm(total=len(tracks), desc="evaluate", leave=False, disable=not progress)
+    results = []
+    with bar, (process_pool(jobs, functools.partial(_start_worker, task, init)) if jobs > 1 else contextlib.nullcontext()) as pool:
+        done = pool.imap(_evaluate_in_worker, tracks) if pool is not None else map(task, tracks)
+        for entry in done:
+            results.append(entry)
+            bar.update()
+            log.info("%s: %s", entry["track"],
+                     ", ".join(f"{s} SDR {entry['scores'][s]['SDR']:.2f} dB" for s in source_names))
+    summary = {s: {m: _nanmedian([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
     return {"data_dir": os.fspath(data_dir), "method": oracle or "model", "sources": list(source_names),
+            "references": {s: str(tg) for s, tg in tracks[0].targets.items()},
             "aggregation": "median over 1 s windows per track, then median over tracks (SI-SDR: whole track)",
-            "tracks": tracks, "summary": summary}
+            "tracks": results, "summary": summary}
 
 
 def summary_table(results):
@@ -143,10 +366,12 @@ def summary_table(results):
     return "\n".join(lines)
 
 
-def write_results(results, json_path=None, csv_path=None):
+def write_results(results, json_path=None, csv_path=None, museval_dir=None):
+    """Our JSON (per-track medians, summary) and CSV, and museval's per-track JSON."""
     if json_path:
+        ours = {**results, "tracks": [{k: v for k, v in t.items() if k != "windows"} for t in results["tracks"]]}
         with atomic_write(json_path, force=True) as f:
-            f.write(json.dumps(_finite(results), indent=2).encode())
+            f.write(json.dumps(_finite(ours), indent=2).encode())
     if csv_path:
         rows = [["track", "source", *METRICS]]
         for t in results["tracks"]:
@@ -156,6 +381,21 @@ def write_results(results, json_path=None, csv_path=None):
             text = io.StringIO()
             csv.writer(text).writerows(rows)
             f.write(text.getvalue().encode())
+    if museval_dir:
+        write_museval(results, museval_dir)
+
+
+def write_museval(results, folder):
+    """Each track's per-window scores as museval writes them (``museval.TrackStore``'s JSON in
+    ``folder/<subset>/<track>.json``, as ``museval.eval_mus_track(output_dir=folder)`` does),
+    so ``museval.EvalStore().add_eval_dir(folder)`` and museval's tools read them."""
+    museval = require_museval()
+    for t in results["tracks"]:
+        store = museval.TrackStore(t["track"], win=1.0, hop=1.0)
+        for s in results["sources"]:
+            store.add_target(s, t["windows"][s])
+        with atomic_write(os.path.join(folder, t["subset"], f"{t['track']}.json"), force=True) as f:
+            f.write(store.json.encode())
 
 
 def _finite(obj):

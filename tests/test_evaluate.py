@@ -1,7 +1,6 @@
-"""`chimera evaluate`: museval BSS Eval v4 + SI-SDR, oracles, outputs."""
+"""`chimera evaluate`: museval BSS Eval v4 + SI-SDR, oracles, outputs, the MUSDB18-HQ and
+DSD100 layouts, references from stems, tracks in parallel, museval's own JSON."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import soundfile as sf
 import torch
 
 from chimera.models import SeparationModel, preset, save_checkpoint
+from test_separate import run_cli as _run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
 museval = pytest.importorskip("museval")
 
@@ -43,30 +42,36 @@ def model_file(tmp_path_factory):
     return path
 
 
-def run_cli(*args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}
-    return subprocess.run([sys.executable, "-m", "chimera", "evaluate", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600)
+@pytest.fixture
+def run_cli(capsys, one_thread):
+    """`chimera evaluate ARGS` in this process (see test_separate.run_cli)."""
+    return lambda *args: _run_cli(capsys, "evaluate", *args)
 
 
-def test_oracle_scores_equal_an_independent_computation(dataset, model_file, tmp_path):
+def independent_irm_sdr(refs):
+    """Per-source median-over-windows SDR of the IRM oracle of `refs` (C, L, channels) with
+    the model's STFT (8 kHz, n_fft 256, hop 64, Hann) at the data's own rate, computed
+    apart from chimera: |S_c| / Σ|S_j| on torch.stft, inverted with torch.istft, museval."""
+    C, L, ch = refs.shape
+    w = torch.hann_window(256, dtype=torch.float64)
+    S = torch.stft(torch.from_numpy(refs).double().permute(0, 2, 1).reshape(-1, L), 256, 64,
+                   window=w, return_complex=True).reshape(C, ch, 129, -1)
+    X = S.sum(0)
+    masks = S.abs() / S.abs().sum(0).clamp_min(1e-12)
+    est = torch.istft((masks * X).reshape(C * ch, 129, -1), 256, 64, window=w, length=L)
+    est = est.reshape(C, ch, -1).permute(0, 2, 1).numpy()
+    sdr, isr, sir, sar = museval.evaluate(refs, est, win=RATE, hop=RATE)
+    return np.nanmedian(sdr, axis=1)
+
+
+def test_oracle_scores_equal_an_independent_computation(dataset, model_file, tmp_path, run_cli):
     out = run_cli(dataset, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "r.json", "--quiet")
     assert out.returncode == 0, out.stderr
     results = json.loads((tmp_path / "r.json").read_text())
-    # the model's STFT (8 kHz, n_fft 256, hop 64, Hann) at the data's own rate: no resampling
     per_track = []
     for k in range(2):
         refs = np.stack([sf.read(dataset / f"track{k}" / f"{s}.wav", dtype="float32")[0] for s in ("vocals", "accompaniment")])
-        # independent IRM: |S_c| / Σ|S_j| on torch.stft, inverted with torch.istft
-        w = torch.hann_window(256, dtype=torch.float64)
-        S = torch.stft(torch.from_numpy(refs).double().permute(0, 2, 1).reshape(-1, refs.shape[1]), 256, 64,
-                       window=w, return_complex=True).reshape(2, 2, 129, -1)
-        X = S.sum(0)
-        masks = S.abs() / S.abs().sum(0).clamp_min(1e-12)
-        est = torch.istft((masks * X).reshape(4, 129, -1), 256, 64, window=w, length=refs.shape[1])
-        est = est.reshape(2, 2, -1).permute(0, 2, 1).numpy()
-        sdr, isr, sir, sar = museval.evaluate(refs, est, win=RATE, hop=RATE)
-        per_track.append(np.nanmedian(sdr, axis=1))
+        per_track.append(independent_irm_sdr(refs))
     want = np.median(np.stack(per_track), 0)
     got = [results["summary"][s]["SDR"] for s in ("vocals", "accompaniment")]
     np.testing.assert_allclose(got, want, atol=1e-3)
@@ -74,7 +79,7 @@ def test_oracle_scores_equal_an_independent_computation(dataset, model_file, tmp
     assert (tmp_path / "r.csv").exists()
 
 
-def test_model_mixture_and_plot(dataset, model_file, tmp_path):
+def test_model_mixture_and_plot(dataset, model_file, tmp_path, run_cli):
     out = run_cli(dataset, "--model", model_file, "--out", tmp_path / "m.json", "--plot", tmp_path / "h.png", "--quiet")
     assert out.returncode == 0, out.stderr
     assert "vocals" in out.stdout and "SDR" in out.stdout        # the summary table
@@ -91,10 +96,160 @@ def test_model_mixture_and_plot(dataset, model_file, tmp_path):
     assert mixture["tracks"][0]["scores"]["vocals"]["SI-SDR"] == pytest.approx(snr, abs=0.1)
 
 
-def test_bad_data_dir_is_one_line(tmp_path, model_file):
+def test_bad_data_dir_is_one_line(tmp_path, model_file, run_cli):
     out = run_cli(tmp_path / "nothing", "--model", model_file)
     assert out.returncode != 0 and "no such folder" in out.stderr and "Traceback" not in out.stderr
     (tmp_path / "t").mkdir()
     sf.write(tmp_path / "t" / "mixture.wav", np.zeros(800), RATE)
     out = run_cli(tmp_path, "--model", model_file)
     assert out.returncode != 0 and "vocals.wav" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------------- real layouts
+
+STEMS = ("vocals", "drums", "bass", "other")
+
+
+def _stems(seed, n=3 * RATE):
+    """Stereo stems on the 24-bit grid (so wav and flac hold exactly these samples), each with
+    some noise (pure tones make BSS Eval's distortion filters ill-conditioned)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / RATE
+
+    def hiss(level):
+        return level * rng.standard_normal((2, n))
+
+    stems = {"vocals": np.array([[0.8], [0.4]]) * 0.2 * np.sin(2 * np.pi * (300 + 40 * seed) * t) + hiss(0.01),
+             "drums": hiss(0.1) * (np.sin(2 * np.pi * 2 * t) > 0.6),
+             "bass": 0.15 * np.sin(2 * np.pi * 70 * t) + hiss(0.01),
+             "other": hiss(0.05)}
+    return {k: np.round(v * 2 ** 23) / 2 ** 23 for k, v in stems.items()}
+
+
+def _write_track(mixture_path, stem_dir, seed, ext):
+    stems = _stems(seed)
+    stem_dir.mkdir(parents=True, exist_ok=True)
+    mixture_path.parent.mkdir(parents=True, exist_ok=True)
+    for name, x in stems.items():
+        sf.write(stem_dir / f"{name}{ext}", x.T, RATE, subtype="PCM_24")
+    sf.write(mixture_path, sum(stems.values()).T, RATE, subtype="PCM_24")
+
+
+@pytest.fixture(scope="module")
+def musdb(tmp_path_factory):
+    """MUSDB18-HQ's root: train/A, test/B and test/C, wav."""
+    root = tmp_path_factory.mktemp("musdb18hq")
+    for split, name, seed in (("train", "A", 0), ("test", "B", 1), ("test", "C", 2)):
+        _write_track(root / split / name / "mixture.wav", root / split / name, seed, ".wav")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dsd100(tmp_path_factory):
+    """The same tracks in DSD100's layout (Mixtures/Sources, Dev/Test), flac."""
+    root = tmp_path_factory.mktemp("DSD100")
+    for split, name, seed in (("Dev", "A", 0), ("Test", "B", 1), ("Test", "C", 2)):
+        _write_track(root / "Mixtures" / split / name / "mixture.flac", root / "Sources" / split / name, seed, ".flac")
+    return root
+
+
+def _read(folder, name):
+    return sf.read(folder / f"{name}.wav", dtype="float32")[0]
+
+
+def test_musdb18hq_root_and_its_accompaniment(musdb, model_file, tmp_path, run_cli):
+    default = run_cli(musdb, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "d.json", "--quiet")
+    stems = run_cli(musdb, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "s.json", "--quiet",
+                    "--targets", "accompaniment=drums+bass+other")
+    assert default.returncode == stems.returncode == 0, default.stderr + stems.stderr
+    d, s = (json.loads((tmp_path / f).read_text()) for f in ("d.json", "s.json"))
+    assert [t["track"] for t in d["tracks"]] == ["B", "C"]          # the test split by default
+    assert d["references"] == {"vocals": "vocals", "accompaniment": "mixture-vocals"}
+    assert s["references"] == {"vocals": "vocals", "accompaniment": "drums+bass+other"}
+    per_track = []
+    for name in ("B", "C"):
+        folder = musdb / "test" / name
+        refs = np.stack([_read(folder, "vocals"), sum(_read(folder, x) for x in ("drums", "bass", "other"))])
+        per_track.append(independent_irm_sdr(refs))
+    want = np.median(np.stack(per_track), 0)
+    assert d["summary"] == s["summary"]  # the mixture is the sum of the stems: mixture - vocals = the others
+    for results in (d, s):
+        np.testing.assert_allclose([results["summary"][x]["SDR"] for x in ("vocals", "accompaniment")], want,
+                                   atol=1e-3)
+    train = run_cli(musdb, "--model", model_file, "--oracle", "mixture", "--split", "train", "--out",
+                    tmp_path / "t.json", "--quiet")
+    assert train.returncode == 0, train.stderr
+    assert [t["track"] for t in json.loads((tmp_path / "t.json").read_text())["tracks"]] == ["A"]
+
+
+def test_dsd100_in_flac_scores_as_the_same_tracks_in_musdb18hq(musdb, dsd100, model_file, tmp_path, run_cli):
+    args = ["--model", model_file, "--oracle", "irm", "--targets", "accompaniment=drums+bass+other", "--quiet"]
+    assert run_cli(dsd100, *args, "--out", tmp_path / "dsd.json").returncode == 0
+    assert run_cli(musdb, *args, "--out", tmp_path / "musdb.json").returncode == 0
+    dsd, mus = (json.loads((tmp_path / f).read_text()) for f in ("dsd.json", "musdb.json"))
+    assert [t["track"] for t in dsd["tracks"]] == ["B", "C"]        # DSD100's Test split by default
+    for a, b in zip(dsd["tracks"], mus["tracks"]):
+        for src in ("vocals", "accompaniment"):
+            assert a["scores"][src] == b["scores"][src]                # the same samples, the same scores
+    dev = run_cli(dsd100, *args, "--split", "Dev", "--out", tmp_path / "dev.json", "--museval-dir", tmp_path / "mev")
+    assert dev.returncode == 0, dev.stderr
+    assert json.loads((tmp_path / "dev.json").read_text())["tracks"][0]["track"] == "A"
+    assert (tmp_path / "mev" / "train" / "A.json").is_file()        # DSD100 Dev is MUSDB18's train subset
+
+
+def test_museval_json_beside_ours_reads_back_in_museval(musdb, model_file, tmp_path, run_cli):
+    import jsonschema
+
+    out = run_cli(musdb, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "r.json", "--quiet")
+    assert out.returncode == 0, out.stderr
+    ours = json.loads((tmp_path / "r.json").read_text())
+    folder = tmp_path / "r.museval"
+    assert sorted(p.name for p in (folder / "test").iterdir()) == ["B.json", "C.json"]
+    schema = json.loads((Path(museval.__file__).parent / "musdb.schema.json").read_text())
+    for p in (folder / "test").iterdir():
+        jsonschema.validate(json.loads(p.read_text()), schema)
+    store = museval.EvalStore()
+    store.add_eval_dir(folder)
+    theirs = store.agg_frames_tracks_scores()       # museval's own aggregation: median, median
+    for src in ("vocals", "accompaniment"):
+        for metric in ("SDR", "SIR", "SAR", "ISR"):
+            assert theirs[(src, metric)] == pytest.approx(ours["summary"][src][metric], abs=1e-4), (src, metric)
+
+
+def test_tracks_in_parallel_and_saved_estimates(musdb, model_file, tmp_path, run_cli):
+    args = [musdb, "--model", model_file, "--quiet", "--wiener", "0", "-d", "cpu"]
+    one = run_cli(*args, "--out", tmp_path / "one.json", "--save-estimates", tmp_path / "est1")
+    two = run_cli(*args, "--out", tmp_path / "two.json", "--save-estimates", tmp_path / "est2", "-j", "2")
+    assert one.returncode == two.returncode == 0, one.stderr + two.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert [t["track"] for t in b["tracks"]] == ["B", "C"]
+    for ta, tb in zip(a["tracks"], b["tracks"]):
+        for src in ("vocals", "accompaniment"):
+            assert ta["scores"][src] == pytest.approx(tb["scores"][src], abs=1e-3)
+    mixture = sf.read(musdb / "test" / "B" / "mixture.wav", dtype="float32")[0]
+    saved = {d: [sf.read(tmp_path / d / "B" / f"{s}.wav", dtype="float32") for s in ("vocals", "accompaniment")]
+             for d in ("est1", "est2")}
+    for (x, rate), (y, _) in zip(saved["est1"], saved["est2"]):
+        assert rate == RATE and x.shape == mixture.shape
+        np.testing.assert_allclose(x, y, atol=1e-5)
+    refused = run_cli(*args, "--save-estimates", tmp_path / "est1")          # kept without --force
+    assert refused.returncode == 1 and "exists (use --force to overwrite)" in refused.stderr
+    assert refused.stdout == ""                                             # before any work
+    assert run_cli(*args, "--save-estimates", tmp_path / "est1", "--force").returncode == 0
+
+
+def test_without_museval_evaluate_says_what_to_install_before_any_work(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setitem(sys.modules, "museval", None)   # import museval now fails
+    out = run_cli(tmp_path / "no-such-data")
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert "needs museval" in line and "pip install 'chimera-separation[eval]'" in line, line
+
+
+@pytest.mark.parametrize("spec,problem", [("accompaniment=drums+piano", "no stem piano"),
+                                          ("drums=bass", "the model has no source 'drums'"),
+                                          ("accompaniment", "expected SOURCE=STEM+STEM"),
+                                          ("accompaniment=mixture-", "expected SOURCE=STEM+STEM")])
+def test_bad_targets_are_one_line(musdb, model_file, run_cli, spec, problem):
+    out = run_cli(musdb, "--model", model_file, "--oracle", "mixture", "--targets", spec)
+    assert out.returncode == 1 and problem in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
