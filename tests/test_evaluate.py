@@ -207,7 +207,11 @@ def test_museval_json_beside_ours_reads_back_in_museval(musdb, model_file, tmp_p
     assert sorted(p.name for p in (folder / "test").iterdir()) == ["B.json", "C.json"]
     schema = json.loads((Path(museval.__file__).parent / "musdb.schema.json").read_text())
     for p in (folder / "test").iterdir():
-        jsonschema.validate(json.loads(p.read_text()), schema)
+        scores = json.loads(p.read_text())
+        jsonschema.validate(scores, schema)
+        assert [t["name"] for t in scores["targets"]] == ["vocals", "accompaniment"]
+        for t in scores["targets"]:  # 3 s tracks: three 1-second windows, 1 s apart
+            assert [(f["time"], f["duration"]) for f in t["frames"]] == [(0, 1), (1, 1), (2, 1)]
     store = museval.EvalStore()
     store.add_eval_dir(folder)
     theirs = store.agg_frames_tracks_scores()       # museval's own aggregation: median, median
