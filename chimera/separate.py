@@ -77,11 +77,8 @@ def resolve_method(model: SeparationModel, method: str | None) -> str:
 def _as_waveform(waveform) -> torch.Tensor:
     """`waveform` as a float32 CPU tensor of shape (channels, L) or (L,), detached; a
     ValueError/TypeError saying what is wrong with it otherwise."""
-    if isinstance(waveform, torch.Tensor):
-        x = waveform.detach()
-    else:
-        x = torch.from_numpy(np.asarray(waveform)) if not np.isscalar(waveform) else torch.tensor(waveform)
-    if x.is_complex() or not (x.is_floating_point() or x.dtype == torch.float16):
+    x = waveform.detach() if isinstance(waveform, torch.Tensor) else torch.as_tensor(np.asarray(waveform))
+    if not x.is_floating_point():  # integer PCM, bool, complex
         raise TypeError(f"separate: expected float samples in [-1, 1], got {x.dtype} (divide integer PCM by its "
                         "full scale, e.g. 32768 for int16)")
     if x.dim() not in (1, 2):
