@@ -17,8 +17,6 @@ from chimera.separate import Separator
 from test_separate import noise, run_cli, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-ffmpeg = pytest.mark.skipif(subprocess.run(["which", "ffmpeg"], capture_output=True).returncode != 0,
-                            reason="needs ffmpeg (make system-deps installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +108,7 @@ def test_opus_and_mp3_outputs_at_a_rate_they_hold(tmp_path, ext, rate, want_rate
         assert np.corrcoef(got[:n].ravel(), ref[:n].ravel())[0, 1] > 0.99  # measured 0.997 to 0.99999
 
 
-@ffmpeg
-def test_files_libsndfile_cannot_read_go_through_ffmpeg(tmp_path):
+def test_files_libsndfile_cannot_read_go_through_ffmpeg(tmp_path):  # ffmpeg: installed by make (system-deps)
     wav = write(tmp_path / "in.wav", noise(2, 16000), 16000)
     m4a = tmp_path / "in.m4a"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "aac", "-b:a", "96k", str(m4a)], check=True)
