@@ -38,11 +38,6 @@ def _stats(embedding, target, weight, num_classes=None):
         num_classes = target.shape[-1]
     if weight is not None:
         weight = weight.to(embedding.dtype)
-    if embedding.device.type == "cpu" and embedding.dtype in (torch.float16, torch.bfloat16):
-        # The CPU kernel computes in float32/float64; half inputs are upcast.
-        embedding = embedding.float()
-        target = target if target.dtype == torch.long else target.float()
-        weight = None if weight is None else weight.float()
     return ops.affinity_stats(embedding, target, weight, num_classes)
 
 
@@ -54,7 +49,7 @@ def deep_clustering_loss(embedding, target, weight=None, reduction="mean", num_c
     Without weights this is the mean over the N² bin pairs. An item whose weights are
     all zero has loss 0. Gradients flow to the embedding only.
     """
-    vv, vy, yy, wsum = _stats(embedding, target, weight, num_classes)
+    vv, vy, yy, wsum, _ = _stats(embedding, target, weight, num_classes)
     norm = wsum.square().clamp_min(_TINY)
     loss = (vv.square().sum((1, 2)) - 2 * vy.square().sum((1, 2)) + yy.square().sum((1, 2))) / norm
     loss = torch.where(wsum > 0, loss, torch.zeros_like(loss))
@@ -76,7 +71,7 @@ def whitened_kmeans_loss(embedding, target, weight=None, reduction="mean", num_c
     with the ridge of ``WHITENING_RIDGE`` on both inverses (see there). Same arguments as
     :func:`deep_clustering_loss`; an item whose weights are all zero has loss 0.
     """
-    vv, vy, yy, wsum = _stats(embedding, target, weight, num_classes)
+    vv, vy, yy, wsum, _ = _stats(embedding, target, weight, num_classes)
     D = vv.shape[-1]
     a = torch.linalg.solve(_ridge(vv), vy)                 # (VᵀWV)⁻¹ VᵀWY
     b = torch.linalg.solve(_ridge(yy), vy.transpose(1, 2))  # (YᵀWY)⁻¹ YᵀWV
