@@ -1,10 +1,12 @@
 #pragma once
-// Shared arithmetic of the low-rank deep-clustering statistics and gradient.
+// Shared arithmetic of the low-rank deep-clustering statistics and gradient (CPU and CUDA).
 //
 // Statistics of one item: the Gram matrix Z^T W Z of Z = [V | Y] (N x E, E = D + C
 // for a dense target) holds V^T W V, V^T W Y and Y^T W Y at once. It is symmetric,
-// so only its lower triangle is accumulated, as a packed list of (i, j) pairs.
+// so only its lower triangle is accumulated (CUDA: a packed list of (i, j) pairs; CPU:
+// blocks on and below the diagonal) and spread into the outputs by spread_pair.
 // For index targets Y is never materialised: V^T W Y and Y^T W Y are scattered by label.
+// V^T w and sum w (the mean term of deep LDA) come with them.
 #include <cstdint>
 #include <cmath>
 #include "common/macros.h"
@@ -37,16 +39,6 @@ CHIMERA_HD void spread_pair(int64_t i, int64_t j, Out s, int64_t D, int64_t C, O
     yy[(i - D) * C + (j - D)] = s;
     yy[(j - D) * C + (i - D)] = s;
   }
-}
-
-// Spread a packed lower-triangle Gram of Z = [V | Y] (E = D + C) into V^T W V (D x D),
-// V^T W Y (D x C) and Y^T W Y (C x C), all row-major. Pass C = 0 for the V-only Gram
-// of index targets (then vy and yy are left untouched).
-template <typename Acc, typename Out>
-CHIMERA_HD void unpack_gram(const Acc* tri, int64_t D, int64_t C, Out* vv, Out* vy, Out* yy) {
-  const int64_t E = D + C;
-  for (int64_t i = 0; i < E; ++i)
-    for (int64_t j = 0; j <= i; ++j) spread_pair(i, j, static_cast<Out>(tri[tri_index(i, j)]), D, C, vv, vy, yy);
 }
 
 // dL/dV of one bin for a dense target row y (length C):
