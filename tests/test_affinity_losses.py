@@ -134,6 +134,16 @@ def test_absent_class_and_zero_weights_stay_finite(fn):
     assert torch.isfinite(V.grad).all()
 
 
+@pytest.mark.parametrize("fn", LOSSES)
+def test_nan_weight_propagates_to_the_loss(fn):
+    """A NaN weight (sign bit set, as x86 makes them) gives a NaN loss for its item: the
+    all-zero-weights guard must not read it as "no weight"."""
+    V, Y, w = make()
+    w[0, 5] = -torch.tensor(float("nan"))
+    loss = fn(V, Y, w, reduction="none")
+    assert torch.isnan(loss[0]) and torch.isfinite(loss[1])
+
+
 def test_deep_lda_of_collapsed_embeddings_is_finite():
     V, Y, w = make()
     V = V[:, :1].expand_as(V).clone().requires_grad_(True)  # no scatter at all: 0 / 0 without the ridge
