@@ -8,11 +8,12 @@
 
 TORCH_LIBRARY(chimera, m) {
   // --- deep clustering (csrc/common/affinity.h) ---
-  // Per batch item: V^T W V (B,D,D), V^T W Y (B,D,C), Y^T W Y (B,C,C), sum(w) (B,),
-  // accumulated in one pass. `target` is (B,N) int64 class indices or (B,N,C) float.
-  m.def("affinity_stats(Tensor embedding, Tensor target, Tensor? weight, int num_classes) -> (Tensor, Tensor, Tensor, Tensor)");
-  // dL/dV = W (V (G_vv + G_vv^T) + Y G_vy^T), one pass.
-  m.def("affinity_stats_backward(Tensor grad_vv, Tensor grad_vy, Tensor embedding, Tensor target, Tensor? weight) -> Tensor");
+  // Per batch item: V^T W V (B,D,D), V^T W Y (B,D,C), Y^T W Y (B,C,C), sum(w) (B,), V^T w (B,D),
+  // accumulated in one pass, float64. `target` is (B,N) int64 class indices or (B,N,C) float.
+  // num_classes (of an index target) may be symbolic: torch.compile traces `target.max() + 1`.
+  m.def("affinity_stats(Tensor embedding, Tensor target, Tensor? weight, SymInt num_classes) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // dL/dV = W (V (G_vv + G_vv^T) + Y G_vy^T + 1 g_vsum^T), one pass.
+  m.def("affinity_stats_backward(Tensor grad_vv, Tensor grad_vy, Tensor embedding, Tensor target, Tensor? weight, Tensor? grad_vsum=None) -> Tensor");
 
   // --- codebook masks (csrc/common/codebook.h) ---
   // Per row of K logits: sum_k softmax(logits)_k codebook_k, or codebook[argmax] (argmax=True);

@@ -7,13 +7,23 @@ def _seed():
     torch.manual_seed(0)
 
 
+def _threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     # Small LSTMs run many times faster on one thread than on contended cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    # Kernels split into parallel tasks, as in the issues' 2-thread figures.
+    yield from _threads(2)
 
 
 # Every instruction-set path of the CPU kernels this machine runs (chimera.ops.isa): a test

@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+from affinity_util import losses_on_reference
+from chimera import losses
 from chimera.ops import affinity_stats, affinity_stats_backward, backend, reference
 
 EXT_DISABLED = os.environ.get("CHIMERA_DISABLE_EXT", "") == "1"
@@ -72,17 +74,19 @@ def test_forward_and_backward_match_float64_reference(shape, weighted, form, dty
     v, t, w = make_inputs(B, N, D, C, form, weighted, dtype)
     got = affinity_stats(v, t, w, C)
     want = reference.affinity_stats(f64_cpu(v), f64_cpu(t), f64_cpu(w), C)
-    for name, g, r in zip(("vv", "vy", "yy", "wsum"), got, want):
+    for name, g, r in zip(("vv", "vy", "yy", "wsum", "vsum"), got, want):
         assert g.dtype == torch.float64 and g.device.type == "cuda" and g.shape == r.shape, name
         assert rel_err(g, r) <= FWD_TOL[dtype], (name, rel_err(g, r))
     assert torch.equal(got[0], got[0].transpose(1, 2)), "V^T W V must be exactly symmetric"
 
     g_vv = torch.randn(B, D, D, dtype=torch.float64)
     g_vy = torch.randn(B, D, C, dtype=torch.float64)
-    dv = affinity_stats_backward(g_vv.to(DEV), g_vy.to(DEV), v, t, w)
-    assert dv.dtype == dtype and dv.shape == v.shape
-    want_dv = reference.affinity_stats_backward(g_vv, g_vy, f64_cpu(v), f64_cpu(t), f64_cpu(w))
-    assert rel_err(dv, want_dv) <= BWD_TOL[dtype], rel_err(dv, want_dv)
+    g_vs = torch.randn(B, D, dtype=torch.float64)
+    for g_vsum in (None, g_vs):
+        dv = affinity_stats_backward(g_vv.to(DEV), g_vy.to(DEV), v, t, w, None if g_vsum is None else g_vsum.to(DEV))
+        assert dv.dtype == dtype and dv.shape == v.shape
+        want_dv = reference.affinity_stats_backward(g_vv, g_vy, f64_cpu(v), f64_cpu(t), f64_cpu(w), g_vsum)
+        assert rel_err(dv, want_dv) <= BWD_TOL[dtype], rel_err(dv, want_dv)
 
 
 def test_forward_is_bitwise_reproducible():
@@ -108,22 +112,61 @@ def test_non_contiguous_inputs(form):
     assert rel_err(dv, reference.affinity_stats_backward(g_vv, g_vy, f64_cpu(v), f64_cpu(t), f64_cpu(w))) <= 1e-5
 
 
+@pytest.mark.parametrize("form", ["index", "soft"])
+def test_deep_lda_loss_on_cuda_meets_the_reference(form):
+    """The deep-LDA loss and gradient (the g_vsum path) against the CPU reference in float64."""
+    v, t, w = make_inputs(2, 5000, 20, 3, form, True, torch.float32)
+    v.requires_grad_(True)
+    loss = losses.deep_lda_loss(v, t, w, reduction="none")
+    (grad,) = torch.autograd.grad(loss.sum(), v)
+    v64 = f64_cpu(v.detach()).requires_grad_(True)
+    with losses_on_reference():
+        want = losses.deep_lda_loss(v64, f64_cpu(t), f64_cpu(w), reduction="none")
+        (want_grad,) = torch.autograd.grad(want.sum(), v64)
+    assert rel_err(loss, want) <= 1e-5 and rel_err(grad, want_grad) <= 1e-4
+
+
 def test_zero_weights_give_zero_statistics_and_gradient():
     v, t, _ = make_inputs(2, 200, 5, 2, "index", False, torch.float32)
     w = torch.zeros(2, 200, device=DEV)
-    vv, vy, yy, ws = affinity_stats(v, t, w, 2)
+    vv, vy, yy, ws, vs = affinity_stats(v, t, w, 2)
+    assert vs.abs().max() == 0
     assert vv.abs().max() == 0 and vy.abs().max() == 0 and yy.abs().max() == 0 and ws.abs().max() == 0
     dv = affinity_stats_backward(torch.ones(2, 5, 5, dtype=torch.float64, device=DEV),
                                  torch.ones(2, 5, 2, dtype=torch.float64, device=DEV), v, t, w)
     assert torch.equal(dv, torch.zeros_like(dv))
 
 
-def test_empty_bins():
-    v = torch.randn(2, 0, 4, device=DEV)
-    t = torch.zeros(2, 0, dtype=torch.long, device=DEV)
-    vv, vy, yy, ws = affinity_stats(v, t, None, 3)
-    assert vv.shape == (2, 4, 4) and vy.shape == (2, 4, 3) and yy.shape == (2, 3, 3)
-    assert not vv.any() and not vy.any() and not yy.any() and not ws.any()
+@pytest.mark.parametrize("shape", [(2, 0, 4), (0, 50, 4), (2, 50, 0)], ids=["N=0", "B=0", "D=0"])
+@pytest.mark.parametrize("form", ["index", "soft"])
+def test_empty_inputs_match_the_reference(shape, form):
+    B, N, D = shape
+    v, t, w = make_inputs(B, N, D, 3, form, True, torch.float32)
+    got = affinity_stats(v, t, w, 3)
+    want = reference.affinity_stats(f64_cpu(v), f64_cpu(t), f64_cpu(w), 3)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g.cpu(), r)
+    g_vv, g_vy, g_vs = (torch.randn(B, D, D, dtype=torch.float64), torch.randn(B, D, 3, dtype=torch.float64),
+                        torch.randn(B, D, dtype=torch.float64))
+    dv = affinity_stats_backward(g_vv.to(DEV), g_vy.to(DEV), v, t, w, g_vs.to(DEV))
+    assert dv.shape == v.shape
+
+
+@pytest.mark.parametrize("value", [float("nan"), -float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("form", ["index", "soft"])
+def test_non_finite_values_propagate_like_the_reference(value, form):
+    v, t, w = make_inputs(2, 300, 5, 3, form, True, torch.float32)
+    v[0, 17, 2] = value
+    got = affinity_stats(v, t, w, 3)
+    want = reference.affinity_stats(f64_cpu(v), f64_cpu(t), f64_cpu(w), 3)
+    where = lambda x: torch.stack([x.isnan(), x.isposinf(), x.isneginf()])  # noqa: E731
+    for g, r in zip(got, want):
+        assert torch.equal(where(g.cpu()), where(r))
+    g_vv, g_vy = torch.randn(2, 5, 5, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    dv = affinity_stats_backward(g_vv.to(DEV), g_vy.to(DEV), v, t, w)
+    want_dv = reference.affinity_stats_backward(g_vv, g_vy, f64_cpu(v), f64_cpu(t), f64_cpu(w)).float()
+    assert torch.equal(where(dv.cpu()), where(want_dv))
 
 
 @pytest.mark.parametrize("bad", [-1, 3])
@@ -166,3 +209,5 @@ def test_opcheck(form, requires_grad, dtype):
     g_vv = torch.randn(2, 4, 4, dtype=torch.float64, device=DEV)
     g_vy = torch.randn(2, 4, 3, dtype=torch.float64, device=DEV)
     torch.library.opcheck(torch.ops.chimera.affinity_stats_backward.default, (g_vv, g_vy, v.detach(), t, w))
+    g_vs = torch.randn(2, 4, dtype=torch.float64, device=DEV)
+    torch.library.opcheck(torch.ops.chimera.affinity_stats_backward.default, (g_vv, g_vy, v.detach(), t, w, g_vs))

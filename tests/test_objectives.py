@@ -6,7 +6,7 @@ import torch
 from chimera import signal
 from chimera.models import ModelOutput, SeparationModel, StftConfig, flatten_bins, preset
 from chimera.objectives import (
-    deep_clustering_loss, whitened_kmeans_loss,
+    deep_clustering_loss, deep_lda_loss, whitened_kmeans_loss,
     OBJECTIVES, csa_loss, dc_targets, msa_loss, objective, permute_sources, pit, pit_from_matrix, si_sdr,
     si_sdr_loss, tpsa_loss, tpsa_target,
 )
@@ -191,7 +191,7 @@ def test_dc_targets_order_matches_embedding_bins():
 
 
 def test_dc_objectives_are_the_named_losses():
-    """"dc" is the classic loss and "dcw" the whitened k-means loss (DC-W), each on the ideal
+    """"dc" is the classic loss, "dcw" the whitened k-means loss (DC-W), "dclda" deep LDA, each on the ideal
     binary labels with its weights: the names mean what the papers mean."""
     model = SeparationModel(preset("chimerapp", hidden=8, layers=1, stft=STFT))
     sources = torch.randn(2, 2, 1000)
@@ -204,6 +204,10 @@ def test_dc_objectives_are_the_named_losses():
                                deep_clustering_loss(out.embedding, labels, w))
     torch.testing.assert_close(objective("dc")(out, mix, sources), deep_clustering_loss(out.embedding, labels))
     assert not torch.allclose(objective("dcw")(out, mix, sources), objective("dc", weights="mr")(out, mix, sources))
+    # "dclda": deep LDA (torch-chimera's DC term), magnitude-ratio weights by default
+    torch.testing.assert_close(objective("dclda")(out, mix, sources), deep_lda_loss(out.embedding, labels, w))
+    torch.testing.assert_close(objective("chimera", dc="dclda", mi="msa", alpha=0.975)(out, mix, sources),
+                               0.975 * deep_lda_loss(out.embedding, labels, w) + 0.025 * objective("msa")(out, mix, sources))
 
 
 def test_chimera_is_the_alpha_combination():

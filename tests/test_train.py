@@ -151,7 +151,9 @@ def test_recipes_are_valid():
         assert cfg["stages"]
     combook = tr.validate_config(tr.load_config(ROOT / "recipes/torch-chimera-combook.toml"))
     assert [(s["objective"], s["epochs"], s["options"].get("alpha")) for s in combook["stages"]] == \
-        [("dc", 10, None), ("chimera", 10, 0.95), ("wa", 5, None)]
+        [("dclda", 10, None), ("chimera", 10, 0.975), ("wa", 5, None)]  # torch-chimera's code (issue 19)
+    assert {k: combook["stages"][1]["options"][k] for k in ("dc", "mi", "gamma")} == {"dc": "dclda", "mi": "tpsa",
+                                                                                      "gamma": 2.0}
 
 
 def test_epoch_order_is_a_function_of_seed_stage_epoch_and_ranks_partition_it():

@@ -10,7 +10,7 @@
 :mod:`chimera.losses` is the same public API under its historical name.
 """
 from ._common import REDUCTIONS
-from .dc import WHITENING_RIDGE, deep_clustering_loss, whitened_kmeans_loss
+from .dc import WHITENING_RIDGE, deep_clustering_loss, deep_lda_loss, whitened_kmeans_loss
 from .metrics import NORMS, permute_sources, pit, pit_from_matrix, si_sdr, si_sdr_loss
 from .mi import csa_loss, msa_loss, tpsa_loss, tpsa_target
 from .objective import MI_NAMES, OBJECTIVES, OPTIONS, Objective, objective
@@ -19,7 +19,7 @@ from .wave import wa_loss, wa_misi_loss, wave_si_sdr_loss
 
 __all__ = [
     "DC_WEIGHTS", "MI_NAMES", "NORMS", "OBJECTIVES", "OPTIONS", "Objective", "REDUCTIONS", "WHITENING_RIDGE",
-    "csa_loss", "dc_targets", "deep_clustering_loss", "ideal_binary_labels", "magnitude_ratio_weights",
+    "csa_loss", "dc_targets", "deep_clustering_loss", "deep_lda_loss", "ideal_binary_labels", "magnitude_ratio_weights",
     "msa_loss", "objective", "permute_sources", "pit", "pit_from_matrix", "si_sdr", "si_sdr_loss", "tpsa_loss",
     "tpsa_target", "voice_activity_weights", "wa_loss", "wa_misi_loss", "wave_si_sdr_loss",
     "whitened_kmeans_loss",

@@ -11,7 +11,7 @@ import functools
 
 from .. import signal
 from ._common import check_choice
-from .dc import deep_clustering_loss, whitened_kmeans_loss
+from .dc import deep_clustering_loss, deep_lda_loss, whitened_kmeans_loss
 from .metrics import NORMS
 from .mi import csa_loss, msa_loss, tpsa_loss
 from .targets import DC_WEIGHTS, dc_targets
@@ -46,8 +46,10 @@ def _dc_term(loss):
 
 #: The loss of each deep-clustering (embedding head) and mask-inference (mask head) objective,
 #: given a :class:`Batch` and the objective's options: "dc" the classic affinity loss (Hershey
-#: 2016), "dcw" the whitened k-means loss (DC-W, Wang, Le Roux & Hershey 2018).
-DC_LOSSES = {"dc": _dc_term(deep_clustering_loss), "dcw": _dc_term(whitened_kmeans_loss)}
+#: 2016), "dcw" the whitened k-means loss (DC-W) and "dclda" the deep-LDA loss (both Wang,
+#: Le Roux & Hershey 2018; deep LDA is the DC term torch-chimera trains with).
+DC_LOSSES = {"dc": _dc_term(deep_clustering_loss), "dcw": _dc_term(whitened_kmeans_loss),
+             "dclda": _dc_term(deep_lda_loss)}
 MI_LOSSES = {
     "msa": lambda b, o: msa_loss(b.output.masks, b.output.mixture_spec, b.source_specs, norm=o["norm"],
                                  pit=o["pit"]),
@@ -66,6 +68,7 @@ DC_NAMES, MI_NAMES = tuple(DC_LOSSES), tuple(MI_LOSSES)
 OPTIONS = {
     "dc": {"weights": None},
     "dcw": {"weights": "mr"},  # magnitude-ratio weights, as Chimera++ uses them
+    "dclda": {"weights": "mr"},  # as torch-chimera weights its deep-LDA term
     "msa": {"pit": False, "norm": "l1"},
     "tpsa": {"pit": False, "norm": "l1", "gamma": 2.0},
     "csa": {"pit": False, "norm": "l1"},
@@ -186,7 +189,9 @@ def objective(name: str, **options) -> Objective:
 
     - ``"dc"``, the classic deep-clustering loss (no weights by default; ``weights="mr"`` for
       magnitude-ratio, ``"va"`` for voice-activity weights), and ``"dcw"``, the whitened
-      k-means loss DC-W (magnitude-ratio weights by default): both on ideal binary labels.
+      k-means loss DC-W (magnitude-ratio weights by default), and ``"dclda"``, the deep-LDA loss
+      (within- over total-class scatter, magnitude-ratio weights by default): all on ideal
+      binary labels.
     - ``"msa"``, ``"tpsa"`` (``gamma=2.0``), ``"csa"``: MI losses, ``norm="l1"|"l2"``.
     - ``"wa"``; ``"wa-misi"`` (``misi_iters=5``); ``"si-sdr"`` (negative SI-SDR after iSTFT).
     - ``"chimera"``: ``alpha``·DC + (1 − ``alpha``)·MI with ``alpha=0.975`` (Chimera++; the

@@ -9,45 +9,77 @@ import torch
 
 # ---------------------------------------------------------------- deep clustering
 
-def _dense_target(embedding, target, num_classes):
-    if target.dtype == torch.long:
-        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-            raise RuntimeError(f"affinity_stats: target label out of range [0, {num_classes})")
-        return torch.nn.functional.one_hot(target, num_classes).to(torch.float64)
-    return target.to(torch.float64)
+_AFFINITY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check_affinity_inputs(embedding, target, weight):
+def _check_affinity_inputs(name, embedding, target, weight, num_classes):
+    """The checks of csrc/common/affinity_host.h (shapes, the dtype policy, label range)."""
     if embedding.dim() != 3:
-        raise RuntimeError(f"affinity_stats: embedding must be (B, N, D), got {tuple(embedding.shape)}")
-    if tuple(target.shape[:2]) != tuple(embedding.shape[:2]):
-        raise RuntimeError(f"affinity_stats: target must be (B, N[, C]), got {tuple(target.shape)}")
-    if weight is not None and tuple(weight.shape) != tuple(embedding.shape[:2]):
-        raise RuntimeError(f"affinity_stats: weight must be (B, N), got {tuple(weight.shape)}")
+        raise RuntimeError(f"{name}: embedding must be (B, N, D), got {tuple(embedding.shape)}")
+    if embedding.dtype not in _AFFINITY_DTYPES:
+        raise RuntimeError(f"{name}: embedding must be float32, float64, float16 or bfloat16, got {embedding.dtype}")
+    B, N, _ = embedding.shape
+    if target.dtype == torch.long:
+        if tuple(target.shape) != (B, N):
+            raise RuntimeError(f"{name}: index target must be (B, N) = ({B}, {N}), got {tuple(target.shape)}")
+        if num_classes <= 0:
+            raise RuntimeError(f"{name}: num_classes must be positive for an index target, got {num_classes}")
+        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+            raise RuntimeError(f"{name}: target label out of range [0, {num_classes})")
+    else:
+        if target.dim() != 3 or tuple(target.shape[:2]) != (B, N):
+            raise RuntimeError(f"{name}: dense target must be (B, N, C), got {tuple(target.shape)}")
+        if target.dtype != embedding.dtype:
+            raise RuntimeError(f"{name}: dense target dtype {target.dtype} differs from embedding dtype {embedding.dtype}")
+        if num_classes > 0 and num_classes != target.shape[-1]:
+            raise RuntimeError(f"{name}: num_classes={num_classes} but the target has {target.shape[-1]} classes")
+    if weight is not None:
+        if tuple(weight.shape) != (B, N):
+            raise RuntimeError(f"{name}: weight must be (B, N), got {tuple(weight.shape)}")
+        if weight.dtype != embedding.dtype:
+            raise RuntimeError(f"{name}: weight dtype {weight.dtype} differs from embedding dtype {embedding.dtype}")
+
+
+def _weights64(embedding, weight):
+    if weight is None:
+        return torch.ones(embedding.shape[:2], dtype=torch.float64, device=embedding.device)
+    return weight.to(torch.float64)
 
 
 def affinity_stats(embedding, target, weight, num_classes):
-    """(VᵀWV, VᵀWY, YᵀWY, Σw) per item, in float64."""
-    _check_affinity_inputs(embedding, target, weight)
+    """(VᵀWV, VᵀWY, YᵀWY, Σw, Vᵀw) per item, in float64. An index target adds each bin to
+    its label's column only (a gather/scatter, not a product with a one-hot: a NaN stays in
+    its class), so YᵀWY is diagonal."""
+    _check_affinity_inputs("affinity_stats", embedding, target, weight, num_classes)
     V = embedding.to(torch.float64)
-    Y = _dense_target(embedding, target, num_classes)
-    w = torch.ones(V.shape[:2], dtype=torch.float64, device=V.device) if weight is None else weight.to(torch.float64)
+    w = _weights64(embedding, weight)
     WV = V * w.unsqueeze(-1)
-    return (
-        V.transpose(1, 2) @ WV,
-        WV.transpose(1, 2) @ Y,
-        Y.transpose(1, 2) @ (Y * w.unsqueeze(-1)),
-        w.sum(-1),
-    )
+    if target.dtype == torch.long:
+        B, N, D = V.shape
+        vy = V.new_zeros(B, num_classes, D).scatter_add_(1, target.unsqueeze(-1).expand(B, N, D), WV).transpose(1, 2)
+        yy = torch.diag_embed(w.new_zeros(B, num_classes).scatter_add_(1, target, w))
+    else:
+        Y = target.to(torch.float64)
+        vy = WV.transpose(1, 2) @ Y
+        yy = Y.transpose(1, 2) @ (Y * w.unsqueeze(-1))
+    return V.transpose(1, 2) @ WV, vy, yy, w.sum(-1), WV.sum(1)
 
 
-def affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight):
-    """dL/dV = W (V (G_vv + G_vvᵀ) + Y G_vyᵀ)."""
-    _check_affinity_inputs(embedding, target, weight)
+def affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight, grad_vsum=None):
+    """dL/dV = W (V (G_vv + G_vvᵀ) + Y G_vyᵀ + 1 g_vsumᵀ); for an index target Y G_vyᵀ is
+    the label's row of G_vyᵀ (a gather)."""
+    _check_affinity_inputs("affinity_stats_backward", embedding, target, weight,
+                           grad_vy.shape[-1] if target.dtype == torch.long else -1)
     V = embedding.to(torch.float64)
-    Y = _dense_target(embedding, target, grad_vy.shape[-1])
-    w = torch.ones(V.shape[:2], dtype=torch.float64, device=V.device) if weight is None else weight.to(torch.float64)
-    grad = V @ (grad_vv + grad_vv.transpose(1, 2)) + Y @ grad_vy.transpose(1, 2)
+    w = _weights64(embedding, weight)
+    H = grad_vy.to(torch.float64).transpose(1, 2)  # (B, C, D)
+    grad = V @ (grad_vv + grad_vv.transpose(1, 2)).to(torch.float64)
+    if target.dtype == torch.long:
+        grad = grad + H.gather(1, target.unsqueeze(-1).expand(*target.shape, V.shape[-1]))
+    else:
+        grad = grad + target.to(torch.float64) @ H
+    if grad_vsum is not None:
+        grad = grad + grad_vsum.to(torch.float64).unsqueeze(1)
     return (grad * w.unsqueeze(-1)).to(embedding.dtype)
 
 

@@ -1,10 +1,12 @@
 #pragma once
-// Shared arithmetic of the low-rank deep-clustering statistics and gradient.
+// Shared arithmetic of the low-rank deep-clustering statistics and gradient (CPU and CUDA).
 //
 // Statistics of one item: the Gram matrix Z^T W Z of Z = [V | Y] (N x E, E = D + C
 // for a dense target) holds V^T W V, V^T W Y and Y^T W Y at once. It is symmetric,
-// so only its lower triangle is accumulated, as a packed list of (i, j) pairs.
+// so only its lower triangle is accumulated (CUDA: a packed list of (i, j) pairs; CPU:
+// blocks on and below the diagonal) and spread into the outputs by spread_pair.
 // For index targets Y is never materialised: V^T W Y and Y^T W Y are scattered by label.
+// V^T w and sum w (the mean term of deep LDA) come with them.
 #include <cstdint>
 #include <cmath>
 #include "common/macros.h"
@@ -39,89 +41,41 @@ CHIMERA_HD void spread_pair(int64_t i, int64_t j, Out s, int64_t D, int64_t C, O
   }
 }
 
-// Spread a packed lower-triangle Gram of Z = [V | Y] (E = D + C) into V^T W V (D x D),
-// V^T W Y (D x C) and Y^T W Y (C x C), all row-major. Pass C = 0 for the V-only Gram
-// of index targets (then vy and yy are left untouched).
-template <typename Acc, typename Out>
-CHIMERA_HD void unpack_gram(const Acc* tri, int64_t D, int64_t C, Out* vv, Out* vy, Out* yy) {
-  const int64_t E = D + C;
-  for (int64_t i = 0; i < E; ++i)
-    for (int64_t j = 0; j <= i; ++j) spread_pair(i, j, static_cast<Out>(tri[tri_index(i, j)]), D, C, vv, vy, yy);
-}
-
 // dL/dV of one bin for a dense target row y (length C):
-//   out[j] = w * (sum_i v[i] G[i][j] + sum_c y[c] H[c][j]),
-// with G = dL/d(VᵀWV) + its transpose (D x D) and H = (dL/d(VᵀWY))ᵀ (C x D).
+//   out[j] = w * (g[j] + sum_c y[c] H[c][j] + sum_i v[i] G[i][j]),
+// with G = dL/d(VᵀWV) + its transpose (D x D), H = (dL/d(VᵀWY))ᵀ (C x D), both with row
+// stride ld >= D, and g = dL/d(Vᵀw) (D). The sums run in this fixed order (the CPU
+// micro-kernel keeps it too), so a row's value never depends on the rows computed with it.
 template <typename T>
-CHIMERA_HD void gradient_row_dense(const T* v, const T* y, T w, const T* G, const T* H,
-                                   int64_t D, int64_t C, T* out) {
-  for (int64_t j = 0; j < D; ++j) out[j] = T(0);
-  for (int64_t i = 0; i < D; ++i) {
-    const T vi = v[i];
-    const T* g = G + i * D;
-    for (int64_t j = 0; j < D; ++j) out[j] += vi * g[j];
-  }
+CHIMERA_HD void gradient_row_dense(const T* v, const T* y, T w, const T* G, const T* H, const T* g, int64_t D,
+                                   int64_t C, int64_t ld, T* out) {
+  for (int64_t j = 0; j < D; ++j) out[j] = g[j];
   for (int64_t c = 0; c < C; ++c) {
     const T yc = y[c];
-    const T* h = H + c * D;
+    const T* h = H + c * ld;
     for (int64_t j = 0; j < D; ++j) out[j] += yc * h[j];
+  }
+  for (int64_t i = 0; i < D; ++i) {
+    const T vi = v[i];
+    const T* gi = G + i * ld;
+    for (int64_t j = 0; j < D; ++j) out[j] += vi * gi[j];
   }
   for (int64_t j = 0; j < D; ++j) out[j] *= w;
 }
 
-// The same for an index target: the row of Y is one-hot, so Y H is a row of H.
+// The same for an index target: the row of Y is one-hot, so g + Y H is row `label` of H
+// once g has been added to every row of H (affinity_host.h, gradient_operands).
 template <typename T>
-CHIMERA_HD void gradient_row_index(const T* v, int64_t label, T w, const T* G, const T* H,
-                                   int64_t D, T* out) {
-  const T* h = H + label * D;
+CHIMERA_HD void gradient_row_index(const T* v, int64_t label, T w, const T* G, const T* H, int64_t D, int64_t ld,
+                                   T* out) {
+  const T* h = H + label * ld;
   for (int64_t j = 0; j < D; ++j) out[j] = h[j];
   for (int64_t i = 0; i < D; ++i) {
     const T vi = v[i];
-    const T* g = G + i * D;
-    for (int64_t j = 0; j < D; ++j) out[j] += vi * g[j];
+    const T* gi = G + i * ld;
+    for (int64_t j = 0; j < D; ++j) out[j] += vi * gi[j];
   }
   for (int64_t j = 0; j < D; ++j) out[j] *= w;
-}
-
-// The same rows with G and H padded with zeros to a compile-time width WIDTH >= D (row
-// stride WIDTH): the accumulator then lives in registers and the inner loop has a fixed
-// trip count that the compiler vectorises.
-template <typename T, int WIDTH>
-CHIMERA_HD void accumulate_padded(const T* v, const T* Gp, int64_t D, T* acc) {
-  for (int64_t i = 0; i < D; ++i) {
-    const T vi = v[i];
-    for (int j = 0; j < WIDTH; ++j) acc[j] += vi * Gp[i * WIDTH + j];
-  }
-}
-
-// STORE_WIDTH: write all WIDTH values (the D of this row, then WIDTH - D that spill into
-// the next rows, which the caller writes afterwards); a fixed-size store lets the compiler
-// keep the accumulator in registers. Otherwise exactly D values are written.
-template <typename T, int WIDTH, bool STORE_WIDTH>
-CHIMERA_HD void store_row(const T* acc, T w, int64_t D, T* out) {
-  if (STORE_WIDTH) {
-    for (int j = 0; j < WIDTH; ++j) out[j] = w * acc[j];
-  } else {
-    for (int64_t j = 0; j < D; ++j) out[j] = w * acc[j];
-  }
-}
-
-template <typename T, int WIDTH, bool STORE_WIDTH = false>
-CHIMERA_HD void gradient_row_index_padded(const T* v, const T* h_label, T w, const T* Gp, int64_t D, T* out) {
-  T acc[WIDTH];
-  for (int j = 0; j < WIDTH; ++j) acc[j] = h_label[j];
-  accumulate_padded<T, WIDTH>(v, Gp, D, acc);
-  store_row<T, WIDTH, STORE_WIDTH>(acc, w, D, out);
-}
-
-template <typename T, int WIDTH, bool STORE_WIDTH = false>
-CHIMERA_HD void gradient_row_dense_padded(const T* v, const T* y, T w, const T* Gp, const T* Hp, int64_t D,
-                                          int64_t C, T* out) {
-  T acc[WIDTH];
-  for (int j = 0; j < WIDTH; ++j) acc[j] = T(0);
-  accumulate_padded<T, WIDTH>(y, Hp, C, acc);
-  accumulate_padded<T, WIDTH>(v, Gp, D, acc);
-  store_row<T, WIDTH, STORE_WIDTH>(acc, w, D, out);
 }
 
 }  // namespace affinity

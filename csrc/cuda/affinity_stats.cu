@@ -1,6 +1,7 @@
 // CUDA kernels of chimera::affinity_stats and chimera::affinity_stats_backward.
-// Same semantics and checks as csrc/cpu/affinity_stats.cpp; the per-pair and per-row
-// arithmetic comes from csrc/common/affinity.h. Inputs float32/float64/float16/bfloat16;
+// Same semantics as csrc/cpu/affinity_stats.cpp: the checks, dtype policy, allocation and
+// gradient operands come from csrc/common/affinity_host.h, the per-pair and per-row
+// arithmetic from csrc/common/affinity.h. Inputs float32/float64/float16/bfloat16;
 // float16/bfloat16 are computed in float32, the statistics are float64.
 //
 // Forward (stats_kernel): block (chunk, item) walks its chunk of bins one tile at a
@@ -9,14 +10,15 @@
 // statistics it owns over the tile, in the compute type, and adds that to a float64
 // register. The statistics ("items") of one item are: the packed lower triangle of the
 // Gram Z^T W Z, then for an index target V^T W Y and diag(Y^T W Y) as masked dots
-// (label == c) -- no shared atomics, no one-hot -- and last sum(w).
+// (label == c) -- no shared atomics, no one-hot -- then V^T w and last sum(w).
 // Each block writes its partial sums; reduce_kernel adds the chunks in a fixed order and
 // spreads them into the outputs, so results are bitwise reproducible (no float atomics).
 // Extra memory: B * chunks * items doubles, chunks bounded by the SM count, not by N.
 //
-// Backward (grad_kernel): block (rows, item) stages G = g_vv + g_vv^T and H = g_vy^T of
-// its item and a tile of rows of V (and Y) in shared memory; one thread per bin row calls
-// affinity::gradient_row_* into a shared dV tile, which is written back coalesced.
+// Backward (grad_kernel): block (rows, item) stages G = g_vv + g_vv^T, H = g_vy^T and g =
+// g_vsum of its item (g folded into H for an index target) and a tile of rows of V (and Y)
+// in shared memory; one thread per bin row calls affinity::gradient_row_* into a shared dV
+// tile, which is written back coalesced.
 //
 // Labels outside [0, C) raise an error after the kernel (a device flag is read back,
 // which synchronises, as the CPU kernel and the reference also check).
@@ -35,6 +37,7 @@
 #include <algorithm>
 
 #include "common/affinity.h"
+#include "common/affinity_host.h"
 
 namespace chimera {
 namespace {
@@ -45,47 +48,14 @@ constexpr int kMaxTile = 64;         // bins per shared-memory tile
 constexpr int kGradRows = 128;       // backward: bin rows per block (one thread each)
 constexpr size_t kDefaultSmem = 48 * 1024;
 
-enum ItemKind : int { kPair = 0, kVY = 1, kYY = 2, kWSum = 3, kNone = 4 };
+enum ItemKind : int { kPair = 0, kVY = 1, kYY = 2, kVSum = 3, kWSum = 4, kNone = 5 };
 
-struct Shape {
-  int64_t B, N, D, C;
-  bool index_target, weighted;
-};
+using affinity::Shape;
 
-Shape check_inputs(const char* op, const at::Tensor& emb, const at::Tensor& target,
-                   const std::optional<at::Tensor>& weight, int64_t num_classes) {
+// What only the CUDA kernels need beyond the shared checks (common/affinity_host.h).
+void check_cuda(const char* op, const at::Tensor& emb, const Shape& s) {
   TORCH_CHECK(emb.is_cuda(), op, ": embedding must be a CUDA tensor");
-  TORCH_CHECK(emb.dim() == 3, op, ": embedding must be (B, N, D), got ", emb.sizes());
-  const auto dt = emb.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              op, " (CUDA): embedding must be float32, float64, float16 or bfloat16, got ", dt);
-  TORCH_CHECK(target.device() == emb.device(), op, ": target is on ", target.device(),
-              " but the embedding is on ", emb.device());
-  Shape s{emb.size(0), emb.size(1), emb.size(2), 0, target.scalar_type() == at::kLong, weight.has_value()};
-  if (s.index_target) {
-    TORCH_CHECK(target.dim() == 2 && target.size(0) == s.B && target.size(1) == s.N,
-                op, ": index target must be (B, N) = (", s.B, ", ", s.N, "), got ", target.sizes());
-    TORCH_CHECK(num_classes > 0, op, ": num_classes must be positive for an index target");
-    s.C = num_classes;
-  } else {
-    TORCH_CHECK(target.dim() == 3 && target.size(0) == s.B && target.size(1) == s.N,
-                op, ": dense target must be (B, N, C), got ", target.sizes());
-    TORCH_CHECK(target.scalar_type() == dt, op, ": dense target dtype ", target.scalar_type(),
-                " differs from embedding dtype ", dt);
-    s.C = target.size(2);
-    TORCH_CHECK(num_classes == s.C || num_classes <= 0, op, ": num_classes=", num_classes,
-                " but the target has ", s.C, " classes");
-  }
-  if (s.weighted) {
-    TORCH_CHECK(weight->device() == emb.device(), op, ": weight is on ", weight->device(),
-                " but the embedding is on ", emb.device());
-    TORCH_CHECK(weight->dim() == 2 && weight->size(0) == s.B && weight->size(1) == s.N,
-                op, ": weight must be (B, N), got ", weight->sizes());
-    TORCH_CHECK(weight->scalar_type() == dt, op, ": weight dtype ", weight->scalar_type(),
-                " differs from embedding dtype ", dt);
-  }
   TORCH_CHECK(s.B <= 65535, op, " (CUDA): batch size ", s.B, " exceeds 65535");
-  return s;
 }
 
 // Dynamic shared memory beyond 48 KiB must be requested per kernel; fail clearly when
@@ -111,6 +81,10 @@ __device__ __forceinline__ int item_kind(int64_t q, int64_t P, int64_t D, int64_
     return kPair;
   }
   if (q == Q - 1) return kWSum;
+  if (q >= Q - 1 - D) {
+    j = static_cast<int>(q - (Q - 1 - D));  // feature
+    return kVSum;
+  }
   q -= P;  // only index targets get here
   if (q < C * D) {
     i = static_cast<int>(q / D);  // class
@@ -198,6 +172,9 @@ __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
         case kYY:
           for (int n = 0; n < tile; ++n) s += lab[n] == ii[k] ? wt[n] : acc_t(0);
           break;
+        case kVSum:
+          for (int n = 0; n < tile; ++n) s += wzj[n];
+          break;
         case kWSum:
           for (int n = 0; n < tile; ++n) s += wt[n];
           break;
@@ -220,7 +197,8 @@ __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
 // One block per item: add the chunks of each statistic in chunk order and store it.
 __global__ void reduce_kernel(const double* __restrict__ partial, int64_t chunks, int64_t Q, int64_t P,
                               int64_t D, int64_t C, bool index_target, double* __restrict__ vv,
-                              double* __restrict__ vy, double* __restrict__ yy, double* __restrict__ wsum) {
+                              double* __restrict__ vy, double* __restrict__ yy, double* __restrict__ wsum,
+                              double* __restrict__ vsum) {
   const int64_t b = blockIdx.x;
   const double* part = partial + b * chunks * Q;
   double* ovv = vv + b * D * D;
@@ -235,6 +213,8 @@ __global__ void reduce_kernel(const double* __restrict__ partial, int64_t chunks
       affinity::spread_pair(i, j, s, D, index_target ? 0 : C, ovv, ovy, oyy);
     } else if (q == Q - 1) {
       wsum[b] = s;
+    } else if (q >= Q - 1 - D) {
+      vsum[b * D + q - (Q - 1 - D)] = s;
     } else if (q - P < C * D) {  // index target: V^T W Y, stored (d, c)
       const int64_t c = (q - P) / D, d = (q - P) % D;
       ovy[d * C + c] = s;
@@ -248,8 +228,8 @@ __global__ void reduce_kernel(const double* __restrict__ partial, int64_t chunks
 template <typename scalar_t, typename acc_t>
 __global__ void grad_kernel(const scalar_t* __restrict__ V, const scalar_t* __restrict__ Yd,
                             const int64_t* __restrict__ labels, const scalar_t* __restrict__ W,
-                            const acc_t* __restrict__ G, const acc_t* __restrict__ H, scalar_t* __restrict__ dV,
-                            int64_t N, int D, int C, int rows, int* __restrict__ bad_label) {
+                            const acc_t* __restrict__ G, const acc_t* __restrict__ H, const acc_t* __restrict__ g,
+                            scalar_t* __restrict__ dV, int64_t N, int D, int C, int rows, int* __restrict__ bad_label) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int ld = D | 1;  // odd row stride: one row per thread without bank conflicts
   acc_t* sG = reinterpret_cast<acc_t*>(smem);  // D x D
@@ -257,13 +237,16 @@ __global__ void grad_kernel(const scalar_t* __restrict__ V, const scalar_t* __re
   acc_t* sv = sH + C * D;                      // rows x ld: V
   acc_t* so = sv + rows * ld;                  // rows x ld: dV
   acc_t* sy = so + rows * ld;                  // rows x C (dense target)
+  acc_t* sg = sy + rows * C;                   // D: g (dense target)
 
   const int64_t b = blockIdx.y;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows;
   const int nr = static_cast<int>(min(static_cast<int64_t>(rows), N - r0));
-  const bool index_target = labels != nullptr;
+  const bool index_target = labels != nullptr;  // nr > 0 here: the labels pointer is not that of an empty tensor
 
   for (int e = threadIdx.x; e < D * D; e += blockDim.x) sG[e] = G[b * D * D + e];
+  if (!index_target)
+    for (int e = threadIdx.x; e < D; e += blockDim.x) sg[e] = g[b * D + e];
   for (int e = threadIdx.x; e < C * D; e += blockDim.x) sH[e] = H[b * C * D + e];
   const scalar_t* v = V + (b * N + r0) * D;
   for (int e = threadIdx.x; e < nr * D; e += blockDim.x) sv[(e / D) * ld + e % D] = static_cast<acc_t>(v[e]);
@@ -284,9 +267,9 @@ __global__ void grad_kernel(const scalar_t* __restrict__ V, const scalar_t* __re
         *bad_label = 1;  // reported by the host; clamp so the read stays in bounds
         c = c < 0 ? 0 : C - 1;
       }
-      affinity::gradient_row_index(row, c, w, sG, sH, D, out);
+      affinity::gradient_row_index(row, c, w, sG, sH, D, D, out);
     } else {
-      affinity::gradient_row_dense(row, sy + r * C, w, sG, sH, D, C, out);
+      affinity::gradient_row_dense(row, sy + r * C, w, sG, sH, sg, D, C, D, out);
     }
   }
   __syncthreads();
@@ -299,24 +282,24 @@ void check_labels(const at::Tensor& flag, const char* op, int64_t C) {
   TORCH_CHECK(flag.item<int>() == 0, op, ": target label out of range [0, ", C, ")");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cuda(
     const at::Tensor& embedding, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     int64_t num_classes) {
-  const Shape s = check_inputs("affinity_stats", embedding, target, weight, num_classes);
+  const char* op = "affinity_stats";
+  const Shape s = affinity::check_inputs(op, embedding, target, weight, num_classes);
+  check_cuda(op, embedding, s);
   const c10::cuda::CUDAGuard guard(embedding.device());
-  const auto opts = embedding.options().dtype(at::kDouble);
-  at::Tensor vv = at::empty({s.B, s.D, s.D}, opts), vy = at::empty({s.B, s.D, s.C}, opts);
-  at::Tensor yy = s.index_target ? at::zeros({s.B, s.C, s.C}, opts) : at::empty({s.B, s.C, s.C}, opts);
-  at::Tensor wsum = at::empty({s.B}, opts);
-  if (s.B == 0) return {vv, vy, yy, wsum};
+  auto out = affinity::allocate_stats(s, embedding);
+  auto& [vv, vy, yy, wsum, vsum] = out;
+  if (s.B == 0) return out;
 
   const at::Tensor V = embedding.contiguous();
   const at::Tensor Y = target.contiguous();
   const at::Tensor W = s.weighted ? weight->contiguous() : at::Tensor();
-  const int64_t E = s.index_target ? s.D : s.D + s.C;
+  const int64_t E = s.E();
   const int64_t P = affinity::tri_size(E);
-  const int64_t Q = P + (s.index_target ? s.C * s.D + s.C : 0) + 1;
-  TORCH_CHECK(E < (1 << 15), "affinity_stats (CUDA): D + C = ", E, " is too large");
+  const int64_t Q = P + (s.index_target ? s.C * s.D + s.C : 0) + s.D + 1;
+  TORCH_CHECK(E < (1 << 15), op, " (CUDA): D + C = ", E, " is too large");
 
   // Enough blocks to fill the device a few times over, each with at least 4 tiles.
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -324,8 +307,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cuda(
   const int64_t chunks = std::max<int64_t>(1, std::min((4 * sms + s.B - 1) / s.B, (tiles + 3) / 4));
   const int64_t chunk = ((s.N + chunks - 1) / chunks + kMaxTile - 1) / kMaxTile * kMaxTile;
   const int64_t zslices = (Q + kItemsPerThread * kThreads - 1) / (kItemsPerThread * kThreads);
-  TORCH_CHECK(zslices <= 65535, "affinity_stats (CUDA): D + C = ", E, " is too large");
-  at::Tensor partial = at::empty({s.B, chunks, Q}, opts);
+  TORCH_CHECK(zslices <= 65535, op, " (CUDA): D + C = ", E, " is too large");
+  at::Tensor partial = at::empty({s.B, chunks, Q}, vv.options());
   at::Tensor flag = at::zeros({1}, embedding.options().dtype(at::kInt));
   auto stream = at::cuda::getCurrentCUDAStream();
 
@@ -337,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cuda(
     while (tile > 8 && bytes(tile) > kDefaultSmem) tile /= 2;
     const size_t smem = bytes(tile);
     auto kernel = stats_kernel<scalar_t, acc_t>;
-    reserve_smem(kernel, smem, "affinity_stats", s.D, s.C);
+    reserve_smem(kernel, smem, op, s.D, s.C);
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(s.B), static_cast<unsigned>(zslices));
     kernel<<<grid, kThreads, smem, stream>>>(
         V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
@@ -348,25 +331,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_stats_cuda(
   });
   reduce_kernel<<<static_cast<unsigned>(s.B), kThreads, 0, stream>>>(
       partial.const_data_ptr<double>(), chunks, Q, P, s.D, s.C, s.index_target, vv.mutable_data_ptr<double>(),
-      vy.mutable_data_ptr<double>(), yy.mutable_data_ptr<double>(), wsum.mutable_data_ptr<double>());
+      vy.mutable_data_ptr<double>(), yy.mutable_data_ptr<double>(), wsum.mutable_data_ptr<double>(),
+      vsum.mutable_data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (s.index_target) check_labels(flag, "affinity_stats", s.C);
-  return {vv, vy, yy, wsum};
+  if (s.index_target) check_labels(flag, op, s.C);
+  return out;
 }
 
 at::Tensor affinity_stats_backward_cuda(const at::Tensor& grad_vv, const at::Tensor& grad_vy,
                                         const at::Tensor& embedding, const at::Tensor& target,
-                                        const std::optional<at::Tensor>& weight) {
+                                        const std::optional<at::Tensor>& weight,
+                                        const std::optional<at::Tensor>& grad_vsum) {
   const char* op = "affinity_stats_backward";
-  const bool index_target = target.scalar_type() == at::kLong;
-  TORCH_CHECK(grad_vy.dim() == 3, op, ": grad_vy must be (B, D, C), got ", grad_vy.sizes());
-  const Shape s = check_inputs(op, embedding, target, weight, index_target ? grad_vy.size(-1) : target.size(-1));
-  TORCH_CHECK(grad_vv.dim() == 3 && grad_vv.size(0) == s.B && grad_vv.size(1) == s.D && grad_vv.size(2) == s.D,
-              op, ": grad_vv must be (B, D, D), got ", grad_vv.sizes());
-  TORCH_CHECK(grad_vy.size(0) == s.B && grad_vy.size(1) == s.D && grad_vy.size(2) == s.C,
-              op, ": grad_vy must be (B, D, C), got ", grad_vy.sizes());
-  TORCH_CHECK(grad_vv.device() == embedding.device() && grad_vy.device() == embedding.device(),
-              op, ": gradients must be on the embedding's device ", embedding.device());
+  const Shape s = affinity::check_backward(op, grad_vv, grad_vy, grad_vsum, embedding, target, weight);
+  check_cuda(op, embedding, s);
   const c10::cuda::CUDAGuard guard(embedding.device());
   const at::Tensor V = embedding.contiguous();
   at::Tensor dV = at::empty_like(V);
@@ -378,13 +356,13 @@ at::Tensor affinity_stats_backward_cuda(const at::Tensor& grad_vv, const at::Ten
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, V.scalar_type(), "affinity_stats_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-    // G = g_vv + g_vv^T and H = g_vy^T in the compute type (tiny: B * D * (D + C)).
-    const at::Tensor G = at::add(grad_vv, grad_vv.transpose(1, 2)).to(acc_dtype).contiguous();
-    const at::Tensor H = grad_vy.transpose(1, 2).to(acc_dtype).contiguous();
+    // G, H and g in the compute type (tiny: B * D * (D + C + 1)).
+    const affinity::GradientOperands o = affinity::gradient_operands(
+        s, grad_vv, grad_vy, grad_vsum, c10::CppTypeToScalarType<acc_t>::value);
     const int ld = static_cast<int>(s.D | 1);
     auto bytes = [&](int r) {
-      return sizeof(acc_t) * static_cast<size_t>(s.D * s.D + s.C * s.D + r * (2 * ld + (index_target ? 0 : s.C)));
+      return sizeof(acc_t) *
+             static_cast<size_t>(s.D * s.D + s.C * s.D + r * (2 * ld + (s.index_target ? 0 : s.C)) + s.D);
     };
     int rows = kGradRows;
     while (rows > 32 && bytes(rows) > kDefaultSmem) rows /= 2;
@@ -393,13 +371,14 @@ at::Tensor affinity_stats_backward_cuda(const at::Tensor& grad_vv, const at::Ten
     reserve_smem(kernel, smem, op, s.D, s.C);
     const dim3 grid(static_cast<unsigned>((s.N + rows - 1) / rows), static_cast<unsigned>(s.B));
     kernel<<<grid, rows, smem, stream>>>(
-        V.const_data_ptr<scalar_t>(), index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
-        index_target ? Y.const_data_ptr<int64_t>() : nullptr, s.weighted ? W.const_data_ptr<scalar_t>() : nullptr,
-        G.const_data_ptr<acc_t>(), H.const_data_ptr<acc_t>(), dV.mutable_data_ptr<scalar_t>(), s.N,
+        V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
+        s.index_target ? Y.const_data_ptr<int64_t>() : nullptr, s.weighted ? W.const_data_ptr<scalar_t>() : nullptr,
+        o.G.const_data_ptr<acc_t>(), o.H.const_data_ptr<acc_t>(),
+        s.index_target ? nullptr : o.g.const_data_ptr<acc_t>(), dV.mutable_data_ptr<scalar_t>(), s.N,
         static_cast<int>(s.D), static_cast<int>(s.C), rows, flag.mutable_data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (index_target) check_labels(flag, op, s.C);
+  if (s.index_target) check_labels(flag, op, s.C);
   return dV;
 }
 
