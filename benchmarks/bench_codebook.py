@@ -31,7 +31,7 @@ def _fn(variant):
 def _inputs(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(*shape, generator=g).requires_grad_()
-    from chimera.models.heads import combook_init
+    from chimera.models.codebook_heads import combook_init
     codebook = combook_init(shape[-1]).to(torch.complex64).requires_grad_()
     grad = torch.randn(*shape[:-1], generator=g, dtype=torch.complex64)
     return logits, codebook, grad

@@ -1,17 +1,34 @@
-"""The `chimera` console script: `chimera info` (later: predict, train, evaluate)."""
+"""The `chimera` console script: `chimera info`, `predict`, `evaluate` and `train`.
+
+The library reports through the ``chimera`` logger; this is where it is shown: warnings
+and errors by default, progress and per-file/per-track results with ``-v``, debug
+details with ``-vv``, errors only with ``--quiet``.
+"""
 import argparse
+import logging
 import os
 import platform
 import sys
+import traceback
 
 import torch
 
 import chimera
+from chimera import evaluate as ev
+from chimera import ops, train
+from chimera.audio import AUDIO_EXTENSIONS, AudioError
+from chimera.models import CheckpointError, load_checkpoint
+from chimera.pretrained import default_model_path
+from chimera.separate import DEFAULT_SEGMENT, METHODS, Separator
+
+log = logging.getLogger(__name__)
+
+# Multichannel Wiener iterations by default (chimera.wiener; 0 = per-channel masks only): one
+# iteration gains 0.5 dB vocals SDR on the bundled model's held-out test (model card).
+WIENER_DEFAULT = 1
 
 
 def _info(args):
-    from chimera import ops
-
     ext = ops.extension_info()
     lines = [
         f"chimera {chimera.__version__}",
@@ -40,16 +57,6 @@ def _info(args):
     return 0
 
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
-# Multichannel Wiener iterations by default (chimera.wiener; 0 = per-channel masks only): one
-# iteration gains 0.5 dB vocals SDR on the bundled model's held-out test (model card).
-WIENER_DEFAULT = 1
-
-
-class InputError(Exception):
-    pass
-
-
 def _collect_inputs(paths):
     """Files as given; folders: every audio file inside (recursively, sorted)."""
     found, problems = [], []
@@ -65,56 +72,47 @@ def _collect_inputs(paths):
     return found, problems
 
 
-def _load_model(path):
-    from chimera.models import CheckpointError, load_checkpoint
-    from chimera.pretrained import default_model_path
-    path = path or default_model_path()
-    try:
-        model, _ = load_checkpoint(path)
-    except CheckpointError as exc:
-        raise InputError(str(exc)) from None
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such model file") from None
+def _model(args):
+    """The model of --model (default: the bundled one)."""
+    model, _ = load_checkpoint(args.model or default_model_path())
     return model
 
 
-def _fail(message, args):
-    print(f"chimera: error: {message}", file=sys.stderr)
+def _separator(model, args):
+    """A Separator built from the options of :func:`_add_separator_options`."""
+    return Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
+                     batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
+                     wiener_iters=args.wiener)
 
 
 def _predict(args):
-    from chimera.separate import SeparationError, Separator
     inputs, problems = _collect_inputs(args.inputs)
     for p in problems:
-        _fail(p, args)
+        log.error(p)
     if args.output_files is not None and len(inputs) != 1:
-        _fail(f"--output-files needs exactly one input, got {len(inputs)}", args)
-        return 2
-    try:
-        model = _load_model(args.model)
-        separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
-                              batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
-                              wiener_iters=args.wiener)
-    except (InputError, SeparationError, ValueError) as exc:
-        _fail(str(exc), args)
+        log.error(f"--output-files needs exactly one input, got {len(inputs)}")
         return 2
     subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
+    try:
+        separator = _separator(_model(args), args)
+    except (CheckpointError, ValueError) as exc:
+        log.error(str(exc))
+        return 2
     failed = len(problems)
     for path in inputs:
         try:
             written = separator.separate_file(
                 path, out_dir=args.out, output_files=args.output_files, filename=args.filename, ext=args.format,
                 subtype=subtype, clip=args.clip_mode, force=args.force, progress=not args.quiet)
-        except SeparationError as exc:
+        except (AudioError, ValueError) as exc:
             failed += 1
-            _fail(str(exc), args)
+            log.error(str(exc))
             continue
         except Exception as exc:  # one bad input must not stop the others
             failed += 1
             if args.verbose:
-                import traceback
                 traceback.print_exc()
-            _fail(f"{path}: {type(exc).__name__}: {exc}", args)
+            log.error(f"{path}: {type(exc).__name__}: {exc}")
             continue
         if not args.quiet:
             print(f"{path} -> " + ", ".join(written))
@@ -122,21 +120,13 @@ def _predict(args):
 
 
 def _evaluate(args):
-    from chimera import evaluate as ev
-    from chimera.separate import SeparationError, Separator
     try:
-        model = _load_model(args.model)
-        names = list(model.source_names)
-        separate = None
-        if args.oracle is None:
-            separator = Separator(model, segment=args.segment, overlap=args.overlap, device=args.device,
-                                  batch_size=args.batch_size, method=args.method, misi_iters=args.misi,
-                                  wiener_iters=args.wiener)
-            separate = separator.separate
-        results = ev.evaluate(args.data_dir, names, separate=separate, oracle=args.oracle, stft=model.stft,
-                              progress=not args.quiet)
-    except (InputError, SeparationError, ev.EvaluationError, ValueError) as exc:
-        _fail(str(exc), args)
+        model = _model(args)
+        separate = None if args.oracle is not None else _separator(model, args).separate
+        results = ev.evaluate(args.data_dir, list(model.source_names), separate=separate, oracle=args.oracle,
+                              stft=model.stft, progress=not args.quiet)
+    except (AudioError, CheckpointError, ValueError) as exc:
+        log.error(str(exc))
         return 1
     print(ev.summary_table(results))
     csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
@@ -149,9 +139,50 @@ def _evaluate(args):
     return 0
 
 
-def build_parser():
-    from chimera.separate import DEFAULT_SEGMENT
+def _add_separator_options(parser):
+    """The options that build the Separator, shared by predict and evaluate."""
+    g = parser.add_argument_group("separation")
+    g.add_argument("--model", help="checkpoint file (default: the bundled vocals/accompaniment model)")
+    g.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
+                   help=f"seconds per segment (default {DEFAULT_SEGMENT:g})")
+    g.add_argument("--overlap", type=float, default=1.0, help="seconds of cross-fade between segments (default 1)")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    g.add_argument("--batch-size", type=int, default=4, help="segments (x channels) per forward pass")
+    g.add_argument("--method", choices=METHODS, help="mask head (default) or k-means on DC embeddings")
+    g.add_argument("--misi", type=int, default=0, metavar="N", help="MISI phase-reconstruction iterations")
+    g.add_argument("--wiener", type=int, default=WIENER_DEFAULT, metavar="N",
+                   help=f"multichannel Wiener filter iterations across channels (default {WIENER_DEFAULT}; 0: off)")
 
+
+def _add_output_options(parser):
+    g = parser.add_argument_group("messages")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary; errors only")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="per-file results and tracebacks for unexpected errors; -vv: debug details")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        text = super().format(record)
+        return f"chimera: {record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
+def setup_logging(verbose=0, quiet=False):
+    """Show the ``chimera`` logger on stderr: WARNING and up, INFO with `verbose`, DEBUG
+    with `verbose` >= 2, ERROR only when `quiet`. Replaces what an earlier call set up."""
+    logger = logging.getLogger("chimera")
+    for h in [h for h in logger.handlers if getattr(h, "_chimera_cli", False)]:
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._chimera_cli = True
+    handler.setFormatter(_Formatter("%(message)s"))
+    level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
+    handler.setLevel(level)  # also for records of child loggers that set their own level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def build_parser():
     parser = argparse.ArgumentParser(prog="chimera", description=chimera.__doc__)
     parser.add_argument("--version", action="version", version=f"chimera {chimera.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -161,21 +192,11 @@ def build_parser():
     p = sub.add_parser("predict", help="separate audio files (any length, bounded memory)",
                        description="Separate each INPUT (files, or folders of audio files) into its sources.")
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--model", help="checkpoint file (default: the bundled vocals/accompaniment model)")
     p.add_argument("--out", default="separated", help="output folder (default: separated/)")
     p.add_argument("--filename", default="{track}/{stem}.{ext}",
                    help="output name under --out; fields {track}, {stem} (source name), {ext}")
     p.add_argument("--output-files", nargs="+", metavar="FILE",
                    help="one input only: write its sources to these files, in the model's source order")
-    p.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
-                   help=f"seconds per segment (default {DEFAULT_SEGMENT:g})")
-    p.add_argument("--overlap", type=float, default=1.0, help="seconds of cross-fade between segments (default 1)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--batch-size", type=int, default=4, help="segments (x channels) per forward pass")
-    p.add_argument("--method", choices=["mask", "kmeans"], help="mask head (default) or k-means on DC embeddings")
-    p.add_argument("--misi", type=int, default=0, metavar="N", help="MISI phase-reconstruction iterations")
-    p.add_argument("--wiener", type=int, default=WIENER_DEFAULT, metavar="N",
-                   help=f"multichannel Wiener filter iterations across channels (default {WIENER_DEFAULT}; 0: off)")
     p.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "aiff"], help="output format")
     p.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac)")
     p.add_argument("--int24", action="store_true", help="24-bit integer output")
@@ -183,8 +204,8 @@ def build_parser():
     p.add_argument("--clip-mode", choices=["clamp", "none"], default="clamp",
                    help="clamp samples to [-1, 1] (default) or leave them (use with --float32)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--verbose", action="store_true", help="tracebacks for unexpected errors")
+    _add_separator_options(p)
+    _add_output_options(p)
     p.set_defaults(func=_predict)
 
     e = sub.add_parser("evaluate", help="score separations with museval (BSS Eval v4) and SI-SDR",
@@ -192,33 +213,33 @@ def build_parser():
                                    "DATA_DIR/<track>/<source>.wav, SiSEC style (median over 1 s windows, "
                                    "then over tracks).")
     e.add_argument("data_dir", metavar="DATA_DIR")
-    e.add_argument("--model", help="checkpoint file (default: the bundled model)")
     e.add_argument("--out", help="results JSON (a CSV of the same name is written beside it)")
     e.add_argument("--csv", help="per-track CSV (default: beside --out)")
     e.add_argument("--plot", help="per-track SDR histogram per source (PNG/PDF/SVG)")
-    e.add_argument("--oracle", choices=ev_oracles(), help="score oracle masks, or the unprocessed mixture")
-    e.add_argument("--segment", type=float, default=DEFAULT_SEGMENT)
-    e.add_argument("--overlap", type=float, default=1.0)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--method", choices=["mask", "kmeans"])
-    e.add_argument("--misi", type=int, default=0, metavar="N")
-    e.add_argument("--wiener", type=int, default=WIENER_DEFAULT, metavar="N")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--oracle", choices=ev.ORACLES, help="score oracle masks, or the unprocessed mixture")
+    _add_separator_options(e)
+    _add_output_options(e)
     e.set_defaults(func=_evaluate)
 
-    from chimera import train
-    train.add_parser(sub)
+    t = sub.add_parser("train", help="train a model from a TOML recipe (staged, resumable, DDP)",
+                       description="Train a separation model from a recipe (see recipes/).")
+    t.add_argument("config", nargs="?", metavar="CONFIG", help="TOML recipe (optional with --resume)")
+    t.add_argument("--run-dir", help="folder for checkpoints and metrics (default runs/<config name>)")
+    t.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
+                   help="continue from RUN_DIR/last.pt (or the given checkpoint)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. stages.0.epochs=2 (repeatable)")
+    t.add_argument("--device", help="cpu, cuda or auto (default: train.device)")
+    t.add_argument("--seed", type=int, help="override the config's seed")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    t.set_defaults(func=train.main)
     return parser
-
-
-def ev_oracles():
-    from chimera.evaluate import ORACLES
-    return ORACLES
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     return args.func(args)
 
 

@@ -1,4 +1,11 @@
-"""Batched k-means for deep-clustering inference."""
+"""Batched k-means for deep-clustering inference, and the binary masks it gives.
+
+:func:`kmeans_masks` is the one k-means separation path: the Separator (predict, evaluate,
+training validation) calls it with the model's embeddings and, when the model also has a
+mask head, that head's masks to name the clusters after.
+"""
+import itertools
+
 import torch
 
 
@@ -70,3 +77,27 @@ def masks_from_labels(labels, n_clusters, shape=None):
     """Binary masks (B, K, N) from cluster labels (B, N); `shape` reshapes N (e.g. (T, F))."""
     masks = torch.nn.functional.one_hot(labels, n_clusters).transpose(1, 2).to(torch.float32)
     return masks if shape is None else masks.reshape(labels.shape[0], n_clusters, *shape)
+
+
+def align_masks(masks, reference):
+    """Reorder the K masks of each item, (B, K, ...), to agree best with `reference`
+    (B, K, ...): the permutation that maximises the summed overlap, over all K! of them."""
+    K = masks.shape[1]
+    score = torch.einsum("bi...,bj...->bij", masks, reference.to(masks.dtype))  # mask i vs reference j
+    perms = list(itertools.permutations(range(K)))
+    totals = torch.stack([score[:, list(p), list(range(K))].sum(-1) for p in perms], -1)
+    best = [perms[i] for i in totals.argmax(-1).tolist()]
+    return torch.stack([masks[b, list(p)] for b, p in enumerate(best)])
+
+
+@torch.no_grad()
+def kmeans_masks(embedding, n_clusters, shape=None, weight=None, reference=None, n_iter=50, seed=0):
+    """Binary masks (B, K, *shape) from k-means on each item's embeddings (B, N, D).
+
+    `weight` (B, N) weighs the bins (e.g. 0 for silent ones, which then follow their
+    nearest centre); `reference` (B, K, *shape), e.g. a mask head's masks, orders the
+    clusters to agree with it (:func:`align_masks`), else they come in k-means' order.
+    """
+    labels, _ = kmeans(embedding, n_clusters, n_iter=n_iter, weight=weight, seed=seed)
+    masks = masks_from_labels(labels, n_clusters, shape)
+    return masks if reference is None else align_masks(masks, reference)

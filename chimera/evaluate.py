@@ -9,25 +9,26 @@ model's figures can be read against its representation's upper bound.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
+from tqdm import tqdm
 
 from . import signal
+from .atomic import atomic_write
+from .audio import AudioError, read_audio, resample
 from .objectives import si_sdr
+
+log = logging.getLogger(__name__)
 
 METRICS = ("SDR", "SIR", "SAR", "ISR", "SI-SDR")
 ORACLES = ("irm", "ibm", "mixture")
-
-
-class EvaluationError(Exception):
-    pass
 
 
 @dataclass
@@ -39,38 +40,32 @@ class Track:
 
 
 def find_tracks(data_dir, source_names):
+    """The track folders of `data_dir` (sorted); AudioError for a missing folder, no tracks,
+    or a track without one of the sources."""
     if not os.path.isdir(data_dir):
-        raise EvaluationError(f"{data_dir}: no such folder")
+        raise AudioError.at(data_dir, "no such folder")
     names = sorted(d for d in os.listdir(data_dir) if os.path.isfile(os.path.join(data_dir, d, "mixture.wav")))
     if not names:
-        raise EvaluationError(f"{data_dir}: no <track>/mixture.wav inside")
+        raise AudioError.at(data_dir, "no <track>/mixture.wav inside")
     for name in names:
         missing = [s for s in source_names if not os.path.isfile(os.path.join(data_dir, name, f"{s}.wav"))]
         if missing:
-            raise EvaluationError(f"{os.path.join(data_dir, name)}: missing {', '.join(s + '.wav' for s in missing)}")
+            raise AudioError.at(os.path.join(data_dir, name), f"missing {', '.join(s + '.wav' for s in missing)}")
     return names
 
 
 def load_track(data_dir, name, source_names):
-    def read(path):
-        try:
-            x, rate = sf.read(path, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise EvaluationError(f"{path}: not a readable audio file ({exc})") from None
-        if not np.isfinite(x).all():
-            raise EvaluationError(f"{path}: NaN or Inf samples")
-        return x.T, rate
-
     folder = os.path.join(data_dir, name)
-    mixture, rate = read(os.path.join(folder, "mixture.wav"))
+    mixture, rate = read_audio(os.path.join(folder, "mixture.wav"))
     refs = []
     for s in source_names:
-        x, r = read(os.path.join(folder, f"{s}.wav"))
+        path = os.path.join(folder, f"{s}.wav")
+        x, r = read_audio(path)
         if r != rate or x.shape != mixture.shape:
-            raise EvaluationError(f"{os.path.join(folder, s + '.wav')}: {x.shape[0]} channels x {x.shape[1]} samples "
-                                  f"at {r} Hz, but the mixture has {mixture.shape[0]} x {mixture.shape[1]} at {rate} Hz")
-        refs.append(x)
-    return Track(name, mixture, np.stack(refs), rate)
+            raise AudioError.at(path, f"{x.shape[1]} channels x {x.shape[0]} samples at {r} Hz, but the mixture "
+                                      f"has {mixture.shape[1]} x {mixture.shape[0]} at {rate} Hz")
+        refs.append(x.T)
+    return Track(name, mixture.T, np.stack(refs), rate)
 
 
 def oracle_estimates(track, kind, stft):
@@ -78,12 +73,7 @@ def oracle_estimates(track, kind, stft):
     if kind == "mixture":
         return np.repeat(track.mixture[None], track.references.shape[0], 0)
     C, ch, L = track.references.shape
-
-    def to_rate(x, a, b):  # (..., L) float32
-        flat = x.reshape(-1, x.shape[-1]).T
-        return soxr.resample(flat, a, b).T.reshape(*x.shape[:-1], -1) if a != b else x
-
-    refs = torch.from_numpy(np.ascontiguousarray(to_rate(track.references, track.rate, stft.sample_rate))).double()
+    refs = torch.from_numpy(resample(track.references, track.rate, stft.sample_rate, axis=-1)).double()
     mix = refs.sum(0)
     window = stft.window_tensor(dtype=torch.float64)
     S = signal.stft(refs, stft.n_fft, stft.hop_length, window)           # (C, ch, F, T)
@@ -95,9 +85,9 @@ def oracle_estimates(track, kind, stft):
         masks = (mag == mag.amax(0, keepdim=True)).to(torch.float64)
         masks = masks / masks.sum(0, keepdim=True)  # a tie shares the bin
     else:
-        raise EvaluationError(f"unknown oracle {kind!r}; choose one of {', '.join(ORACLES)}")
+        raise ValueError(f"unknown oracle {kind!r}; choose one of {', '.join(ORACLES)}")
     est = signal.istft(masks * X, stft.n_fft, stft.hop_length, window, length=refs.shape[-1]).float().numpy()
-    est = to_rate(est, stft.sample_rate, track.rate)
+    est = resample(est, stft.sample_rate, track.rate, axis=-1)
     out = np.zeros((C, ch, L), np.float32)
     n = min(L, est.shape[-1])
     out[..., :n] = est[..., :n]
@@ -107,7 +97,7 @@ def oracle_estimates(track, kind, stft):
 def score_track(track, estimates):
     """{source index: {metric: value}}: BSS Eval v4 over 1-second windows (median over
     the windows that are defined) and SI-SDR over the whole track (mean over channels)."""
-    import museval
+    import museval  # optional (the [eval] extra), and slow to import: only when scoring
 
     refs = track.references.transpose(0, 2, 1)   # (C, L, channels): museval's layout
     ests = estimates.transpose(0, 2, 1)
@@ -131,11 +121,7 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
     (channels, C, L)) or `oracle` (with the `stft` config). Returns the results dict."""
     names = find_tracks(data_dir, source_names)
     tracks = []
-    iterator = names
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(names, desc="evaluate", leave=False)
-    for name in iterator:
+    for name in tqdm(names, desc="evaluate", leave=False, disable=not progress):
         track = load_track(data_dir, name, source_names)
         if oracle is not None:
             est = oracle_estimates(track, oracle, stft)
@@ -143,6 +129,7 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
             est = separate(track.mixture, track.rate).numpy().transpose(1, 0, 2)  # (C, channels, L)
         scores = score_track(track, est)
         tracks.append({"track": name, "scores": {s: scores[i] for i, s in enumerate(source_names)}})
+        log.info("%s: %s", name, ", ".join(f"{s} SDR {scores[i]['SDR']:.2f} dB" for i, s in enumerate(source_names)))
     summary = {s: {m: _nanmedian([t["scores"][s][m] for t in tracks]) for m in METRICS} for s in source_names}
     return {"data_dir": os.fspath(data_dir), "method": oracle or "model", "sources": list(source_names),
             "aggregation": "median over 1 s windows per track, then median over tracks (SI-SDR: whole track)",
@@ -157,7 +144,6 @@ def summary_table(results):
 
 
 def write_results(results, json_path=None, csv_path=None):
-    from .atomic import atomic_write
     if json_path:
         with atomic_write(json_path, force=True) as f:
             f.write(json.dumps(_finite(results), indent=2).encode())
@@ -167,7 +153,6 @@ def write_results(results, json_path=None, csv_path=None):
             for s, sc in t["scores"].items():
                 rows.append([t["track"], s, *(f"{sc[m]:.4f}" for m in METRICS)])
         with atomic_write(csv_path, force=True) as f:
-            import io
             text = io.StringIO()
             csv.writer(text).writerows(rows)
             f.write(text.getvalue().encode())
@@ -186,11 +171,9 @@ def _finite(obj):
 
 def plot_histogram(results, path, metric="SDR"):
     """Per-source histogram of the per-track `metric`, medians dashed."""
-    import matplotlib
+    import matplotlib  # optional (the [eval] extra), and slow to import: only for --plot
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .atomic import atomic_write
     sources = results["sources"]
     fig, axes = plt.subplots(1, len(sources), figsize=(4 * len(sources), 3), squeeze=False)
     for ax, s in zip(axes[0], sources):

@@ -1,13 +1,15 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
 from chimera import atomic
-from chimera.atomic import OutputExistsError, atomic_write
+from chimera.atomic import PARTIAL_PREFIX, OutputExistsError, atomic_write
 
 
 @pytest.fixture(params=["unnamed", "named"])
@@ -33,6 +35,18 @@ def test_appears_complete_and_refuses_to_overwrite(tmp_path, mode):
     assert sorted(os.listdir(path.parent)) == ["out.bin"]
 
 
+def test_target_appearing_during_the_write_is_kept(tmp_path, mode):
+    """Past the up-front check: the final step itself must refuse to replace a file that
+    another writer created meanwhile (linkat's EEXIST, or link(2) in the fallback)."""
+    path = tmp_path / "out.bin"
+    with pytest.raises(OutputExistsError, match="--force"):
+        with atomic_write(path) as f:
+            f.write(b"ours")
+            path.write_bytes(b"theirs")
+    assert path.read_bytes() == b"theirs"
+    assert os.listdir(tmp_path) == ["out.bin"]
+
+
 def test_error_leaves_nothing(tmp_path, mode):
     path = tmp_path / "out.bin"
     with pytest.raises(RuntimeError):
@@ -42,13 +56,57 @@ def test_error_leaves_nothing(tmp_path, mode):
     assert os.listdir(tmp_path) == []
 
 
-def test_sigkill_leaves_nothing(tmp_path):
-    code = (f"from chimera.atomic import atomic_write\nimport time\n"
-            f"with atomic_write({str(tmp_path / 'out.bin')!r}) as f:\n"
-            f"    f.write(b'x' * 100000); f.flush(); print('writing', flush=True); time.sleep(60)\n")
+def _killed_writer(tmp_path, force, named, stop_before_rename):
+    """Run a writer in a subprocess and SIGKILL it at a chosen point: while writing, or
+    (force) after the finished file got its hidden name but before the rename over the
+    old file. Return once it is dead."""
+    code = textwrap.dedent(f"""
+        import os, time
+        from chimera import atomic
+        if {named}:
+            atomic._open_unnamed = lambda folder: None
+        if {stop_before_rename}:
+            def replace(src, dst):
+                print("named", flush=True)
+                time.sleep(60)
+            os.replace = replace
+        with atomic.atomic_write({str(tmp_path / 'out.bin')!r}, force={force}) as f:
+            f.write(b"new" * 1000)
+            f.flush()
+            if not {stop_before_rename}:
+                print("writing", flush=True)
+                time.sleep(60)
+    """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
+    assert proc.stdout.readline().strip() == ("named" if stop_before_rename else "writing")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.1)
+    time.sleep(0.05)
+
+
+def test_sigkill_leaves_nothing(tmp_path):
+    _killed_writer(tmp_path, force=False, named=False, stop_before_rename=False)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("named", [False, True])
+@pytest.mark.parametrize("stop_before_rename", [False, True])
+def test_sigkill_during_an_overwrite_keeps_the_old_file_and_the_next_write_cleans_up(tmp_path, named,
+                                                                                      stop_before_rename):
+    (tmp_path / "out.bin").write_bytes(b"old")
+    _killed_writer(tmp_path, force=True, named=named, stop_before_rename=stop_before_rename)
+    assert (tmp_path / "out.bin").read_bytes() == b"old"
+    with atomic_write(tmp_path / "other.bin") as f:  # any later write in the folder
+        f.write(b"x")
+    assert sorted(os.listdir(tmp_path)) == ["other.bin", "out.bin"]
+
+
+def test_partials_of_live_or_foreign_writers_are_kept(tmp_path):
+    live = tmp_path / f"{PARTIAL_PREFIX}{socket.gethostname()}.{os.getpid()}.abc123"
+    foreign = tmp_path / f"{PARTIAL_PREFIX}some-other-host.1.abc123"
+    unknown = tmp_path / f"{PARTIAL_PREFIX}0123456789ab"  # an older writer's naming: not ours to judge
+    for p in (live, foreign, unknown):
+        p.write_bytes(b"partial")
+    with atomic_write(tmp_path / "out.bin") as f:
+        f.write(b"x")
+    assert sorted(os.listdir(tmp_path)) == sorted(["out.bin", live.name, foreign.name, unknown.name])

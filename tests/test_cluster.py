@@ -47,3 +47,26 @@ def test_masks_from_labels():
 def test_too_few_points():
     with pytest.raises(ValueError, match="clusters"):
         cluster.kmeans(torch.randn(1, 2, 3), 3)
+
+
+def test_kmeans_masks_take_the_reference_order():
+    # three well-separated blobs; the reference names them in a known order per item
+    x, truth = blobs(K=3)
+    reference = cluster.masks_from_labels(truth, 3)                 # (B, K, N)
+    plain = cluster.kmeans_masks(x, 3, seed=1)
+    named = cluster.kmeans_masks(x, 3, seed=1, reference=reference)
+    assert torch.equal(named, reference)
+    assert not torch.equal(plain, reference)  # k-means alone picks its own order for some item
+    # a soft, noisy reference still names them, and the masks stay a permutation of k-means'
+    soft = 0.6 * reference + 0.2 + 0.1 * torch.rand(reference.shape)
+    assert torch.equal(cluster.kmeans_masks(x, 3, seed=1, reference=soft), reference)
+    shaped = cluster.kmeans_masks(x, 3, shape=(10, 12), seed=1, reference=reference.reshape(-1, 3, 10, 12))
+    assert torch.equal(shaped, reference.reshape(-1, 3, 10, 12))
+
+
+def test_align_masks_finds_the_best_of_all_permutations():
+    g = torch.Generator().manual_seed(0)
+    reference = torch.rand(4, 4, 5, 6, generator=g)
+    perms = [torch.randperm(4, generator=g) for _ in range(4)]
+    shuffled = torch.stack([reference[b, p] for b, p in enumerate(perms)])
+    torch.testing.assert_close(cluster.align_masks(shuffled, reference), reference, rtol=0, atol=0)

@@ -7,7 +7,7 @@ import torch
 
 from chimera.ops import codebook_lookup, reference
 from chimera.ops.codebook import codebook_lookup_backward, codebook_lookup_op
-from chimera.models.heads import CombookHead, MagbookHead, PhasebookHead
+from chimera.models.codebook_heads import CombookHead, MagbookHead, PhasebookHead
 
 from testutil import cuda, run_isolated
 

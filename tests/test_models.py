@@ -8,6 +8,7 @@ from chimera.models import (
     fit_statistics, flatten_bins, make_mask_head, preset,
 )
 from chimera.objectives import objective, si_sdr
+from chimera.separate import Separator
 from testutil import cuda
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
@@ -192,26 +193,10 @@ def test_flatten_bins_is_frequency_fastest():
             assert flat[1, t * 3 + f] == x[1, f, t]
 
 
-# ------------------------------------------------------------------ separate
+# ------------------------------------------------------------------ forward
 
-def test_separate_shapes_methods_and_mode():
-    model = SeparationModel(preset("chimera", **TINY))  # softmax masks sum to one
-    model.train()
-    mix = torch.randn(2, 3, 900)
-    y = model.separate(mix)
-    assert y.shape == (2, 3, 2, 900) and model.training
-    torch.testing.assert_close(y.sum(-2), mix, atol=1e-4, rtol=1e-4)
-    assert model.separate(mix[0, 0]).shape == (2, 900)
-    k = model.separate(mix[0], method="kmeans")
-    assert k.shape == (3, 2, 900)
-    torch.testing.assert_close(k.sum(-2), mix[0], atol=1e-4, rtol=1e-4)  # binary masks partition the bins
-    assert model.separate(mix[0], misi_iters=2).shape == (3, 2, 900)
-    dc = SeparationModel(preset("dc", **TINY))
-    assert dc.separate(mix[0]).shape == (3, 2, 900)  # defaults to k-means
-    with pytest.raises(ValueError, match="no mask head"):
-        dc.separate(mix[0], method="mask")
-    with pytest.raises(ValueError, match="unknown method"):
-        model.separate(mix[0], method="ica")
+def test_forward_rejects_bad_shapes():
+    model = SeparationModel(preset("chimera", **TINY))
     with pytest.raises(ValueError, match="too short"):
         model(torch.randn(1, 40))
     with pytest.raises(ValueError, match="batch, samples"):
@@ -238,16 +223,18 @@ def test_small_chimerapp_overfits_one_mixture():
     fit_statistics(model, [mix])
     loss_fn = objective("chimera", alpha=0.975, mi="tpsa")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    before = si_sdr(model.separate(mix), sources)
+    separate = Separator(model, device="cpu").separate_batch
+    before = si_sdr(separate(mix), sources)
     for _ in range(60):
         loss = loss_fn(model(mix), mix, sources)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = si_sdr(model.separate(mix), sources)
+    after = si_sdr(separate(mix), sources)
     assert (before < 10).all() and (after > 20).all(), (before, after)
     # the DC embeddings learnt the partition too
-    assert (si_sdr(model.separate(mix, method="kmeans"), sources).max(-1).values > 10).all()
+    kmeans = Separator(model, device="cpu", method="kmeans").separate_batch
+    assert (si_sdr(kmeans(mix), sources).max(-1).values > 10).all()
 
 
 def test_float64_input_and_dtype_errors():
@@ -256,9 +243,6 @@ def test_float64_input_and_dtype_errors():
     a, b = model(x), model(x.double())
     assert b.mixture_spec.dtype == torch.complex128
     torch.testing.assert_close(b.masks.float(), a.masks, atol=1e-5, rtol=1e-5)
-    assert model.separate(x.double()).dtype == torch.float64
-    with pytest.raises(TypeError, match="floating"):
-        model.separate(torch.zeros(900, dtype=torch.int16))
     with pytest.raises(TypeError, match="floating"):
         model(torch.zeros(1, 900, dtype=torch.int16))
 
@@ -270,4 +254,4 @@ def test_cuda_forward_matches_cpu():
     ref = model(x)
     out = model.cuda()(x.cuda())
     torch.testing.assert_close(out.masks.cpu(), ref.masks, atol=1e-4, rtol=1e-4)
-    assert model.separate(x.cuda(), misi_iters=1).device.type == "cuda"
+    assert Separator(model, device="cuda", misi_iters=1).separate_batch(x.cuda()).device.type == "cuda"

@@ -6,6 +6,7 @@ import torch
 from chimera import signal
 from chimera.models import ModelOutput, SeparationModel, StftConfig, flatten_bins, preset
 from chimera.objectives import (
+    deep_clustering_loss, whitened_kmeans_loss,
     OBJECTIVES, csa_loss, dc_targets, msa_loss, objective, permute_sources, pit, pit_from_matrix, si_sdr,
     si_sdr_loss, tpsa_loss, tpsa_target,
 )
@@ -178,9 +179,8 @@ def test_dc_targets_order_matches_embedding_bins():
     S = torch.full((B, C, F, T), 0.1, dtype=torch.complex64)
     S[0, 1, 3, 2] = 5.0  # source 1 dominates only bin (f=3, t=2)
     X = S.sum(1)
-    target, weight = dc_targets(X, S)
-    assert target.shape == (B, T * F, C) and weight is None
-    labels = target.argmax(-1)
+    labels, weight = dc_targets(X, S)
+    assert labels.shape == (B, T * F) and labels.dtype == torch.long and weight is None
     assert labels.sum().item() == 1 and labels[0, 2 * F + 3].item() == 1
     idx = flatten_bins(torch.arange(F * T).reshape(1, F, T))  # same order as the embedding
     assert idx[0, 2 * F + 3].item() == 3 * T + 2
@@ -188,6 +188,22 @@ def test_dc_targets_order_matches_embedding_bins():
     assert w.shape == (B, T * F) and w[0, 2 * F + 3] == w.max()
     with pytest.raises(ValueError, match="weights"):
         dc_targets(X, S, "bogus")
+
+
+def test_dc_objectives_are_the_named_losses():
+    """"dc" is the classic loss and "dcw" the whitened k-means loss (DC-W), each on the ideal
+    binary labels with its weights: the names mean what the papers mean."""
+    model = SeparationModel(preset("chimerapp", hidden=8, layers=1, stft=STFT))
+    sources = torch.randn(2, 2, 1000)
+    mix = sources.sum(1)
+    out = model(mix)
+    specs = signal.stft(sources, STFT.n_fft, STFT.hop_length, STFT.window_tensor("cpu", sources.dtype), center=True)
+    labels, w = dc_targets(out.mixture_spec, specs, "mr")
+    torch.testing.assert_close(objective("dcw")(out, mix, sources), whitened_kmeans_loss(out.embedding, labels, w))
+    torch.testing.assert_close(objective("dc", weights="mr")(out, mix, sources),
+                               deep_clustering_loss(out.embedding, labels, w))
+    torch.testing.assert_close(objective("dc")(out, mix, sources), deep_clustering_loss(out.embedding, labels))
+    assert not torch.allclose(objective("dcw")(out, mix, sources), objective("dc", weights="mr")(out, mix, sources))
 
 
 def test_chimera_is_the_alpha_combination():
@@ -204,10 +220,28 @@ def test_chimera_is_the_alpha_combination():
     torch.testing.assert_close(chim.last["mi"], mi.detach())
     va = objective("chimera", alpha=0.5, dc_weights="va")
     assert va.dc.weights == "va" and va.options["dc_weights"] == "va"
-    want = 0.5 * objective("dc", weights="va")(out, mix, sources) + 0.5 * objective("tpsa")(out, mix, sources)
+    want = 0.5 * objective("dcw", weights="va")(out, mix, sources) + 0.5 * objective("tpsa")(out, mix, sources)
     torch.testing.assert_close(va(out, mix, sources), want)
     assert objective("chimera").alpha == 0.975
     torch.testing.assert_close(objective("chimera", alpha=1.0)(out, mix, sources), dc)
+
+
+def test_chimera_takes_one_stft_of_the_sources(monkeypatch):
+    # The DC and MI terms share the source spectrograms of a batch (one STFT, not one per term).
+    model = SeparationModel(preset("chimerapp", hidden=8, layers=1, stft=STFT))
+    sources = torch.randn(2, 2, 1000)
+    out = model(sources.sum(1))
+    calls, real = [], signal.stft
+    monkeypatch.setattr(signal, "stft", lambda x, *a, **k: calls.append(tuple(x.shape)) or real(x, *a, **k))
+    objective("chimera", alpha=0.5)(out, sources.sum(1), sources)
+    assert calls == [(2, 2, 1000)]
+
+
+def test_losses_is_the_objectives_api_under_its_public_name():
+    from chimera import losses, objectives
+
+    for name in losses.__all__:
+        assert getattr(losses, name) is getattr(objectives, name), name
 
 
 def test_objective_registry_errors():
@@ -245,7 +279,10 @@ def test_a_few_steps_lower_the_objective(name):
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
-    assert sum(losses[-3:]) / 3 < 0.9 * losses[0], losses
+    # DC-W = D - tr(...) >= D - C: what must fall is the excess over that floor.
+    D, C = model.config.embedding_dim, 2
+    floor = {"dcw": D - C, "chimera": objective("chimera").alpha * (D - C)}.get(name, 0.0)
+    assert sum(losses[-3:]) / 3 - floor < 0.9 * (losses[0] - floor), losses
 
 
 def test_losses_gradcheck_float64():

@@ -1,4 +1,5 @@
 """chimera.Separator and `chimera predict`: segmenting, streaming, files, bad input."""
+import logging
 import os
 import signal as os_signal
 import subprocess
@@ -12,8 +13,10 @@ import soundfile as sf
 import torch
 
 from chimera import signal
+from chimera.cli import build_parser
 from chimera.models import SeparationModel, preset, save_checkpoint
 from chimera.separate import Separator
+from testutil import cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,13 +102,45 @@ def test_segment_joins_are_exact_when_the_masks_add_up_to_one(wiener):
     np.testing.assert_allclose(y.sum(1).numpy(), x, atol=2e-5, rtol=0)
 
 
-def test_single_segment_equals_model_separate():
+@pytest.mark.parametrize("method", ["mask", "kmeans"])
+def test_single_segment_equals_separate_batch(method):
+    # one segment: the streamed engine (predict, evaluate) gives what validation scores
     model = tiny_model()
     x = noise(1, 4000)
-    sep = Separator(model, segment=10.0, device="cpu")
+    sep = Separator(model, segment=10.0, device="cpu", method=method)
     got = sep.separate(x[0], 8000).numpy()
-    want = model.separate(torch.from_numpy(x[0]).unsqueeze(0))[0].numpy()
+    want = sep.separate_batch(torch.from_numpy(x[0]).unsqueeze(0))[0].numpy()
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+TINY = dict(hidden=16, layers=2, stft=dict(sample_rate=8000, n_fft=128, hop_length=32))
+
+
+def test_separate_batch_shapes_methods_and_mode():
+    model = SeparationModel(preset("chimera", **TINY))  # softmax masks sum to one
+    model.train()
+    mix = torch.randn(2, 3, 900)
+    y = Separator(model, device="cpu").separate_batch(mix)
+    assert y.shape == (2, 3, 2, 900) and model.training
+    torch.testing.assert_close(y.sum(-2), mix, atol=1e-4, rtol=1e-4)
+    assert Separator(model, device="cpu").separate_batch(mix[0, 0]).shape == (2, 900)
+    k = Separator(model, device="cpu", method="kmeans").separate_batch(mix[0])
+    assert k.shape == (3, 2, 900)
+    torch.testing.assert_close(k.sum(-2), mix[0], atol=1e-4, rtol=1e-4)  # binary masks partition the bins
+    assert Separator(model, device="cpu", misi_iters=2).separate_batch(mix[0]).shape == (3, 2, 900)
+    dc = SeparationModel(preset("dc", **TINY))
+    assert Separator(dc, device="cpu").separate_batch(mix[0]).shape == (3, 2, 900)  # defaults to k-means
+    with pytest.raises(ValueError, match="no mask head"):
+        Separator(dc, device="cpu", method="mask")
+    with pytest.raises(ValueError, match="unknown method"):
+        Separator(model, device="cpu", method="ica")
+
+
+def test_separate_batch_keeps_the_input_dtype_and_rejects_integers():
+    sep = Separator(SeparationModel(preset("chimerapp", **TINY)).eval(), device="cpu")
+    assert sep.separate_batch(torch.randn(1, 900).double()).dtype == torch.float64
+    with pytest.raises(TypeError, match="floating"):
+        sep.separate_batch(torch.zeros(900, dtype=torch.int16))
 
 
 def test_file_equals_in_memory_and_blocks_do_not_matter(tmp_path):
@@ -235,3 +270,67 @@ def test_killed_run_leaves_no_partial_files(tmp_path, model_file):
     assert proc.wait() == -os_signal.SIGKILL  # killed, not finished
     left = [p for p in (tmp_path / "sep").rglob("*") if p.is_file()] if (tmp_path / "sep").exists() else []
     assert left == []
+
+
+def test_kmeans_sources_are_named_after_the_mask_head():
+    # k-means numbers its clusters arbitrarily; the Separator orders them by the mask
+    # head's masks, so source 0 is "vocals" by both methods
+    model = tiny_model()
+    x = torch.from_numpy(noise(8, 4000, seed=2))
+    out = model(x)
+    masks = (Separator(model, device="cpu", method="kmeans").source_spectra(x).abs() > 0).to(torch.float32)
+    reference = out.masks.abs()
+    kept = (masks * reference).sum((-2, -1)).sum(-1)                  # overlap in the given order
+    swapped = (masks.flip(1) * reference).sum((-2, -1)).sum(-1)
+    assert (kept >= swapped).all(), (kept, swapped)
+
+
+def check_streaming_istft_runs_where_the_spectra_are(device):
+    # the inverse STFT runs on the separator's device in float32 (chimera/stream.py says why)
+    model = tiny_model()
+    x = noise(2, 8000 * 2 + 5)
+    sep = Separator(model, segment=1.0, overlap=0.25, device=device)
+    stream = sep.stream(2, 8000, x.shape[1])
+    got = np.concatenate(list(stream.push(x.T)) + list(stream.finish()))
+    assert stream._istft.window.device.type == device and stream._istft.window.dtype == torch.float32
+    want = separate_in_memory_reference(tiny_model(), x, 1.0, 0.25)  # float64, CPU
+    np.testing.assert_allclose(got.transpose(1, 2, 0), want, atol=2e-5 if device == "cuda" else 2e-6, rtol=0)
+
+
+def test_streaming_istft_runs_where_the_spectra_are():
+    check_streaming_istft_runs_where_the_spectra_are("cpu")
+
+
+@cuda
+def test_streaming_istft_runs_on_the_gpu():
+    check_streaming_istft_runs_where_the_spectra_are("cuda")
+
+
+def test_separation_reports_through_logging(tmp_path, caplog):
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(1, 4000).T, 8000)
+    with caplog.at_level(logging.INFO, logger="chimera"):
+        Separator(tiny_model(), device="cpu").separate_file(src, tmp_path / "sep")
+    [record] = [r for r in caplog.records if r.name == "chimera.separate"]
+    assert record.levelno == logging.INFO and str(src) in record.getMessage() and "real time" in record.getMessage()
+
+
+def test_verbose_shows_the_library_messages(tmp_path, model_file):
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(1, 4000).T, 8000)
+    args = [src, "--model", model_file, "--out", tmp_path / "sep", "--force"]
+    plain, verbose = predict(*args), predict(*args, "-v")
+    assert plain.returncode == verbose.returncode == 0
+    assert "real time" not in plain.stderr and "real time" in verbose.stderr and str(src) in verbose.stderr
+
+
+def test_predict_and_evaluate_share_the_separator_options():
+    parser = build_parser()
+    options = ["--model", "m.pt", "--segment", "3", "--overlap", "0.5", "--device", "cpu", "--batch-size", "2",
+               "--method", "kmeans", "--misi", "2", "--wiener", "0"]
+    names = ["model", "segment", "overlap", "device", "batch_size", "method", "misi", "wiener"]
+    for given in ([], options):
+        p = vars(parser.parse_args(["predict", "x.wav", *given]))
+        e = vars(parser.parse_args(["evaluate", "data", *given]))
+        assert {k: p[k] for k in names} == {k: e[k] for k in names}
+    assert p["misi"] == 2 and p["method"] == "kmeans"

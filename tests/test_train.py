@@ -4,6 +4,7 @@ Everything runs on a few tiny generated tracks (8 kHz, 0.25 s segments) and the 
 shrunk further (1 layer x 16 units), so the whole file takes seconds."""
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +16,14 @@ import pytest
 import torch
 
 from chimera import train as tr
-from testutil import cuda
+from chimera.atomic import PARTIAL_PREFIX
 from chimera.data import write_audio
 from chimera.models import load_checkpoint
+from chimera.train import solver
+from chimera.train.state import STATE_KEYS
+
+import train_probes
+from testutil import cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,6 +123,7 @@ def test_overrides_parse_toml_values_and_index_lists():
     (lambda c: c["stages"][0].pop("lr"), "stages.0 needs `lr`"),
     (lambda c: c["data"].update(dataset="mp3s"), "unknown data.dataset 'mp3s'"),
     (lambda c: c["train"].update(scheduler="step"), "train.scheduler"),
+    (lambda c: c["stages"][1].update(scheduler="step"), "stages.1.scheduler"),
 ])
 def test_config_errors_name_the_problem(data_root, mutate, match):
     cfg = config(data_root)
@@ -137,15 +144,12 @@ def test_yaml_recipe(data_root, tmp_path):
 
 
 def test_recipes_are_valid():
-    import tomllib
-
     names = sorted(p.name for p in (ROOT / "recipes").glob("*.toml"))
     assert {"demo.toml", "chimerapp.toml", "torch-chimera-combook.toml", "wsj0-2mix-pit.toml"} <= set(names)
     for name in names:
-        with open(ROOT / "recipes" / name, "rb") as f:
-            cfg = tr.validate_config(tomllib.load(f))
+        cfg = tr.validate_config(tr.load_config(ROOT / "recipes" / name))
         assert cfg["stages"]
-    combook = tr.validate_config(tomllib.load(open(ROOT / "recipes/torch-chimera-combook.toml", "rb")))
+    combook = tr.validate_config(tr.load_config(ROOT / "recipes/torch-chimera-combook.toml"))
     assert [(s["objective"], s["epochs"], s["options"].get("alpha")) for s in combook["stages"]] == \
         [("dc", 10, None), ("chimera", 10, 0.95), ("wa", 5, None)]
 
@@ -176,6 +180,13 @@ def test_two_stage_recipe_end_to_end(data_root, tmp_path):
     assert sd["features.mean"].abs().max() > 1
     assert not torch.allclose(sd["features.std"], torch.ones_like(sd["features.std"]))
     assert state["stage"] == 2 and state["epoch"] == 0 and state["global_step"] == 12
+    # The checkpoint format of earlier versions (a running job resumes across an upgrade).
+    assert tuple(state) == STATE_KEYS == (
+        "stage", "epoch", "batch", "global_step", "optimizer", "scheduler", "scaler", "rng", "accum", "best", "seed",
+        "world_size", "config_json")
+    log = (run / "train.log").read_text()
+    assert "stage 0 (chimera): objective('chimera', alpha=0.9" in log and "stage wa epoch 1/1: train loss" in log
+    assert "trained 12 steps (12 in this session)" in log
     best = float(max(rows, key=lambda r: float(r["valid_si_sdri"]))["valid_si_sdri"])
     assert best == pytest.approx(result["best_si_sdri"]) == pytest.approx(load_checkpoint(run / "best.pt")[1]["best"])
     # A finished run refuses to be overwritten, and resuming it does nothing more.
@@ -218,23 +229,33 @@ def test_cli_with_overrides_and_one_line_errors(data_root, tmp_path, capsys):
     assert rc == 2 and "unknown [train] key(s) ['nope']" in err and "Traceback" not in err
     rc = main(["train", str(tmp_path / "missing.toml"), "--quiet"])
     assert rc == 2 and "missing.toml: no such config file" in capsys.readouterr().err
+    # Without --quiet the progress lines (the chimera.train log) reach stderr too.
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run3"), "--set", "stages.0.epochs=0",
+               "--set", "stages.1.epochs=0", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "stage 0 (chimera)" in err and "trained 0 steps" in err, err
+
+
+def probe_cmd(*probe_args):
+    """``chimera train`` with test-side probes (tests/train_probes.py) in place."""
+    return [sys.executable, str(ROOT / "tests" / "train_probes.py"), *probe_args, "--"]
 
 
 def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     cfg = config(data_root, checkpoint_every=1, scheduler="cosine")
     cfg["data"]["train"]["segments_per_track"] = 4  # 8 steps per epoch
-    cfg["stages"][0]["epochs"] = 1
+    cfg["stages"][0]["epochs"] = 1  # 16 steps in all
     path = write_toml(tmp_path / "r.toml", cfg)
     torch.set_num_threads(1)  # as the subprocesses (--threads 1): same kernels, same rounding
     tr.Trainer(tr.load_config(path), tmp_path / "ref", quiet=True).run()
 
-    # Slow each step down (env hook) so that the kill lands mid-epoch after a checkpoint.
+    # Reading each training item is slowed (test-side probe), so the kill lands mid-epoch after a checkpoint.
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CHIMERA_TRAIN_STEP_DELAY": "0.3",
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "chimera", "train", str(path), "--run-dir", str(run),
-                             "--threads", "1", "--quiet"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(probe_cmd("--slow", "0.2") + ["train", str(path), "--run-dir", str(run), "--threads", "1",
+                                                          "--quiet"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     step = 0
     while time.time() < deadline and proc.poll() is None:
@@ -252,7 +273,10 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     state = load_checkpoint(run / "last.pt")[1]
     assert state["stage"] == 0 and 0 < state["batch"] < 8, state["batch"]  # mid-epoch
 
-    res = run_cli(["--resume", "--run-dir", str(run)])  # config from the run folder
+    count = tmp_path / "items-read"
+    res = subprocess.run(probe_cmd("--count", str(count)) + ["train", "--resume", "--run-dir", str(run),
+                                                             "--threads", "1", "--quiet"],  # config from the run folder
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     a, sa = weights(tmp_path / "ref" / "last.pt")
     b, sb = weights(run / "last.pt")
@@ -263,24 +287,42 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
     ra = list(csv.DictReader(open(tmp_path / "ref" / "metrics.csv")))
     rb = list(csv.DictReader(open(run / "metrics.csv")))
     assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
+    # The resumed process started at the checkpoint and ran only the remaining steps: its log
+    # (appended to the killed run's train.log) says where it resumed and how many steps it took,
+    # and it read the training items of exactly those steps (2 per step, none to fit statistics).
+    done = state["global_step"]
+    log = (run / "train.log").read_text().splitlines()
+    resumed = [i for i, line in enumerate(log) if "resuming from" in line]
+    assert len(resumed) == 1 and any("stage 0 (chimera)" in line for line in log[:resumed[0]]), log
+    where = re.search(r"at step (\d+): stage (\d+), epoch (\d+), batch (\d+)", log[resumed[0]])
+    assert where and tuple(map(int, where.groups())) == (done, state["stage"], state["epoch"], state["batch"])
+    ran = [re.search(r"trained (\d+) steps \((\d+) in this session\)", line) for line in log[resumed[0]:]]
+    ran = [m for m in ran if m]
+    assert len(ran) == 1 and (int(ran[0][1]), int(ran[0][2])) == (16, 16 - done), log[resumed[0]:]
+    assert int(count.read_text()) == 2 * (16 - done)
 
 
-def test_ddp_two_gloo_processes_match_one_process_with_the_summed_batch(data_root, tmp_path, monkeypatch):
-    cfg = config(data_root)
+def test_ddp_gradients_are_the_mean_over_ranks_of_one_process_on_the_concatenated_batch(data_root, tmp_path,
+                                                                                       monkeypatch):
+    # Plain SGD (test-side probe) instead of Adam, which ignores the gradient scale: averaged and
+    # summed gradients then give different weights, and the first step's gradients are compared too.
+    cfg = config(data_root, grad_clip=0.0)
     cfg["stages"] = cfg["stages"][:1]
     cfg["stages"][0]["epochs"] = 1
     path = write_toml(tmp_path / "r.toml", cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    grads = tmp_path / "grads"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
                         "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
-                        "-m", "chimera", "train", str(path), "--run-dir", str(tmp_path / "ddp"), "--threads", "1",
-                        "--quiet", "--device", "cpu"],
+                        *probe_cmd("--sgd", str(grads))[1:], "train", str(path), "--run-dir", str(tmp_path / "ddp"),
+                        "--threads", "1", "--quiet", "--device", "cpu"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr[-3000:]
     files = sorted(os.listdir(tmp_path / "ddp"))
     assert "last.pt" in files and "best.pt" in files
-    assert not [f for f in files if f.endswith(".tmp")]  # one writer: no leftover temporaries
+    # One writer: no leftover temporaries (chimera.atomic's partial files).
+    assert not [f for f in files if f.startswith(PARTIAL_PREFIX) or f.endswith(".tmp")], files
     rows = list(csv.DictReader(open(tmp_path / "ddp" / "metrics.csv")))
     assert len(rows) == 1  # rank 0 only
     _, state = weights(tmp_path / "ddp" / "last.pt")
@@ -297,8 +339,15 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_summed_batch(data_roo
 
     single = dict(cfg, data={**cfg["data"], "batch_size": 4}, train={**cfg["train"], "stats_batches": 1})
     torch.set_num_threads(1)
-    monkeypatch.setattr(tr, "epoch_indices", both_ranks)
+    monkeypatch.setattr(solver, "epoch_indices", both_ranks)
+    monkeypatch.setattr(solver, "make_optimizer", train_probes.sgd_optimizer(str(tmp_path / "single-grads")))
     tr.Trainer(single, merged, quiet=True).run()
+    g0, g1 = torch.load(f"{grads}.0"), torch.load(f"{grads}.1")
+    g = torch.load(tmp_path / "single-grads.0")
+    assert len(g0) == len(g1) == len(g) and all(x is not None for x in g)
+    for x0, x1, x in zip(g0, g1, g):
+        assert torch.equal(x0, x1)  # DDP hands every rank the same reduced gradient
+        torch.testing.assert_close(x0, x, rtol=1e-4, atol=1e-6 * x.abs().max().item())
     a = load_checkpoint(tmp_path / "ddp" / "last.pt")[0].state_dict()
     b = load_checkpoint(merged / "last.pt")[0].state_dict()
     for k in a:
@@ -339,7 +388,7 @@ def test_unreadable_file_with_on_error_raise_is_one_line(data_root, tmp_path, mo
         bad.write_bytes(b"RIFF garbage")  # damaged after the headers were probed: fails in a worker
         return ds
 
-    monkeypatch.setattr(tr, "build_dataset", build_then_damage)
+    monkeypatch.setattr(solver, "build_dataset", build_then_damage)
     args = build_parser().parse_args(["train", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1",
                                       "--quiet"])
     assert args.func(args) == 2

@@ -1,16 +1,8 @@
-"""Data: audio I/O helpers, separation data sets, and the demo-data synthesiser
-(``python -m chimera.data.synth``)."""
-from .audio import AudioError, AudioInfo, audio_info, read_audio, resample, to_mono, write_audio
-from .datasets import (
-    AUDIO_EXTENSIONS,
-    DSD100,
-    MUSDB18,
-    DemoTracks,
-    FolderTuple,
-    SegmentDataset,
-    Track,
-    WSJ0Mix,
-)
+"""Separation data sets, and the demo-data synthesiser (``python -m chimera.data.synth``).
+
+The audio helpers are re-exported from :mod:`chimera.audio`, their home, for data-set users."""
+from ..audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, audio_info, read_audio, resample, to_mono, write_audio
+from .datasets import DSD100, MUSDB18, DemoTracks, FolderTuple, SegmentDataset, Track, WSJ0Mix
 
 __all__ = [
     "AUDIO_EXTENSIONS",

@@ -8,7 +8,7 @@ do not depend on the number of DataLoader workers and a resumed run sees the sam
 ``seed=None`` the draws come from torch's global generator, which DataLoader seeds per worker.
 
 Files that cannot be read are handled by ``on_error``: ``"skip"`` warns with the path and uses
-another track/file, ``"raise"`` raises :class:`~chimera.data.audio.AudioError` naming the path.
+another track/file, ``"raise"`` raises :class:`~chimera.audio.AudioError` naming the path.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .audio import AudioError, audio_info, read_audio, resample, to_mono
+from ..audio import AUDIO_EXTENSIONS, AudioError, audio_info, read_audio, resample, to_mono
 
 __all__ = [
     "SegmentDataset",
@@ -33,10 +33,8 @@ __all__ = [
     "DemoTracks",
     "WSJ0Mix",
     "FolderTuple",
-    "AUDIO_EXTENSIONS",
 ]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".aiff", ".aif", ".mp3")
 _MAX_SKIPS = 32  # give up after this many unreadable items in a row
 
 

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from .._version import __version__
 from ..atomic import atomic_write
 from .config import ModelConfig, StftConfig
 from .model import SeparationModel
@@ -74,8 +75,6 @@ def save_checkpoint(path, model: SeparationModel, training_state: dict | None = 
 
     state = {k: stored(k, v) for k, v in model.state_dict().items()}
     meta = {"model_config": cfg.to_dict(), "stft": cfg.stft.to_dict(), "source_names": list(cfg.source_names)}
-    from .. import __version__
-
     payload = {
         "format": FORMAT,
         "version": VERSION,

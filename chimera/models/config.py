@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 WINDOWS = ("hann", "hamming", "blackman", "rectangular", "sqrt_hann")
 EMBEDDING_ACTIVATIONS = ("tanh", "sigmoid")
 MASK_KINDS = ("sigmoid", "softmax", "doubled_sigmoid", "clipped_relu", "magbook", "phasebook", "combook")
@@ -49,8 +51,6 @@ class StftConfig:
         return self.n_fft // 2 + 1
 
     def window_tensor(self, device=None, dtype=None):
-        import torch
-
         kw = dict(periodic=True, device=device, dtype=dtype)
         if self.window == "hann":
             return torch.hann_window(self.n_fft, **kw)
@@ -77,7 +77,9 @@ class ModelConfig:
     ``embedding_dim = 0`` drops the deep-clustering head, ``mask = None`` drops the
     mask-inference head (at least one is needed). ``mask_input`` chooses what the mask
     head reads: the BLSTM output (Chimera++) or the embeddings (original Chimera).
-    ``mask_options`` go to the codebook heads (e.g. ``{"codebook_size": 4}``).
+    ``mask_options`` go to the codebook heads (:func:`~chimera.models.make_mask_head`):
+    ``magbook`` for magbook/phasebook (e.g. ``{"magbook": [0, 1, 2]}``), ``n_phases`` for
+    phasebook (e.g. ``{"n_phases": 8}``), ``n_entries`` for combook (e.g. ``{"n_entries": 12}``).
     """
 
     n_sources: int = 2

@@ -1,33 +1,19 @@
-"""Output heads: the deep-clustering embedding head and the mask-inference heads.
+"""Mask-inference heads: :class:`MaskHead` (real masks from a bounded activation) here,
+the codebook heads in :mod:`chimera.models.codebook_heads`, and :func:`make_mask_head`,
+which builds any of them by name.
 
-Every head reads frame-wise features ``(B, T, in_features)``. Embeddings come out as
-``(B, T·F, D)`` with the frequency index running fastest (bin ``n = t·F + f``), masks as
-``(B, C, F, T)``.
+Every head reads frame-wise features ``(B, T, in_features)`` and gives masks
+``(B, C, F, T)``; the embedding head is in :mod:`chimera.models.embedding_head`.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as Fn
 
-from .config import EMBEDDING_ACTIVATIONS, MASK_KINDS
+from .codebook_heads import CombookHead, MagbookHead, PhasebookHead
+from .config import MASK_KINDS
 
-
-class EmbeddingHead(nn.Module):
-    """Linear → tanh/sigmoid → unit norm per time-frequency bin; ``(B, T, in) → (B, T·F, D)``."""
-
-    def __init__(self, in_features: int, n_freq: int, dim: int, activation: str = "tanh"):
-        super().__init__()
-        if activation not in EMBEDDING_ACTIVATIONS:
-            raise ValueError(f"EmbeddingHead: activation {activation!r} not in {EMBEDDING_ACTIVATIONS}")
-        self.n_freq, self.dim, self.activation = n_freq, dim, activation
-        self.linear = nn.Linear(in_features, n_freq * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        v = self.linear(x)
-        v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
-        return Fn.normalize(v.reshape(B, T * self.n_freq, self.dim), dim=-1, eps=1e-8)
+_CODEBOOK_HEADS = {"magbook": MagbookHead, "phasebook": PhasebookHead, "combook": CombookHead}
 
 
 def _sigmoid(z):
@@ -69,15 +55,13 @@ class MaskHead(nn.Module):
 
 def make_mask_head(kind: str, in_features: int, n_freq: int, n_sources: int, **options) -> nn.Module:
     """Mask head by name: the real heads above, or the codebook heads of
-    :mod:`chimera.models.heads` (``magbook``, ``phasebook``, ``combook``; Le Roux et al.
-    2019), which receive ``options`` (e.g. the codebook size)."""
+    :mod:`chimera.models.codebook_heads` (``magbook``, ``phasebook``, ``combook``; Le Roux
+    et al. 2019), which receive ``options`` (``magbook=(0, 1, 2)``; ``n_phases=8``;
+    ``n_entries=12``)."""
     if kind in MaskHead._ACTIVATIONS or kind == "softmax":
         if options:
             raise ValueError(f"make_mask_head: mask {kind!r} takes no options, got {sorted(options)}")
         return MaskHead(in_features, n_freq, n_sources, kind)
-    if kind in ("magbook", "phasebook", "combook"):
-        from . import heads
-
-        cls = {"magbook": heads.MagbookHead, "phasebook": heads.PhasebookHead, "combook": heads.CombookHead}[kind]
-        return cls(in_features, n_freq, n_sources, **options)
+    if kind in _CODEBOOK_HEADS:
+        return _CODEBOOK_HEADS[kind](in_features, n_freq, n_sources, **options)
     raise ValueError(f"make_mask_head: unknown mask {kind!r}; choose one of {MASK_KINDS}")

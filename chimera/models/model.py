@@ -1,4 +1,8 @@
-"""The separation model: STFT → log-magnitude features → BLSTM trunk → heads."""
+"""The separation model: STFT → log-magnitude features → BLSTM trunk → heads.
+
+The model computes (forward, its STFT and inverse STFT); how its outputs become sources
+(mask head or k-means, Wiener filter, MISI) is :class:`chimera.separate.Separator`'s.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,7 +13,8 @@ from torch import nn
 from .. import signal
 from .config import ModelConfig, StftConfig
 from .features import LogMagnitude
-from .mask_heads import EmbeddingHead, make_mask_head
+from .embedding_head import EmbeddingHead
+from .mask_heads import make_mask_head
 from .trunk import BLSTMTrunk
 
 
@@ -117,58 +122,3 @@ class SeparationModel(nn.Module):
                 raise RuntimeError(f"mask head returned {tuple(masks.shape)}, expected {(B, self.n_sources, F, T)}")
             estimates = masks * spec.unsqueeze(1)
         return ModelOutput(spec, embedding, masks, estimates, self.stft, mixture.shape[-1])
-
-    # ------------------------------------------------------------------ inference
-    def resolve_method(self, method: str | None) -> str:
-        """The separation method to use: None means the mask head when there is one."""
-        if method is None:
-            method = "mask" if self.mask_head is not None else "kmeans"
-        if method not in ("mask", "kmeans"):
-            raise ValueError(f"separate: unknown method {method!r}; use 'mask' or 'kmeans'")
-        if method == "mask" and self.mask_head is None:
-            raise ValueError("separate: this model has no mask head; use method='kmeans'")
-        if method == "kmeans" and self.embedding_head is None:
-            raise ValueError("separate: this model has no embedding head; use method='mask'")
-        return method
-
-    @torch.no_grad()
-    def separate(self, waveform: torch.Tensor, method: str | None = None, misi_iters: int = 0,
-                 kmeans_iters: int = 20, seed: int = 0) -> torch.Tensor:
-        """Separate ``(..., L)`` mixtures into ``(..., C, L)`` source waveforms.
-
-        ``method``: ``"mask"`` (the mask head), ``"kmeans"`` (k-means on the DC embeddings
-        of the bins that are not silent, giving binary masks), or None for the mask head
-        when the model has one. ``misi_iters`` > 0 refines the phases with MISI.
-        Runs in eval mode (dropout off) and restores the previous mode.
-        """
-        method = self.resolve_method(method)
-        if misi_iters < 0:
-            raise ValueError(f"separate: misi_iters must be >= 0, got {misi_iters}")
-        if waveform.is_complex() or not waveform.is_floating_point():
-            raise TypeError(f"separate: expected a real floating waveform, got {waveform.dtype}")
-        lead, L = waveform.shape[:-1], waveform.shape[-1]
-        x = waveform.reshape(-1, L).to(self.window.device, self.features.mean.dtype)
-        was_training = self.training
-        self.eval()
-        try:
-            out = self(x, need_embedding=method == "kmeans")
-        finally:
-            self.train(was_training)
-        if method == "mask":
-            estimates = out.estimates
-        else:
-            from ..cluster import kmeans
-            from ..losses import voice_activity_weights
-
-            spec = out.mixture_spec
-            B, F, T = spec.shape
-            weight = voice_activity_weights(spec.abs().transpose(-1, -2)).reshape(B, -1).to(out.embedding.dtype)
-            labels, _ = kmeans(out.embedding, self.n_sources, n_iter=kmeans_iters, weight=weight, seed=seed)
-            masks = nn.functional.one_hot(labels.reshape(B, T, F), self.n_sources).permute(0, 3, 2, 1)
-            estimates = masks.to(spec.real.dtype) * spec.unsqueeze(1)
-        if misi_iters > 0:
-            st = self.stft
-            y = signal.misi(x, estimates, misi_iters, st.n_fft, st.hop_length, self._window(x))
-        else:
-            y = self.waveform(estimates, L)
-        return y.reshape(*lead, self.n_sources, L).to(waveform.device, waveform.dtype)

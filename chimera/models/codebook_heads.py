@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from chimera.ops import codebook_lookup
+from ..ops import codebook_lookup
 
 
 def _check_mode(mode):

@@ -1,0 +1,209 @@
+"""Audio files in and out: open and validate, read (whole or in blocks), write, resample.
+
+Every problem with a file (missing, a folder, empty, not audio, truncated, NaN/Inf samples,
+an output that exists) is an :class:`AudioError` whose message is one line naming the file
+and the problem, so the data sets, ``predict`` and ``evaluate`` report a bad file the same
+way, and a bad file inside a DataLoader worker still says which one it was.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = [
+    "AUDIO_EXTENSIONS", "AudioError", "AudioInfo", "OUTPUT_FORMATS", "StreamResampler", "audio_info",
+    "check_output_format", "open_audio", "read_audio", "read_blocks", "resample", "to_mono", "write_audio",
+]
+
+PathLike = str | os.PathLike
+
+#: File name endings taken for audio when a folder is searched (predict, data sets).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf")
+
+#: Output formats (libsndfile major format, default subtype) by file extension.
+OUTPUT_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
+                  "aiff": ("AIFF", "PCM_16")}
+
+# What soundfile raises for a file it cannot open or decode (the class differs by version).
+_DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio. ``path`` and ``problem`` are kept as attributes.
+
+    Constructible from a single message too, so that DataLoader can re-raise it in the main
+    process (it rebuilds worker exceptions as ``type(msg)``)."""
+
+    def __init__(self, message: str, path: PathLike | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+
+    @classmethod
+    def at(cls, path: PathLike, problem: str) -> "AudioError":
+        return cls(f"{os.fspath(path)}: {problem}", path=path, problem=problem)
+
+    def __reduce__(self):  # keep path/problem across pickling (multiprocessing)
+        return (type(self), (str(self), self.path, self.problem))
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _reason(exc: Exception) -> str:
+    """libsndfile's reason alone (the message names the file already)."""
+    text = str(getattr(exc, "error_string", "") or exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text.removeprefix("Error :").strip(" .")
+
+
+def open_audio(path: PathLike) -> sf.SoundFile:
+    """An open, validated ``soundfile.SoundFile`` (the caller closes it): raises
+    :class:`AudioError` for a missing path, a folder, an empty file, a file libsndfile
+    cannot read, or one whose header has no samples or an invalid rate/channel count."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError.at(path, "no such file")
+    if os.path.isdir(path):
+        raise AudioError.at(path, "is a folder, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError.at(path, "empty file (0 bytes)")
+    try:
+        f = sf.SoundFile(path)
+    except _DECODE_ERRORS as exc:
+        raise AudioError.at(path, f"not a readable audio file ({_reason(exc)})") from None
+    problem = None
+    if f.samplerate <= 0 or f.channels <= 0:
+        problem = f"invalid header (rate {f.samplerate}, channels {f.channels})"
+    elif f.frames <= 0:
+        problem = "the audio has no samples"
+    if problem:
+        f.close()
+        raise AudioError.at(path, problem)
+    return f
+
+
+def audio_info(path: PathLike) -> AudioInfo:
+    """Header information of a file that :func:`open_audio` accepts."""
+    with open_audio(path) as f:
+        return AudioInfo(os.fspath(path), int(f.frames), int(f.samplerate), int(f.channels))
+
+
+def read_blocks(f: sf.SoundFile, block_frames: int, frames: int | None = None):
+    """The next ``frames`` samples of the open file ``f`` (all that its header promises from
+    the current position when None) as ``(n, channels)`` float32 blocks of at most
+    ``block_frames``. A block that cannot be decoded, a file shorter than its header or a
+    NaN/Inf sample raises :class:`AudioError` naming the file and where."""
+    rate, start = f.samplerate, f.tell()
+    end = f.frames if frames is None else min(f.frames, start + max(0, int(frames)))
+    block_frames = max(1, int(block_frames))
+    at = start
+    while at < end:
+        try:
+            data = f.read(min(block_frames, end - at), dtype="float32", always_2d=True)
+        except _DECODE_ERRORS as exc:
+            raise AudioError.at(f.name, f"read failed at sample {at} ({_reason(exc)})") from None
+        if data.shape[0] == 0:
+            raise AudioError.at(f.name, f"file ends at sample {at}, its header says {f.frames}")
+        if not np.isfinite(data).all():
+            bad = at + int(np.argwhere(~np.isfinite(data))[0, 0])
+            raise AudioError.at(f.name, f"NaN/Inf sample at {bad / rate:.3f} s (sample {bad})")
+        at += data.shape[0]
+        yield data
+
+
+def read_audio(path: PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+    """Read ``frames`` samples (all when -1) from sample ``start`` as float32
+    ``(frames, channels)`` and the sample rate. Reading past the end returns fewer frames
+    (callers pad); any problem with the file raises :class:`AudioError` naming it."""
+    with open_audio(path) as f:
+        if start >= f.frames:
+            return np.zeros((0, f.channels), np.float32), f.samplerate
+        f.seek(int(start))
+        n = f.frames - start if frames < 0 else frames
+        blocks = list(read_blocks(f, max(n, 1), n))
+        x = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
+        return x, f.samplerate
+
+
+def check_output_format(ext: str, subtype: str | None = None) -> tuple[str, str]:
+    """The libsndfile ``(format, subtype)`` for output extension ``ext`` (subtype: its
+    default when None); ValueError when the pair cannot be written."""
+    if ext not in OUTPUT_FORMATS:
+        raise ValueError(f"unsupported output format {ext!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    major, default = OUTPUT_FORMATS[ext]
+    subtype = subtype or default
+    if not sf.check_format(major, subtype):
+        raise ValueError(f"output format {ext} cannot hold subtype {subtype}")
+    return major, subtype
+
+
+def write_audio(path: PathLike, data: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
+    """Write ``(frames,)`` or ``(frames, channels)`` audio, creating parent folders.
+
+    int16 arrays are written verbatim as PCM_16 (bit-exact); float arrays default to FLOAT."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data = np.asarray(data)
+    if subtype is None:
+        subtype = "PCM_16" if data.dtype == np.int16 else "FLOAT"
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise ValueError(f"refusing to write NaN/Inf samples to {path}")
+    sf.write(path, data, int(sample_rate), subtype=subtype)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int, quality: str = "HQ", axis: int = 0) -> np.ndarray:
+    """Resample float32 audio along ``axis`` with soxr; the other axes are channels."""
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    x = np.asarray(x, dtype=np.float32)
+    if sr_in == sr_out or x.shape[axis] == 0:
+        return np.ascontiguousarray(x)
+    moved = np.moveaxis(x, axis, 0)
+    flat = np.ascontiguousarray(moved.reshape(moved.shape[0], -1))   # (frames, channels)
+    y = np.asarray(soxr.resample(flat, sr_in, sr_out, quality=quality), dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(y.reshape(-1, *moved.shape[1:]), 0, axis))
+
+
+class StreamResampler:
+    """Resample ``(n, channels)`` float32 blocks as they arrive (soxr, the same quality as
+    :func:`resample`); the identity when the rates agree."""
+
+    def __init__(self, sr_in: int, sr_out: int, channels: int, quality: str = "HQ"):
+        self.channels = int(channels)
+        self._soxr = None if sr_in == sr_out else soxr.ResampleStream(sr_in, sr_out, self.channels, dtype="float32",
+                                                                      quality=quality)
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        return block if self._soxr is None else self._soxr.resample_chunk(block, last=False)
+
+    def finish(self) -> np.ndarray:
+        """What the resampler still holds (nothing for the identity)."""
+        empty = np.zeros((0, self.channels), np.float32)
+        return empty if self._soxr is None else self._soxr.resample_chunk(empty, last=True)
+
+
+def to_mono(x: np.ndarray, mode: str = "mean", channel: int | None = None) -> np.ndarray:
+    """``(frames, channels)`` -> ``(frames,)``: ``mean`` downmix, or one channel (``channel``)."""
+    if x.ndim == 1:
+        return x
+    if mode == "mean":
+        return x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
+    if mode in ("random", "channel"):
+        c = 0 if channel is None else channel % x.shape[1]
+        return np.ascontiguousarray(x[:, c])
+    raise ValueError(f"unknown mono mode {mode!r} (expected 'mean' or 'random')")

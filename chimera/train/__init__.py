@@ -1,0 +1,107 @@
+"""`chimera train`: staged training (e.g. DC → DC+MI → WA) from a TOML recipe.
+
+A recipe (see ``recipes/``) has four parts::
+
+    seed = 0
+    [model]            # preset name and size, plus any ModelConfig field as an override
+    preset = "chimerapp"
+    size = "small"
+    stft = {sample_rate = 16000, n_fft = 512, hop_length = 128}
+    [data]             # data set, loader, and keyword arguments shared by train and valid
+    dataset = "demo"   # musdb18 | dsd100 | demo | wsj0mix | foldertuple
+    root = "demo-data/musdb"
+    batch_size = 8
+    [data.train]       # keyword arguments of the training data set only
+    split = "train"
+    segment_seconds = 2.0
+    [data.valid]       # ... and of the (deterministic) validation data set
+    split = "valid"
+    [train]            # optimiser and loop settings (see TRAIN_DEFAULTS)
+    grad_clip = 5.0
+    [[stages]]         # one table per stage, run in order
+    objective = "dc"
+    epochs = 10
+    lr = 1e-3
+
+Command-line overrides: ``--set stages.0.epochs=2 --set data.batch_size=4`` (the value is
+parsed as TOML, falling back to a plain string).
+
+Design choices:
+
+- A fresh Adam per stage (the objectives' scales differ, so old moment estimates mislead),
+  with that stage's learning rate; gradients clipped by global norm (``grad_clip``).
+- Learning-rate schedule per stage, ``train.scheduler``: ``"plateau"`` (default; halve the
+  rate when the validation loss has not improved for ``plateau_patience`` epochs — what the
+  Chimera++/torch-chimera recipes do), ``"cosine"`` (per step down to ``lr·min_lr_ratio`` over
+  the stage) or ``"constant"``.
+- The data order is a pure function of ``(seed, stage, epoch)``: a DistributedSampler
+  permutation (``num_replicas=1`` without DDP) seeded with ``seed + 1000·stage`` and
+  ``set_epoch(epoch)``, and the data sets' own draws depend on ``(seed, epoch, index)`` only.
+  A resumed run therefore rebuilds the epoch's order and skips the batches already consumed.
+- ``best.pt`` is the checkpoint with the highest validation SI-SDR improvement (comparable
+  across stages, unlike the losses).
+- The run folder holds ``last.pt``/``best.pt``, ``config.json`` (the validated recipe, which
+  ``--resume`` without CONFIG reads), ``metrics.csv``, ``train.log`` (the ``chimera.train`` log,
+  appended by every session) and ``tensorboard/`` when tensorboard is installed.
+
+Modules: :mod:`.config` (recipes), :mod:`.data` (data sets, loaders, epoch order), :mod:`.state`
+(checkpointed position and RNG state), :mod:`.distrib` (device, DDP), :mod:`.records`
+(train.log, metrics.csv), :mod:`.solver` (the loop); :func:`main` is ``chimera train`` (its
+options are declared in :mod:`chimera.cli`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import TRAIN_DEFAULTS, apply_override, load_config, validate_config
+from .data import DATASETS, build_dataset, epoch_indices
+from .errors import TrainError
+from .records import LOG, console
+from .solver import Trainer
+
+__all__ = ["DATASETS", "TRAIN_DEFAULTS", "TrainError", "Trainer", "apply_override", "build_dataset",
+           "epoch_indices", "load_config", "main", "validate_config"]
+
+
+def _config(args) -> dict:
+    if args.config is not None:
+        config = load_config(args.config)
+    elif args.resume is not None:
+        path = Path(args.run_dir or ".") / "config.json"
+        if not path.is_file():
+            raise TrainError(f"--resume without CONFIG needs {path}")
+        config = json.loads(path.read_text())
+    else:
+        raise TrainError("a CONFIG file is required (unless resuming a run with --run-dir)")
+    for item in args.set or []:
+        apply_override(config, item)
+    if args.seed is not None:
+        config["seed"] = args.seed
+    if args.threads:
+        config.setdefault("train", {})["threads"] = args.threads
+    return config
+
+
+def main(args) -> int:
+    """``chimera train`` with parsed ``args``: 0 when done, 2 on a TrainError (one line on
+    stderr), 130 when interrupted. Progress lines go to stderr unless ``--quiet`` (rank 0 only)."""
+    quiet = args.quiet or int(os.environ.get("RANK", "0")) != 0
+    with console(sys.stderr, quiet=quiet):
+        try:
+            config = _config(args)
+            run_dir = args.run_dir or (os.path.join("runs", Path(args.config).stem) if args.config else ".")
+            trainer = Trainer(config, run_dir, resume=args.resume, device=args.device, quiet=args.quiet)
+            try:
+                trainer.run()
+            finally:
+                trainer.dist.close()
+        except TrainError as e:
+            LOG.error("error: %s", e)
+            return 2
+        except KeyboardInterrupt:
+            LOG.error("interrupted (resume with --resume)")
+            return 130
+    return 0

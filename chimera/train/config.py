@@ -1,0 +1,175 @@
+"""Recipes: load (TOML, or YAML with PyYAML), override from the command line, validate.
+
+Every key a recipe may hold is declared once here (``TOP_KEYS``, ``TRAIN_DEFAULTS``, ``STAGE_KEYS``,
+the choices ``SCHEDULERS`` and ``AMP_MODES``; data sets in :data:`.data.DATASETS`, objectives in
+:data:`chimera.objectives.OPTIONS`) and checked once, by :func:`validate_config`.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+from ..objectives import objective
+from .data import DATASETS
+from .errors import TrainError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
+
+SCHEDULERS = ("plateau", "cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # auto: bf16 if supported, else fp16, on CUDA only
+TRAIN_DEFAULTS = {
+    "grad_clip": 5.0,  # max global gradient norm; 0 disables
+    "weight_decay": 0.0,
+    "scheduler": "plateau",  # one of SCHEDULERS
+    "plateau_factor": 0.5,
+    "plateau_patience": 2,
+    "min_lr_ratio": 0.01,  # cosine: final lr = lr * min_lr_ratio
+    "checkpoint_every": 0,  # also write last.pt every N optimiser steps (0: only at epoch ends)
+    "stats_batches": 4,  # training batches used to fit the feature statistics
+    "amp": "auto",  # one of AMP_MODES
+    "device": "auto",
+    "pit_metric": None,  # SI-SDR with the best permutation; None: when the stage's objective uses PIT
+    "max_steps_per_epoch": 0,  # 0: the whole epoch
+    "valid_every": 1,  # validate every N epochs (and always at the end of a stage)
+    "init": None,  # start from this checkpoint's weights (and statistics) instead of a fresh model
+    "threads": 0,  # torch CPU threads (0: torch's default); --threads overrides
+}
+STAGE_KEYS = ("name", "objective", "options", "alpha", "epochs", "lr", "grad_clip", "scheduler")
+TOP_KEYS = ("seed", "model", "data", "train", "stages")
+
+
+def load_config(path) -> dict:
+    """A recipe from TOML (``.toml``) or, when PyYAML is installed, YAML (``.yaml``/``.yml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{path}: no such config file")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _load_yaml(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise TrainError(f"{path}: not valid TOML: {e}") from None
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        import yaml  # optional: only YAML recipes need PyYAML
+    except ImportError:
+        raise TrainError(f"{path}: YAML recipes need PyYAML (pip install pyyaml), or use TOML") from None
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise TrainError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(config, dict):
+        raise TrainError(f"{path}: a recipe must be a mapping, got {type(config).__name__}")
+    return config
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # bare strings need no quotes on the command line
+
+
+def apply_override(config: dict, item: str) -> None:
+    """``a.b.0.c=value``: set a nested key (list items by index; ``stages.N`` may append)."""
+    if "=" not in item:
+        raise TrainError(f"override {item!r}: expected KEY=VALUE")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise TrainError(f"override {item!r}: empty key component")
+    node = config
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) > len(node):
+                raise TrainError(f"override {item!r}: {'.'.join(parts[:i]) or 'list'} has {len(node)} items, "
+                                 f"no index {part!r}")
+            idx = int(part)
+            if idx == len(node):
+                node.append({})
+            if last:
+                node[idx] = _parse_value(text)
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = _parse_value(text)
+            else:
+                node = node.setdefault(part, [] if part == "stages" else {})
+        else:
+            raise TrainError(f"override {item!r}: {'.'.join(parts[:i])} is a value, not a table")
+
+
+def _check_choice(where: str, value, choices) -> None:
+    if value not in choices:
+        raise TrainError(f"config: {where} must be one of {choices}, got {value!r}")
+
+
+def _no_unknown_keys(table: dict, known, what: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise TrainError(f"config: {what} {unknown}; known: {list(known)}")
+
+
+def validate_config(config: dict) -> dict:
+    """Fill defaults and check names; returns a normalised deep copy."""
+    cfg = copy.deepcopy(config)
+    _no_unknown_keys(cfg, TOP_KEYS, "unknown top-level key(s)")
+    cfg.setdefault("seed", 0)
+    if not isinstance(cfg["seed"], int):
+        raise TrainError(f"config: seed must be an integer, got {cfg['seed']!r}")
+    model = cfg.setdefault("model", {})
+    model.setdefault("preset", "chimerapp")
+    model.setdefault("size", "small")
+    data = cfg.get("data")
+    if not isinstance(data, dict) or "dataset" not in data:
+        raise TrainError("config: a [data] table with a `dataset` is required")
+    if data["dataset"] not in DATASETS:
+        raise TrainError(f"config: unknown data.dataset {data['dataset']!r}; choose one of {sorted(DATASETS)}")
+    data.setdefault("batch_size", 8)
+    data.setdefault("num_workers", 0)
+    data.setdefault("train", {})
+    data.setdefault("valid", {})
+    train = cfg.setdefault("train", {})
+    _no_unknown_keys(train, sorted(TRAIN_DEFAULTS), "unknown [train] key(s)")
+    for k, v in TRAIN_DEFAULTS.items():
+        train.setdefault(k, v)
+    _check_choice("train.scheduler", train["scheduler"], SCHEDULERS)
+    _check_choice("train.amp", train["amp"], AMP_MODES)
+    stages = cfg.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise TrainError("config: at least one [[stages]] table is required")
+    for i, st in enumerate(stages):
+        _validate_stage(i, st)
+    return cfg
+
+
+def _validate_stage(i: int, st) -> None:
+    if not isinstance(st, dict):
+        raise TrainError(f"config: stages.{i} must be a table")
+    _no_unknown_keys(st, STAGE_KEYS, f"stages.{i}: unknown key(s)")
+    for need in ("objective", "epochs", "lr"):
+        if need not in st:
+            raise TrainError(f"config: stages.{i} needs `{need}`")
+    if not isinstance(st["epochs"], int) or st["epochs"] < 0:
+        raise TrainError(f"config: stages.{i}.epochs must be an integer >= 0, got {st['epochs']!r}")
+    if not isinstance(st["lr"], (int, float)) or st["lr"] <= 0:
+        raise TrainError(f"config: stages.{i}.lr must be positive, got {st['lr']!r}")
+    if "scheduler" in st:
+        _check_choice(f"stages.{i}.scheduler", st["scheduler"], SCHEDULERS)
+    st.setdefault("name", f"{i}-{st['objective']}")
+    st.setdefault("options", {})
+    if "alpha" in st:
+        st["options"]["alpha"] = st.pop("alpha")
+    try:
+        objective(st["objective"], **st["options"])
+    except (ValueError, TypeError) as e:
+        raise TrainError(f"config: stages.{i}: {e}") from None

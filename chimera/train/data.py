@@ -1,0 +1,82 @@
+"""The data side of training: the data-set registry, loaders that turn an unreadable file into a
+one-line error naming it, and the epoch order (a pure function of seed, stage, epoch and rank)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from .. import data
+from .errors import TrainError
+
+#: ``data.dataset`` names of a recipe.
+DATASETS = {"musdb18": data.MUSDB18, "dsd100": data.DSD100, "demo": data.DemoTracks, "wsj0mix": data.WSJ0Mix,
+            "foldertuple": data.FolderTuple}
+#: Keys of ``[data]`` that configure the loaders or one split, not the data set itself.
+LOADER_KEYS = ("dataset", "batch_size", "valid_batch_size", "num_workers", "train", "valid")
+
+
+def build_dataset(data_cfg: dict, split: str, sample_rate: int, seed: int):
+    """The ``split`` ("train" or "valid") data set of a validated ``[data]`` table."""
+    common = {k: v for k, v in data_cfg.items() if k not in LOADER_KEYS}
+    kwargs = {**common, **data_cfg.get(split, {})}
+    if kwargs.get("gain_db") is not None:
+        kwargs["gain_db"] = tuple(kwargs["gain_db"])
+    cls = DATASETS[data_cfg["dataset"]]
+    try:
+        return cls(sample_rate=sample_rate, seed=seed, train=split == "train", **kwargs)
+    except data.AudioError as e:
+        raise TrainError(f"{split} data: unreadable file: {e}") from None
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        raise TrainError(f"{split} data ({data_cfg['dataset']}): {e}") from None
+
+
+class _Guarded(Dataset):
+    """Turns an AudioError into an item that the collate function reports, so the main
+    process gets the one-line message (with the path) instead of a worker traceback."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except data.AudioError as e:
+            return {"error": str(e)}
+
+
+def _collate(items):
+    for it in items:
+        if "error" in it:
+            return {"error": it["error"]}
+    return {"mixture": torch.stack([it["mixture"] for it in items]),
+            "sources": torch.stack([it["sources"] for it in items]),
+            "name": [it["name"] for it in items]}
+
+
+def check_batch(batch: dict, what: str = "training") -> dict:
+    """``batch``, or the TrainError of the unreadable file it stands for."""
+    if "error" in batch:
+        raise TrainError(f"unreadable {what} data: {batch['error']}")
+    return batch
+
+
+def loader(dataset, batch_size: int, num_workers: int, indices=None) -> DataLoader:
+    """Batches of ``dataset`` (items ``indices`` in that order, default all), unshuffled."""
+    ds = _Guarded(dataset)
+    if indices is not None:
+        ds = Subset(ds, indices)
+    # Own generator: creating an iterator must not draw from the global RNG (exact resume).
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def epoch_indices(n: int, seed: int, stage: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's item order for an epoch: a pure function of its arguments."""
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
+                                 seed=seed + 1000 * stage, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)

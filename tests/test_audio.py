@@ -1,0 +1,62 @@
+"""chimera.audio: one reader, one error naming the file, one resampler, for every consumer."""
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from chimera.audio import AudioError, StreamResampler, read_audio, resample
+from chimera.evaluate import load_track
+from chimera.models import SeparationModel, preset
+from chimera.separate import Separator
+
+
+def _bad(tmp_path, name):
+    """A bad `mixture` file of each kind, in a track folder evaluate can read."""
+    folder = tmp_path / "data" / "t"
+    folder.mkdir(parents=True)
+    path = folder / "mixture.wav"
+    if name == "empty":
+        path.write_bytes(b"")
+    elif name == "text":
+        path.write_text("this is not audio at all\n" * 10)
+    elif name == "nan":
+        x = np.zeros(2000, np.float32)
+        x[1500] = np.nan
+        sf.write(path, x, 8000, subtype="FLOAT")
+    elif name == "folder":
+        path.mkdir()
+    sf.write(folder / "vocals.wav", np.zeros(2000, np.float32), 8000)
+    return path
+
+
+@pytest.mark.parametrize("name,problem", [("missing", "no such file"), ("empty", "empty file"),
+                                          ("text", "not a readable audio file"), ("nan", "NaN/Inf sample at 0.188 s"),
+                                          ("folder", "is a folder")])
+def test_one_message_for_a_bad_file_wherever_it_is_read(tmp_path, name, problem):
+    path = _bad(tmp_path, name)
+    torch.manual_seed(0)
+    model = SeparationModel(preset("dc", "small", hidden=8, layers=1, embedding_dim=2, source_names=["vocals"],
+                                   n_sources=1))
+    errors = []
+    for read in (lambda: read_audio(path),                                                # data sets
+                 lambda: Separator(model, device="cpu").separate_file(path, tmp_path / "out"),  # predict
+                 lambda: load_track(tmp_path / "data", "t", ["vocals"])):                 # evaluate
+        with pytest.raises(AudioError) as info:
+            read()
+        errors.append(info.value)
+    assert {str(e) for e in errors} == {f"{path}: {errors[0].problem}"}
+    assert problem in errors[0].problem and errors[0].path == str(path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resample_along_any_axis_and_in_blocks_agree():
+    x = np.random.default_rng(0).standard_normal((44100, 2)).astype(np.float32)
+    whole = resample(x, 44100, 16000)
+    assert whole.shape == (16000, 2)
+    np.testing.assert_array_equal(resample(x.T[None], 44100, 16000, axis=-1)[0].T, whole)
+    stream = StreamResampler(44100, 16000, 2)
+    blocks = [stream.push(x[i:i + 1000]) for i in range(0, 44100, 1000)] + [stream.finish()]
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    same = StreamResampler(8000, 8000, 2)
+    np.testing.assert_array_equal(same.push(x[:10]), x[:10])
+    assert same.finish().shape == (0, 2)

@@ -1,0 +1,80 @@
+"""Test-side probes of the trainer, for tests/test_train.py: in the test process, and in the
+processes it starts (``python tests/train_probes.py [--slow S] [--count FILE] [--sgd FILE] --
+train ...`` runs ``chimera train ...`` with the probes in place). The trainer carries no test hook.
+
+- ``--slow S``: reading a training item takes S more seconds (so a test can kill a run mid-epoch);
+- ``--count FILE``: FILE receives the number of training items read (an independent step count);
+- ``--sgd FILE``: plain SGD replaces Adam, and the gradients of the first step, as the optimiser
+  sees them (after DDP's reduction), go to FILE.<rank>.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from chimera.cli import main as chimera_main
+from chimera.train import data as train_data
+from chimera.train import solver
+
+
+def slow_and_counted(delay: float, counter: list):
+    """Wrap the "demo" data set: every training item read takes ``delay`` s more and is counted."""
+    base = train_data.DATASETS["demo"]
+
+    class Probed(base):
+        def __getitem__(self, i):
+            if self.train:
+                counter[0] += 1
+                time.sleep(delay)
+            return super().__getitem__(i)
+
+    return Probed
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD (its update is proportional to the gradient, so a sum over ranks instead of the mean
+    shows in the weights, unlike with Adam) that saves the gradients of its first step."""
+
+    def __init__(self, params, lr, path):
+        super().__init__(params, lr=lr)
+        self.path, self.steps = path, 0
+
+    def step(self, closure=None):
+        if self.steps == 0 and self.path is not None:
+            grads = [None if p.grad is None else p.grad.detach().clone()
+                     for group in self.param_groups for p in group["params"]]
+            torch.save(grads, f"{self.path}.{os.environ.get('RANK', '0')}")
+        self.steps += 1
+        return super().step(closure)
+
+
+def sgd_optimizer(path):
+    """A stand-in for :func:`chimera.train.solver.make_optimizer`: RecordingSGD, constant rate."""
+    def make(model, stage, tcfg, steps_per_epoch):
+        return RecordingSGD(model.parameters(), float(stage["lr"]), path), None, "constant"
+    return make
+
+
+def main(argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("--slow", type=float, default=0.0)
+    p.add_argument("--count")
+    p.add_argument("--sgd")
+    p.add_argument("chimera_args", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    counter = [0]
+    train_data.DATASETS["demo"] = slow_and_counted(args.slow, counter)
+    if args.sgd:
+        solver.make_optimizer = sgd_optimizer(args.sgd)
+    rest = args.chimera_args[1:] if args.chimera_args[:1] == ["--"] else args.chimera_args
+    rc = chimera_main(rest)
+    if args.count:
+        with open(args.count, "w") as f:
+            f.write(str(counter[0]))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
