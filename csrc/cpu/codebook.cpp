@@ -20,6 +20,7 @@
 #include "common/codebook.h"
 #include "common/codebook_host.h"
 #include "common/static_switch.h"
+#include "cpu/huge_pages.h"
 #include "cpu/isa.h"
 #include "cpu/simd.h"
 
@@ -37,6 +38,7 @@ at::Tensor codebook_lookup_cpu(const at::Tensor& logits, const at::Tensor& codeb
   const at::Tensor c = codebook.contiguous();
   at::Tensor out = codebook::forward_output(s, codebook);
   if (s.rows == 0) return out;
+  cpu::advise_huge_pages(out);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "codebook_lookup_cpu", [&] {
     using L = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "codebook_lookup_cpu", [&] {
@@ -61,6 +63,7 @@ std::tuple<at::Tensor, at::Tensor> codebook_lookup_backward_cpu(const at::Tensor
   auto [gx, gc] = codebook::backward_outputs(x, c, argmax, output_mask);
   const bool write_gx = output_mask[0] && !argmax;
   if (s.rows == 0 || (!write_gx && !output_mask[1])) return {gx, gc};
+  if (write_gx) cpu::advise_huge_pages(gx);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "codebook_lookup_backward_cpu", [&] {
     using L = scalar_t;
     AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "codebook_lookup_backward_cpu", [&] {
