@@ -312,6 +312,22 @@ def test_overlap_add_nan_propagates(cpu_path, negative):
     assert torch.isnan(back[0]).sum() == 4 and not torch.isnan(back[1]).any()  # the 4 frames covering it
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_overlap_add_half_policy_is_the_same_in_kernel_and_reference(cpu_path, dtype):
+    # Both sum in float32 and round once: the results agree to the last bit but for the
+    # order of the float32 additions (a reference summing in float16 differs by many ulps).
+    frames, w = frames_and_window(n_frames=40, n_fft=64, batch=(2,), dtype=torch.float32, window="hamming")
+    frames, w = 100 * frames.to(dtype), w.to(dtype)
+    out, ref = ops.overlap_add(frames, w, 16, True, None), reference.overlap_add(frames, w, 16, True, None)
+    assert out.dtype == ref.dtype == dtype
+    ulp = torch.finfo(dtype).eps * ref.float().abs().clamp_min(1)
+    assert ((out.float() - ref.float()).abs() <= ulp).all()
+    g = 100 * torch.randn_like(out)
+    back = ops.overlap_add_backward(g, w, 16, True, 40)
+    back_ref = reference.overlap_add_backward(g, w, 16, True, 40)
+    assert ((back.float() - back_ref.float()).abs() <= torch.finfo(dtype).eps * back_ref.float().abs().clamp_min(1)).all()
+
+
 @pytest.mark.parametrize("envelope", [0.5e-11, 2e-11])
 def test_nola_tolerance_is_the_same_in_kernels_reference_and_stream(envelope):
     # A window whose ends give an envelope just below / above the tolerance at sample 0.
