@@ -135,6 +135,8 @@ __global__ void backward_kernel(const A* __restrict__ g, const L* __restrict__ x
     A gy[D];
     bool infinite;
     const A inv = codebook::interpolate_backward_weights<D>(e, cb, K, gr, normalize, gy, infinite);
+    if (!valid)  // rows past the end add nothing, whatever the codebook holds (NaN through |y|)
+      for (int d = 0; d < D; ++d) gy[d] = A(0);
     if (WANT_GC) {  // every lane takes part, with 0 for rows past the end
       for (int64_t k = 0; k < K; ++k) {
         const A p = e[k] * inv;
