@@ -1,20 +1,23 @@
 """chimera.signal.istft (fused overlap-add op) vs torch.istft, forward and forward+backward.
 
 Issue shape (CHIMERA_BENCH_FULL=1): 8 signals x 30 s at 44.1 kHz, n_fft 1024, hop 256,
-sqrt-Hann. Default: a small shape for CI. Ratios against torch.istft (timed in the
-same test) and the peak memory of each (extra resident memory of a subprocess that
-runs forward+backward once, over the resident size before it) go to extra_info.
+sqrt-Hann. Default: a small shape for CI. The chimera benchmarks store their speed-up over
+torch.istft, timed alternately in the same test (benchutil.record_speedup, gated by
+`make bench-check`), and the bytes-moved floor of the pipeline on this machine; a separate
+benchmark reports the peak memory of each (extra resident memory of a subprocess that runs
+forward (+backward) once, over the resident size before it).
 """
-import time
-
 import pytest
 import torch
 
 from chimera.signal import istft
 
-from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb
+from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb, record_floor, record_speedup
+
 BATCH, SECONDS, RATE = (8, 30.0, 44100) if FULL else (2, 1.0, 16000)
 N_FFT, HOP = 1024, 256
+NAME = f"{BATCH}x{SECONDS:g}s"
+ROUNDS = 5 if FULL else 20
 
 
 def make_inputs(seed=0):
@@ -45,14 +48,39 @@ def fwd_bwd(fn, spec, window):
     return spec.grad
 
 
-def best_time(fn, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def bytes_moved(spec, backward):
+    """Least memory traffic with the FFT as its own pass: read the spectrum, write the
+    frames (inverse FFT), read them, write the signal; the backward the same in reverse."""
+    frames = spec.shape[0] * spec.shape[-1] * N_FFT * 4
+    signal = spec.shape[0] * (HOP * (spec.shape[-1] - 1)) * 4
+    one_way = spec.numel() * 8 + 2 * frames + signal
+    return one_way * (2 if backward else 1)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_istft_forward(benchmark, impl):
+    spec, window = make_inputs()
+    benchmark.group = f"istft forward {NAME}"
+    fn = IMPLS[impl]
+    out = benchmark.pedantic(fn, args=(spec, window), rounds=ROUNDS, warmup_rounds=1)
+    if impl == "chimera":
+        torch.testing.assert_close(out, run_torch(spec, window), rtol=0, atol=1e-5 * out.abs().max().item())
+        record_speedup(benchmark, lambda: fn(spec, window), lambda: run_torch(spec, window), "torch.istft", ROUNDS)
+        record_floor(benchmark, bytes_moved(spec, backward=False))
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_istft_forward_backward(benchmark, impl):
+    spec, window = make_inputs()
+    benchmark.group = f"istft forward+backward {NAME}"
+    fn = IMPLS[impl]
+    grad = benchmark.pedantic(fwd_bwd, args=(fn, spec, window), rounds=ROUNDS, warmup_rounds=1)
+    if impl == "chimera":
+        torch.testing.assert_close(grad, fwd_bwd(run_torch, spec, window), rtol=0,
+                                   atol=1e-5 * grad.abs().max().item())
+        record_speedup(benchmark, lambda: fwd_bwd(fn, spec, window), lambda: fwd_bwd(run_torch, spec, window),
+                       "torch.istft", ROUNDS)
+        record_floor(benchmark, bytes_moved(spec, backward=True))
 
 
 def extra_peak_mib(impl, backward):
@@ -66,38 +94,18 @@ def extra_peak_mib(impl, backward):
     return peak_rss_delta_mb(setup, "b.fwd_bwd(impl, spec, window)" if backward else "impl(spec, window)")
 
 
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_istft_forward(benchmark, impl):
-    spec, window = make_inputs()
-    benchmark.group = f"istft forward {BATCH}x{SECONDS:g}s"
-    fn = IMPLS[impl]
-    out = benchmark(fn, spec, window)
-    benchmark.extra_info["extra_peak_rss_mib"] = extra_peak_mib(impl, backward=False)
-    if impl == "chimera":
-        torch.testing.assert_close(out, run_torch(spec, window), rtol=0, atol=1e-5 * out.abs().max().item())
-        ours = best_time(lambda: fn(spec, window))
-        benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: run_torch(spec, window)) / ours
-        benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch", backward=False)
-
-
-@pytest.mark.parametrize("impl", list(IMPLS))
-def test_istft_forward_backward(benchmark, impl):
-    spec, window = make_inputs()
-    benchmark.group = f"istft forward+backward {BATCH}x{SECONDS:g}s"
-    fn = IMPLS[impl]
-    grad = benchmark(fwd_bwd, fn, spec, window)
-    benchmark.extra_info["extra_peak_rss_mib"] = extra_peak_mib(impl, backward=True)
-    if impl == "chimera":
-        torch.testing.assert_close(grad, fwd_bwd(run_torch, spec, window), rtol=0,
-                                   atol=1e-5 * grad.abs().max().item())
-        ours = best_time(lambda: fwd_bwd(fn, spec, window))
-        benchmark.extra_info["speedup_vs_torch"] = best_time(lambda: fwd_bwd(run_torch, spec, window)) / ours
-        benchmark.extra_info["torch_extra_peak_rss_mib"] = extra_peak_mib("torch", backward=True)
+def test_istft_peak_memory(benchmark):
+    benchmark.group = f"istft peak RSS {NAME} (MiB in extra_info)"
+    peaks = benchmark.pedantic(
+        lambda: {f"{impl}_{'fwd_bwd' if b else 'fwd'}": extra_peak_mib(impl, b) for impl in IMPLS for b in (False, True)},
+        rounds=1, iterations=1)
+    benchmark.extra_info.update({f"extra_peak_rss_mib_{k}": round(m, 1) for k, m in peaks.items()})
+    print(f"\nistft {NAME}: extra peak RSS, MiB: " + ", ".join(f"{k} {m:.1f}" for k, m in peaks.items()))
 
 
 @cuda
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_istft_forward_backward_cuda(benchmark, impl):
     spec, window = (t.cuda() for t in make_inputs())
-    benchmark.group = f"istft forward+backward CUDA {BATCH}x{SECONDS:g}s"
+    benchmark.group = f"istft forward+backward CUDA {NAME}"
     benchmark(on_cuda(fwd_bwd), IMPLS[impl], spec, window)

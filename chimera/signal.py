@@ -10,11 +10,9 @@ import math
 
 import torch
 
-from .ops import overlap_add
+from .ops import overlap_add, reference
 
 __all__ = ["stft", "istft", "StreamingISTFT", "misi", "inconsistency"]
-
-_NOLA_TOLERANCE = 1e-11
 
 
 def _window(window, n_fft, dtype, device):
@@ -140,11 +138,7 @@ class StreamingISTFT:
         kept = pos >= self._start
         if self.length is not None:
             kept &= pos < self._start + self.length
-        if kept.any() and env[kept].abs().min() < _NOLA_TOLERANCE:
-            raise RuntimeError(
-                f"StreamingISTFT: the window-sum-square envelope vanishes (below 1e-11) at a kept sample: window "
-                f"and hop_length={self.hop} violate the NOLA condition (torch.istft rejects this too). Use "
-                "center=True, a window that is non-zero at its ends, or a smaller hop_length.")
+        reference.check_nola("StreamingISTFT", env[kept], max(first, self._start) - self._start, self.hop)
         return num / torch.where(kept, env, torch.ones((), dtype=env.dtype, device=env.device))
 
     def _emit(self, y, first):

@@ -9,7 +9,7 @@ from chimera.ops import codebook_lookup, reference
 from chimera.ops.codebook import codebook_lookup_backward, codebook_lookup_op
 from chimera.models.codebook_heads import CombookHead, MagbookHead, PhasebookHead
 
-from testutil import cuda
+from testutil import cuda, run_isolated
 
 MODES = ("interpolate", "argmax")
 K = 6
@@ -229,27 +229,220 @@ def test_bad_input_messages():
         codebook_lookup_op(torch.randn(2, 3), torch.randn(3, 3), False, False)
 
 
+# ---------------------------------------------------------------- NaN, thread counts, edge inputs
+
+def _nan(negative, dtype):
+    """A quiet NaN with or without its sign bit (x86 produces the negative one for inf - inf)."""
+    bits = torch.tensor([0xFFC00000 if negative else 0x7FC00000], dtype=torch.int64).to(torch.int32)
+    return bits.view(torch.float32).to(dtype)
+
+
+def _nan_rows(dtype, negative):
+    nan = _nan(negative, dtype).item()
+    inf = math.inf
+    return torch.tensor([[0.0, nan, 1.0], [nan, 0.0, 1.0], [0.0, 1.0, nan], [inf, nan, 0.0], [-inf, -inf, nan],
+                         [0.0, 1.0, 2.0]], dtype=dtype)
+
+
+def _op_and_twin(logits, book, grad, argmax, normalize):
+    """The kernels (forward, backward) and their reference twin in float64."""
+    out = codebook_lookup_op(logits, book, argmax, normalize)
+    grads = codebook_lookup_backward(grad, logits, book, argmax, normalize, [True, True])
+    ref = reference.codebook_lookup_real(logits.double(), book.double(), argmax, normalize)
+    ref_grads = reference.codebook_lookup_backward(grad.double(), logits.double(), book.double(), argmax, normalize,
+                                                   [True, True])
+    return (out, *grads), (ref, *ref_grads)
+
+
+def _assert_matches(got, want, tol):
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        scale = w[torch.isfinite(w)].abs().max().item() if torch.isfinite(w).any() else 1.0
+        torch.testing.assert_close(g.double(), w, rtol=tol, atol=tol * max(scale, 1.0), equal_nan=True)
+
+
+@pytest.mark.parametrize("negative", [False, True], ids=["+nan", "-nan"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("argmax", [False, True], ids=["interpolate", "argmax"])
+def test_nan_logit_propagates(cpu_path, negative, dtype, D, normalize, argmax):
+    # Logits [0, NaN, 1] give NaN like the reference, whatever the NaN's sign and place, in
+    # every mode: output, logits gradient (interpolate) and codebook gradient.
+    logits = _nan_rows(dtype, negative)
+    book = torch.tensor([0.0, 1.0, 2.0], dtype=dtype) if D == 1 else torch.randn(3, 2, dtype=dtype)
+    grad = torch.randn(logits.shape[0], *book.shape[1:], dtype=dtype)
+    got, want = _op_and_twin(logits, book, grad, argmax, normalize)
+    out, gx, gc = got
+    rows = out.reshape(6, -1)
+    assert torch.isnan(rows[:5]).all() and torch.isfinite(rows[5]).all()
+    assert torch.isnan(gc).all()  # every codebook entry: the NaN rows weigh on all of them
+    if not argmax:
+        assert torch.isnan(gx[:5]).all() and torch.isfinite(gx[5]).all()
+    _assert_matches(got, want, 1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_codebook_entry_propagates(cpu_path, dtype):
+    book = torch.tensor([[1.0, 0.0], [math.nan, 0.0], [0.0, 1.0]], dtype=dtype)
+    logits = torch.randn(5, 3, dtype=dtype)
+    grad = torch.randn(5, 2, dtype=dtype)
+    for normalize in (False, True):
+        got, want = _op_and_twin(logits, book, grad, False, normalize)
+        # the real parts are NaN, and through |y| the imaginary parts too when normalised
+        assert torch.isnan(got[0][:, 0]).all() and torch.isnan(got[0][:, 1]).all() == normalize
+        assert torch.isnan(got[1]).all()
+        _assert_matches(got, want, 1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def _many_rows(dtype, rows=5 * 1013, k=K):
+    g = torch.Generator().manual_seed(3)
+    logits = 3 * torch.randn(rows, k, generator=g, dtype=dtype)
+    book = torch.randn(k, 2, generator=g, dtype=dtype)
+    grad = torch.randn(rows, 2, generator=g, dtype=dtype)
+    return logits, book, grad
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("argmax", [False, True], ids=["interpolate", "argmax"])
+def test_backward_over_many_rows_matches_float64_reference(cpu_path, normalize, argmax):
+    # Thousands of rows on 2 threads: several chunks of partial sums, flushes within a chunk,
+    # a last partial block of lanes (5065 rows).
+    logits, book, grad = _many_rows(torch.float32)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got, want = _op_and_twin(logits, book, grad, argmax, normalize)
+    finally:
+        torch.set_num_threads(n)
+    _assert_matches(got, want, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("argmax", [False, True], ids=["interpolate", "argmax"])
+def test_results_do_not_depend_on_the_thread_count(cpu_path, dtype, normalize, argmax):
+    logits, book, grad = _many_rows(dtype, rows=20011)
+    n = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = codebook_lookup_op(logits, book, argmax, normalize)
+            results.append((out, *codebook_lookup_backward(grad, logits, book, argmax, normalize, [True, True])))
+    finally:
+        torch.set_num_threads(n)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+EDGE_CASES = ("empty", "k1", "c1", "+nan", "-nan", "inf", "noncontiguous", "expanded", "float16", "bfloat16")
+
+
+def _edge_inputs(case, dtype, D):
+    """(logits, codebook as (K,) or (K, 2), grad) for one edge case."""
+    g = torch.Generator().manual_seed(5)
+    book = torch.randn(K, *(() if D == 1 else (2,)), generator=g, dtype=torch.float64)
+    shape = {"empty": (0, 3), "c1": (2, 5, 7, 1)}.get(case, (4, 9))
+    logits = 2 * torch.randn(*shape, K, generator=g, dtype=torch.float64)
+    if case == "k1":
+        logits, book = logits[..., :1], book[:1]
+    elif case in ("+nan", "-nan"):
+        logits[0, 0, 2] = logits[1, 4, 0] = logits[2, 8, K - 1] = _nan(case == "-nan", torch.float64).item()
+    elif case == "inf":
+        logits[0, 0, 1] = logits[0, 0, 3] = math.inf
+        logits[1, 2, :] = -math.inf
+        logits[2, 3, ::2] = -math.inf
+        logits[3, 1, 0] = math.inf
+        logits[3, 1, 1] = -math.inf
+    elif case == "noncontiguous":
+        logits = logits.transpose(0, 1).contiguous().transpose(0, 1)  # (4, 9, K), rows not in memory order
+        book = torch.randn(2 * K, *book.shape[1:], generator=g, dtype=torch.float64)[::2]
+    elif case == "expanded":
+        logits = logits[:1].expand(4, 9, K)  # stride 0
+        book = book[:1].expand(K, *book.shape[1:])
+    grad = torch.randn(*logits.shape[:-1], *book.shape[1:], generator=g, dtype=torch.float64)
+    if case == "expanded":
+        grad = grad[:, :1].expand_as(grad)
+    if case in ("float16", "bfloat16"):
+        logits = logits.to(getattr(torch, case))
+        return logits, book.to(torch.float32), grad.to(torch.float32)
+    return logits.to(dtype), book.to(dtype), grad.to(dtype)
+
+
+def edge_case(case):
+    """Forward and backward of one edge case, every CPU path, mode, normalisation, codebook
+    width and dtype, against the float64 twin (run in a subprocess by the test below)."""
+    from chimera import ops
+    paths = ops.supported_cpu_capabilities() or (None,)
+    for path in paths:
+        for dtype in (torch.float32, torch.float64):
+            for D in (1, 2):
+                for argmax in (False, True):
+                    for normalize in (False, True):
+                        logits, book, grad = _edge_inputs(case, dtype, D)
+                        if path is None:
+                            got, want = _op_and_twin(logits, book, grad, argmax, normalize)
+                        else:
+                            with ops.use_cpu_capability(path):
+                                got, want = _op_and_twin(logits, book, grad, argmax, normalize)
+                        half = logits.dtype in (torch.float16, torch.bfloat16)
+                        assert got[1].dtype == logits.dtype and got[0].dtype == got[2].dtype == book.dtype
+                        tol = 1e-2 if half else 1e-5 if book.dtype == torch.float32 else 1e-12
+                        _assert_matches(got, want, tol)
+        # The public function (autograd, complex codebooks) runs the same inputs.
+        logits, book, grad = _edge_inputs(case, torch.float32, 2)
+        x = logits.detach().requires_grad_()
+        c = torch.view_as_complex(book.contiguous()).requires_grad_()
+        out = codebook_lookup(x, c)
+        out.backward(torch.view_as_complex(grad.contiguous()))
+        assert out.shape == logits.shape[:-1] and x.grad.shape == logits.shape and c.grad.shape == c.shape
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_edge_inputs(case):
+    run_isolated("test_codebook", "edge_case", case)
+
+
 @cuda
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("ldtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_cuda_matches_cpu(mode, normalize, ldtype):
+def test_cuda_matches_reference(mode, normalize, ldtype):
+    # Against the float64 reference, not the CPU kernel: both kernels share csrc/common.
     real = torch.float64 if ldtype == torch.float64 else torch.float32
     logits = (2 * torch.randn(3, 70, 11, K, dtype=real)).to(ldtype)
     cb = torch.randn(K, dtype=torch.complex128 if real == torch.float64 else torch.complex64)
     weight = torch.randn(3, 70, 11, dtype=cb.dtype)
-    results = []
-    for device in ("cpu", "cuda"):
-        x = logits.to(device).requires_grad_()
-        c = cb.to(device).requires_grad_()
-        out = codebook_lookup(x, c, mode, normalize)
-        (out * weight.to(device)).real.sum().backward()
-        results.append([t.cpu() if t is not None else None for t in (out, x.grad, c.grad)])
+    x = logits.cuda().requires_grad_()
+    c = cb.cuda().requires_grad_()
+    out = codebook_lookup(x, c, mode, normalize)
+    (out * weight.cuda()).real.sum().backward()
+    argmax = mode == "argmax"
+    book = torch.view_as_real(cb)
+    grad = torch.view_as_real(weight.conj().resolve_conj()).contiguous()
+    want = (torch.view_as_complex(reference.codebook_lookup_real(logits.double(), book.double(), argmax, normalize)),
+            *reference.codebook_lookup_backward(grad.double(), logits.double(), book.double(), argmax, normalize,
+                                                [True, True]))
     tol = 1e-12 if ldtype == torch.float64 else 1e-4
-    _close(results[1][0], results[0][0], tol)
+    _close_nan = lambda a, b, t: torch.testing.assert_close(a, b, rtol=t, atol=t, equal_nan=True)  # noqa: E731
+    _close_nan(out.detach().cpu().to(want[0].dtype), want[0], tol)
     if mode == "interpolate":
-        _close(results[1][1].to(real), results[0][1].to(real), 1e-2 if ldtype in (torch.float16, torch.bfloat16) else tol)
-    _close(results[1][2], results[0][2], 1e-3 if real == torch.float32 else 1e-10)
+        _close_nan(x.grad.cpu().double(), want[1], 1e-2 if ldtype in (torch.float16, torch.bfloat16) else tol)
+    _close_nan(torch.view_as_real(c.grad.cpu()).double(), want[2], 1e-3 if real == torch.float32 else 1e-10)
+
+
+@cuda
+@pytest.mark.parametrize("negative", [False, True], ids=["+nan", "-nan"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("argmax", [False, True], ids=["interpolate", "argmax"])
+def test_cuda_nan_logit_propagates(negative, normalize, argmax):
+    logits = _nan_rows(torch.float32, negative).cuda()
+    book = torch.randn(3, 2, device="cuda")
+    grad = torch.randn(logits.shape[0], 2, device="cuda")
+    got, want = _op_and_twin(logits, book, grad, argmax, normalize)
+    assert torch.isnan(got[0][:5]).all() and torch.isfinite(got[0][5]).all()
+    _assert_matches(got, want, 1e-5)
 
 
 # ---------------------------------------------------------------- heads

@@ -1,4 +1,5 @@
 """chimera.signal and chimera.ops.overlap_add against torch.stft/torch.istft and float64 oracles."""
+import contextlib
 import random
 
 import pytest
@@ -8,7 +9,7 @@ import chimera.ops as ops
 from chimera.ops import reference
 from chimera.signal import StreamingISTFT, inconsistency, istft, misi, stft
 
-from testutil import EXT_DISABLED, cuda
+from testutil import EXT_DISABLED, cuda, run_isolated
 
 WINDOWS = {
     "sqrt_hann": lambda n, **kw: torch.hann_window(n, **kw).sqrt(),
@@ -196,15 +197,18 @@ def test_overlap_add_rejects_bad_arguments():
 
 
 @cuda
-def test_overlap_add_cuda_matches_cpu():
+def test_overlap_add_cuda_matches_reference():
+    # Against the float64 reference, not the CPU kernel: both kernels share csrc/common.
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         frames, w = frames_and_window(n_frames=40, n_fft=64, batch=(2, 3), dtype=dtype, window="hamming")
         for center, length in ((True, None), (False, 500), (True, 700)):
             out = ops.overlap_add(frames.cuda(), w.cuda(), 16, center, length)
-            torch.testing.assert_close(out.cpu(), ops.overlap_add(frames, w, 16, center, length), rtol=tol, atol=tol)
+            want = reference.overlap_add(frames.double(), w.double(), 16, center, length)
+            torch.testing.assert_close(out.cpu().double(), want, rtol=tol, atol=tol)
             g = torch.randn(out.shape, dtype=dtype)
             got = ops.overlap_add_backward(g.cuda(), w.cuda(), 16, center, 40).cpu()
-            torch.testing.assert_close(got, ops.overlap_add_backward(g, w, 16, center, 40), rtol=tol, atol=tol)
+            want = reference.overlap_add_backward(g.double(), w.double(), 16, center, 40)
+            torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
     with pytest.raises(RuntimeError, match="NOLA"):
         ops.overlap_add(frames.cuda(), torch.hann_window(64, device="cuda", dtype=dtype), 16, False, None)
 
@@ -212,12 +216,136 @@ def test_overlap_add_cuda_matches_cpu():
 @cuda
 def test_overlap_add_cuda_half_and_gradcheck():
     frames, w = frames_and_window(n_frames=10, n_fft=32, dtype=torch.float64, window="hamming")
-    expected = ops.overlap_add(frames, w, 8, True, None)
+    expected = reference.overlap_add(frames, w, 8, True, None)
     for dtype in (torch.float16, torch.bfloat16):
         out = ops.overlap_add(frames.cuda().to(dtype), w.cuda().to(dtype), 8, True, None)
+        assert out.dtype == dtype
         torch.testing.assert_close(out.double().cpu(), expected, rtol=3e-2, atol=3e-2)
     f = frames.cuda().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda f: ops.overlap_add(f, w.cuda(), 8, True, 70), (f,))
+
+
+@cuda
+@pytest.mark.parametrize("case", ["+nan", "-nan", "inf", "empty", "expanded"])
+def test_overlap_add_cuda_edge_inputs(case):
+    check_edge_case(case, "cuda")
+
+
+# ---------------------------------------------------------------- NaN, NOLA agreement, edge inputs
+
+def _nan(negative):
+    bits = torch.tensor([0xFFC00000 if negative else 0x7FC00000], dtype=torch.int64).to(torch.int32)
+    return bits.view(torch.float32).item()
+
+
+OLA_EDGE_CASES = ("empty", "one_frame", "length0", "+nan", "-nan", "inf", "noncontiguous", "expanded", "float16",
+                  "bfloat16")
+
+
+def _ola_edge_inputs(case, dtype):
+    """(frames, window, hop, center, length, grad) for one edge case of overlap_add."""
+    g = torch.Generator().manual_seed(7)
+    n_frames, n_fft, hop, center, length = 9, 32, 8, True, None
+    batch = (0, 2) if case == "empty" else (3,)
+    if case == "one_frame":
+        n_frames, center = 1, False
+    if case == "length0":
+        length = 0
+    frames = torch.randn(*batch, n_frames, n_fft, generator=g, dtype=torch.float64)
+    window = torch.hamming_window(n_fft, dtype=torch.float64)
+    if case in ("+nan", "-nan"):
+        frames[0, 2, 5] = frames[1, 0, 20] = frames[2, 8, 31] = _nan(case == "-nan")
+    elif case == "inf":
+        frames[0, 3, 4], frames[0, 4, 4 + hop], frames[1, 1, 1] = float("inf"), float("-inf"), float("-inf")
+    elif case == "noncontiguous":
+        frames = frames.transpose(-1, -2).contiguous().transpose(-1, -2)
+        window = torch.hamming_window(2 * n_fft, dtype=torch.float64)[::2]
+    elif case == "expanded":
+        frames = frames[:1].expand(*frames.shape)
+        window = torch.ones(1, dtype=torch.float64).expand(n_fft)  # rectangular, stride 0
+    out_len = reference.overlap_add(frames, window, hop, center, length).shape[-1]
+    grad = torch.randn(*batch, out_len, generator=g, dtype=torch.float64)
+    if case in ("+nan", "-nan") and out_len > 3:
+        grad[0, 3] = _nan(case == "-nan")
+    if case == "expanded":
+        grad = grad[:1].expand_as(grad)
+    dtype = getattr(torch, case) if case in ("float16", "bfloat16") else dtype
+    return frames.to(dtype), window.to(dtype), hop, center, length, grad.to(dtype)
+
+
+def check_edge_case(case, device="cpu"):
+    """overlap_add and its backward on one edge case, every CPU path (or CUDA) and dtype,
+    against the float64 reference, NaN where it is NaN (run in a subprocess below)."""
+    paths = (ops.supported_cpu_capabilities() or (None,)) if device == "cpu" else (None,)
+    for path in paths:
+        for dtype in (torch.float32, torch.float64):
+            frames, window, hop, center, length, grad = (t.to(device) if isinstance(t, torch.Tensor) else t
+                                                         for t in _ola_edge_inputs(case, dtype))
+            n_frames = frames.shape[-2]
+            with ops.use_cpu_capability(path) if path else contextlib.nullcontext():
+                out = ops.overlap_add(frames, window, hop, center, length)
+                back = ops.overlap_add_backward(grad, window, hop, center, n_frames)
+            want = reference.overlap_add(frames.double(), window.double(), hop, center, length)
+            want_back = reference.overlap_add_backward(grad.double(), window.double(), hop, center, n_frames)
+            tol = 2e-2 if frames.dtype in (torch.float16, torch.bfloat16) else 1e-5 if dtype == torch.float32 else 1e-12
+            for got, ref in ((out, want), (back, want_back)):
+                assert got.dtype == frames.dtype and got.shape == ref.shape
+                torch.testing.assert_close(got.double().cpu(), ref.cpu(), rtol=tol, atol=tol, equal_nan=True)
+            if case.endswith("nan"):
+                assert torch.isnan(out).any() and torch.isnan(back).any()
+
+
+@pytest.mark.parametrize("case", OLA_EDGE_CASES)
+def test_overlap_add_edge_inputs(case):
+    run_isolated("test_signal", "check_edge_case", case)
+
+
+@pytest.mark.parametrize("negative", [False, True], ids=["+nan", "-nan"])
+def test_overlap_add_nan_propagates(cpu_path, negative):
+    frames, w = frames_and_window(n_frames=8, n_fft=32, batch=(2,), dtype=torch.float32)
+    frames[1, 3, 10] = _nan(negative)
+    out = ops.overlap_add(frames, w, 8, True, None)
+    assert torch.isnan(out[1]).sum() == 1 and not torch.isnan(out[0]).any()  # one sample, nowhere else
+    g = torch.randn_like(out)
+    g[0, 40] = _nan(negative)
+    back = ops.overlap_add_backward(g, w, 8, True, 8)
+    assert torch.isnan(back[0]).sum() == 4 and not torch.isnan(back[1]).any()  # the 4 frames covering it
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_overlap_add_half_policy_is_the_same_in_kernel_and_reference(cpu_path, dtype):
+    # Both sum in float32 and round once: the results agree to the last bit but for the
+    # order of the float32 additions (a reference summing in float16 differs by many ulps).
+    frames, w = frames_and_window(n_frames=40, n_fft=64, batch=(2,), dtype=torch.float32, window="hamming")
+    frames, w = 100 * frames.to(dtype), w.to(dtype)
+    out, ref = ops.overlap_add(frames, w, 16, True, None), reference.overlap_add(frames, w, 16, True, None)
+    assert out.dtype == ref.dtype == dtype
+    ulp = torch.finfo(dtype).eps * ref.float().abs().clamp_min(1)
+    assert ((out.float() - ref.float()).abs() <= ulp).all()
+    g = 100 * torch.randn_like(out)
+    back = ops.overlap_add_backward(g, w, 16, True, 40)
+    back_ref = reference.overlap_add_backward(g, w, 16, True, 40)
+    assert ((back.float() - back_ref.float()).abs() <= torch.finfo(dtype).eps * back_ref.float().abs().clamp_min(1)).all()
+
+
+@pytest.mark.parametrize("envelope", [0.5e-11, 2e-11])
+def test_nola_tolerance_is_the_same_in_kernels_reference_and_stream(envelope):
+    # A window whose ends give an envelope just below / above the tolerance at sample 0.
+    w = torch.hamming_window(64, dtype=torch.float64)
+    w[0] = envelope ** 0.5
+    frames = torch.randn(1, 6, 64, dtype=torch.float64)
+    spec = torch.fft.rfft(frames, dim=-1).transpose(-1, -2)
+    calls = {
+        "kernel": lambda: ops.overlap_add(frames, w, 64, False, None),
+        "reference": lambda: reference.overlap_add(frames, w, 64, False, None),
+        "stream": lambda: StreamingISTFT(64, 64, w, center=False).push(spec),
+    }
+    for name, call in calls.items():
+        if envelope < reference.NOLA_TOLERANCE:
+            with pytest.raises(RuntimeError, match=f"below {reference.NOLA_TOLERANCE:g}.*NOLA"):
+                call()
+        else:
+            call()
 
 
 def test_backend_reports_overlap_add():

@@ -66,8 +66,7 @@ def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
     Args:
         logits: (..., K) float tensor; K lies innermost, so a linear layer's output
             reshaped to (..., K) is consumed without a copy.
-        codebook: (K,) float32/float64 or complex64/complex128 (learnable or fixed). float16/
-            bfloat16 logits go with a float32/complex64 codebook (float accumulation).
+        codebook: (K,) float32/float64 or complex64/complex128 (learnable or fixed).
         mode: "interpolate": Σₖ softmax(logits)ₖ · codebookₖ; "argmax": codebook[argmax(logits)]
             (first index on ties like torch.argmax; no gradient to the logits).
         normalize: divide by the magnitude (a unit phasor for a phasebook, ±1 for a real
@@ -76,7 +75,13 @@ def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
 
     Softmax: large logits (±1e4) are handled by max subtraction; in a row whose maximum is
     +inf the +inf entries share the weight, an all −inf row is uniform (both have zero
-    logits gradient).
+    logits gradient). A NaN logit makes its row NaN in both modes: the output, the row's
+    logits gradient and the codebook gradient.
+
+    dtypes (the same for the kernels, CPU and CUDA, and the reference): logits of the
+    codebook's real dtype, or float16/bfloat16 logits with a float32/complex64 codebook;
+    the arithmetic is in the codebook's real dtype, the output has the codebook's dtype,
+    the logits gradient the logits' dtype. float16/bfloat16 codebooks are rejected.
 
     Returns: (...) with the codebook's dtype (complex for a complex codebook).
     """

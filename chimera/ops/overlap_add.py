@@ -91,6 +91,11 @@ def overlap_add(frames, window, hop_length, center=True, length=None):
     window-sum-square envelope, with n_fft//2 samples dropped at both ends when
     `center`, then cut or zero-padded to `length` when given (None or -1: no length).
     Raises when the envelope vanishes inside the kept samples (NOLA), like torch.istft.
+    A NaN or ±inf frame sample reaches exactly the output samples it overlaps.
+
+    dtypes (the same for the kernels, CPU and CUDA, and the reference): float32/float64,
+    and float16/bfloat16 summed in float32; the output has the frames' dtype, the gradient
+    the incoming gradient's dtype.
     """
     if length is not None and length == -1:
         length = None

@@ -4,6 +4,8 @@ They are the test oracle of the C++/CUDA kernels, and they are registered as the
 kernels wherever the extension is absent (or disabled), so everything still runs.
 Clarity over speed: these may build one-hot tensors and other temporaries.
 """
+import math
+
 import torch
 
 
@@ -85,7 +87,24 @@ def affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight, grad_vs
 
 # ---------------------------------------------------------------- overlap-add inverse STFT
 
-_NOLA_TOLERANCE = 1e-11
+# torch.istft's NOLA tolerance; the kernels' copy is kNolaTolerance in csrc/common/overlap_add.h
+# (tests/test_signal.py checks that both reject the same windows).
+NOLA_TOLERANCE = 1e-11
+
+
+def check_nola(name, env, first_sample, hop_length):
+    """torch.istft's NOLA check: raise when the window-sum-square envelope `env` (at output
+    samples first_sample + [0, len(env))) vanishes, where the signal cannot be recovered."""
+    if env.numel() == 0:
+        return
+    lowest, where = env.abs().min(0)
+    if lowest < NOLA_TOLERANCE:
+        raise RuntimeError(
+            f"{name}: the window-sum-square envelope is {lowest.item():g} (below {NOLA_TOLERANCE:g}) at output "
+            f"sample {first_sample + where.item()}, so the signal cannot be recovered there: window and "
+            f"hop_length={hop_length} violate the NOLA condition (torch.istft rejects this too). Use center=True, "
+            "a window that is non-zero at its ends, or a smaller hop_length."
+        )
 
 
 def _ola_trim(n_fft, hop_length, n_frames, center, length):
@@ -121,16 +140,13 @@ def _ola_envelope(window, hop_length, n_frames, start, end, name):
         window.square().expand(1, n_frames, n_fft).transpose(1, 2),
         output_size=(1, full), kernel_size=(1, n_fft), stride=(1, hop_length),
     ).reshape(full)[start:end]
-    if env.numel():
-        lowest, where = env.abs().min(0)
-        if lowest < _NOLA_TOLERANCE:
-            raise RuntimeError(
-                f"{name}: the window-sum-square envelope is {lowest.item():g} (below 1e-11) at output sample "
-                f"{where.item()}, so the signal cannot be recovered there: window and hop_length={hop_length} "
-                "violate the NOLA condition (torch.istft rejects this too). Use center=True, a window that is "
-                "non-zero at its ends, or a smaller hop_length."
-            )
+    check_nola(name, env, 0, hop_length)
     return env
+
+
+def _accumulation_dtype(dtype):
+    """float16 / bfloat16 data are computed in float32 (like the kernels' opmath type)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def overlap_add(frames, window, hop_length, center, length):
@@ -149,12 +165,14 @@ def overlap_add(frames, window, hop_length, center, length):
     start, out_len, full = _ola_trim(n_fft, hop_length, n_frames, center, length)
     end = min(start + out_len, full)
     batch = frames.shape[:-2]
+    dtype = frames.dtype
+    frames, window = frames.to(_accumulation_dtype(dtype)), window.to(_accumulation_dtype(dtype))
     cols = (frames * window).reshape(-1, n_frames, n_fft).transpose(1, 2)
     y = torch.nn.functional.fold(cols, output_size=(1, full), kernel_size=(1, n_fft), stride=(1, hop_length))
     y = y.reshape(-1, full)[:, start:max(end, start)]
     y = y / _ola_envelope(window, hop_length, n_frames, start, max(end, start), "overlap_add")
     y = torch.nn.functional.pad(y, (0, out_len - y.shape[-1]))  # zero tail, like torch.istft
-    return y.reshape(*batch, out_len)
+    return y.reshape(*batch, out_len).to(dtype)
 
 
 def overlap_add_backward(grad, window, hop_length, center, n_frames):
@@ -168,10 +186,12 @@ def overlap_add_backward(grad, window, hop_length, center, n_frames):
     out_len = grad.shape[-1]
     start, _, full = _ola_trim(n_fft, hop_length, n_frames, center, out_len)
     end = max(min(start + out_len, full), start)
+    dtype = grad.dtype
+    grad, window = grad.to(_accumulation_dtype(dtype)), window.to(_accumulation_dtype(dtype))
     q = grad.new_zeros(*grad.shape[:-1], full)
     q[..., start:end] = grad[..., : end - start] / _ola_envelope(
         window, hop_length, n_frames, start, end, "overlap_add_backward")
-    return q.unfold(-1, n_fft, hop_length) * window
+    return (q.unfold(-1, n_fft, hop_length) * window).to(dtype)
 
 
 # ---------------------------------------------------------------- codebook masks
@@ -200,11 +220,19 @@ def _codebook_dtype(logits, codebook):
     return real
 
 
+def _argmax_pick(logits):
+    """torch.argmax over the last dimension (first index on ties, a NaN counts as the
+    maximum) and whether the row holds a NaN (then its output is NaN)."""
+    idx = logits.argmax(-1)
+    return idx, logits.gather(-1, idx.unsqueeze(-1)).squeeze(-1).isnan()
+
+
 def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
     """Σₖ softmax(logits)ₖ · codebookₖ (mode "interpolate") or codebook[argmax(logits)]
     (mode "argmax", first index on ties) over the last dimension of `logits` (..., K);
     `codebook` is (K,) real or complex. normalize=True divides by the magnitude, giving 0
-    where the magnitude is 0 (torch.sgn's convention)."""
+    where the magnitude is 0 (torch.sgn's convention). A row with a NaN logit gives NaN
+    in both modes."""
     if mode not in ("interpolate", "argmax"):
         raise ValueError(f"codebook_lookup: mode must be 'interpolate' or 'argmax', got {mode!r}")
     if codebook.dim() != 1 or logits.dim() < 1 or logits.shape[-1] != codebook.shape[0] or codebook.shape[0] == 0:
@@ -214,11 +242,18 @@ def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
         )
     real = _codebook_dtype(logits, codebook)
     if mode == "argmax":
-        y = codebook[logits.argmax(-1)]
+        idx, nan_row = _argmax_pick(logits)
+        nan = complex(math.nan, math.nan) if codebook.is_complex() else math.nan
+        y = torch.where(nan_row, torch.tensor(nan, dtype=codebook.dtype, device=codebook.device), codebook[idx])
     else:
         p, _ = _codebook_softmax(logits.to(real))
-        y = (p.to(codebook.dtype) * codebook).sum(-1)
-    return torch.sgn(y) if normalize else y
+        if codebook.is_complex():  # real weights times (re, im): a NaN part stays in its part
+            y = torch.view_as_complex((p.unsqueeze(-1) * torch.view_as_real(codebook)).sum(-2))
+        else:
+            y = (p * codebook).sum(-1)
+    if not normalize:
+        return y
+    return torch.sgn(y) if y.is_complex() else torch.where(y.isnan(), y, torch.sign(y))  # torch.sign(NaN) is 0
 
 
 def codebook_lookup_real(logits, codebook, argmax, normalize):
@@ -237,24 +272,26 @@ def codebook_lookup_backward(grad, logits, codebook, argmax, normalize, output_m
     """Twin of torch.ops.chimera.codebook_lookup_backward, with the formulas spelt out:
     gy = (g − u (u·g)) / |y| through the normalisation (0 at |y| = 0), s_k = gy·c_k,
     d logits = p ⊙ (s − Σ p s) (0 for argmax and for rows with an infinite maximum),
-    d codebook = Σ_rows p ⊗ gy (argmax: gy added to the picked entry)."""
+    d codebook = Σ_rows p ⊗ gy (argmax: gy added to the picked entry, NaN from a NaN row)."""
     K = codebook.shape[0]
     cb = codebook.reshape(K, -1)
     D = cb.shape[1]
     g = grad.reshape(*logits.shape[:-1], D)
     if argmax:
-        idx = logits.argmax(-1)
+        idx, nan_row = _argmax_pick(logits)
         y = cb[idx]
     else:
         p, infinite = _codebook_softmax(logits.to(cb.dtype))
         y = p @ cb
     if normalize:
         n = y.abs() if D == 1 else torch.hypot(y[..., 0], y[..., 1]).unsqueeze(-1)
-        safe = torch.where(n > 0, n, torch.ones_like(n))
+        safe = torch.where(n == 0, torch.ones_like(n), n)  # NaN stays NaN
         u = y / safe
-        gy = torch.where(n > 0, (g - u * (u * g).sum(-1, keepdim=True)) / safe, torch.zeros_like(g))
+        gy = torch.where(n == 0, torch.zeros_like(g), (g - u * (u * g).sum(-1, keepdim=True)) / safe)
     else:
         gy = g
+    if argmax:
+        gy = torch.where(nan_row.unsqueeze(-1), torch.full_like(gy, float("nan")), gy)
     if not output_mask[0]:
         grad_logits = logits.new_empty(0)
     elif argmax:

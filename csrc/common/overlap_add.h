@@ -13,7 +13,8 @@
 namespace chimera {
 namespace ola {
 
-// torch.istft rejects envelopes below this (NOLA condition).
+// torch.istft rejects envelopes below this (NOLA condition). The Python side's copy is
+// chimera.ops.reference.NOLA_TOLERANCE (tests/test_signal.py checks that both agree).
 constexpr double kNolaTolerance = 1e-11;
 
 CHIMERA_HD int64_t full_length(int64_t n_fft, int64_t hop, int64_t n_frames) { return n_fft + hop * (n_frames - 1); }

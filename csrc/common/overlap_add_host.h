@@ -92,7 +92,7 @@ inline void check_nola(const at::Tensor& window, const Shape& s, const char* op)
         min_envelope<acc_t>(w.const_data_ptr<scalar_t>(), s.n_fft, s.hop, s.n_frames, s.start, end, &where));
   });
   TORCH_CHECK(!(std::abs(lowest) < kNolaTolerance), op, ": the window-sum-square envelope is ", lowest,
-              " (below 1e-11) at output sample ", where - s.start, ", so the signal cannot be recovered there: window",
+              " (below ", kNolaTolerance, ") at output sample ", where - s.start, ", so the signal cannot be recovered there: window",
               " and hop_length=", s.hop, " violate the NOLA condition (torch.istft rejects this too). Use center=True,",
               " a window that is non-zero at its ends, or a smaller hop_length.");
 }

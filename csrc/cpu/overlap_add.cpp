@@ -21,6 +21,7 @@
 
 #include "common/overlap_add.h"
 #include "common/overlap_add_host.h"
+#include "cpu/huge_pages.h"
 #include "cpu/isa.h"
 
 #define CHIMERA_ISA_BODY "cpu/overlap_add_body.inc"
@@ -33,6 +34,7 @@ at::Tensor overlap_add_cpu(const at::Tensor& frames, const at::Tensor& window, i
                            std::optional<int64_t> length) {
   const auto [s, out] = ola::forward_output(frames, window, hop_length, center, length);
   if (out.numel() == 0) return out;
+  cpu::advise_huge_pages(out);
   const at::Tensor f = frames.contiguous(), w = window.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "overlap_add_cpu", [&] {
     CHIMERA_CPU_DISPATCH(ola_body::forward<scalar_t>)(s, f.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
@@ -45,6 +47,7 @@ at::Tensor overlap_add_backward_cpu(const at::Tensor& grad, const at::Tensor& wi
                                     bool center, int64_t n_frames) {
   const auto [s, dframes] = ola::backward_output(grad, window, hop_length, center, n_frames);
   if (dframes.numel() == 0) return dframes;
+  cpu::advise_huge_pages(dframes);
   const at::Tensor g = grad.contiguous(), w = window.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "overlap_add_backward_cpu", [&] {
     CHIMERA_CPU_DISPATCH(ola_body::backward<scalar_t>)(s, g.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),

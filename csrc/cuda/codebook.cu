@@ -10,8 +10,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -19,7 +17,8 @@
 #include <algorithm>
 
 #include "common/codebook.h"
-#include "common/codebook_check.h"
+#include "common/codebook_host.h"
+#include "common/static_switch.h"
 
 namespace chimera {
 namespace {
@@ -82,14 +81,10 @@ __global__ void forward_kernel(const L* __restrict__ x, const A* __restrict__ c,
       A* o = out + r * D;
       A y[D];
       if (argmax) {
-        const A* pick = cb + codebook::argmax_row(e, K) * D;
-        if (normalize) {
-          codebook::normalize<A, D>(pick, y);
-        } else {
-          for (int d = 0; d < D; ++d) y[d] = pick[d];
-        }
+        const int64_t k = codebook::argmax_row(e, K);
+        codebook::argmax_lookup<D>(cb + k * D, e[k] != e[k], normalize, y);
       } else {
-        codebook::interpolate_row<A, D>(e, cb, K, normalize, y);
+        codebook::interpolate_row<D>(e, cb, K, normalize, y);
       }
       for (int d = 0; d < D; ++d) o[d] = y[d];
     }
@@ -128,9 +123,10 @@ __global__ void backward_kernel(const A* __restrict__ g, const L* __restrict__ x
     for (int d = 0; d < D; ++d) gr[d] = valid ? g[r * D + d] : A(0);
     if (argmax) {
       if (WANT_GC && valid) {
-        const int64_t k = codebook::argmax_row(tile + threadIdx.x * Kp, K);
+        const A* e = tile + threadIdx.x * Kp;
+        const int64_t k = codebook::argmax_row(e, K);
         A gy[D];
-        codebook::argmax_backward_row<A, D>(cb + k * D, gr, normalize, gy);
+        codebook::argmax_backward_row<D>(cb + k * D, gr, e[k] != e[k], normalize, gy);
         for (int d = 0; d < D; ++d) atomicAdd(acc + k * D + d, gy[d]);
       }
       continue;
@@ -138,7 +134,9 @@ __global__ void backward_kernel(const A* __restrict__ g, const L* __restrict__ x
     A* e = tile + threadIdx.x * Kp;
     A gy[D];
     bool infinite;
-    const A inv = codebook::interpolate_backward_weights<A, D>(e, cb, K, gr, normalize, gy, infinite);
+    const A inv = codebook::interpolate_backward_weights<D>(e, cb, K, gr, normalize, gy, infinite);
+    if (!valid)  // rows past the end add nothing, whatever the codebook holds (NaN through |y|)
+      for (int d = 0; d < D; ++d) gy[d] = A(0);
     if (WANT_GC) {  // every lane takes part, with 0 for rows past the end
       for (int64_t k = 0; k < K; ++k) {
         const A p = e[k] * inv;
@@ -148,7 +146,7 @@ __global__ void backward_kernel(const A* __restrict__ g, const L* __restrict__ x
         }
       }
     }
-    if (gx != nullptr) codebook::interpolate_backward_logits<A, D>(e, inv, infinite, cb, K, gy);
+    if (gx != nullptr) codebook::interpolate_backward_logits<D>(e, inv, infinite, cb, K, gy);
     __syncthreads();
     if (gx != nullptr) {
       const int64_t base = r0 * K;
@@ -167,7 +165,7 @@ at::Tensor codebook_lookup_cuda(const at::Tensor& logits, const at::Tensor& code
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor x = logits.contiguous();
   const at::Tensor c = codebook.contiguous();
-  at::Tensor out = at::empty(s.out_sizes, codebook.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = codebook::forward_output(s, codebook);
   if (s.rows == 0) return out;
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "codebook_lookup_cuda", [&] {
@@ -175,14 +173,11 @@ at::Tensor codebook_lookup_cuda(const at::Tensor& logits, const at::Tensor& code
     AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "codebook_lookup_cuda", [&] {
       using A = scalar_t;
       const Launch p = plan<A>(s, 0);
-      if (s.D == 1)
-        forward_kernel<L, A, 1><<<p.blocks, p.rows_per_block, p.smem, stream>>>(
+      CHIMERA_DIM_SWITCH(s.D, D, [&] {
+        forward_kernel<L, A, D><<<p.blocks, p.rows_per_block, p.smem, stream>>>(
             x.const_data_ptr<L>(), c.const_data_ptr<A>(), s.rows, s.K, p.rows_per_block, argmax, normalize,
             out.mutable_data_ptr<A>());
-      else
-        forward_kernel<L, A, 2><<<p.blocks, p.rows_per_block, p.smem, stream>>>(
-            x.const_data_ptr<L>(), c.const_data_ptr<A>(), s.rows, s.K, p.rows_per_block, argmax, normalize,
-            out.mutable_data_ptr<A>());
+      });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -194,14 +189,11 @@ void launch_backward(const Shape& s, const at::Tensor& g, const at::Tensor& x, c
                      bool normalize, L* gx, A* gc) {
   const Launch p = plan<A>(s, 1);  // + the block's codebook gradient
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (gc != nullptr)
-    backward_kernel<L, A, D, true><<<p.blocks, p.rows_per_block, p.smem, stream>>>(
+  CHIMERA_BOOL_SWITCH(gc != nullptr, WANT_GC, [&] {
+    backward_kernel<L, A, D, WANT_GC><<<p.blocks, p.rows_per_block, p.smem, stream>>>(
         g.const_data_ptr<A>(), x.const_data_ptr<L>(), c.const_data_ptr<A>(), s.rows, s.K, p.rows_per_block, argmax,
         normalize, gx, gc);
-  else
-    backward_kernel<L, A, D, false><<<p.blocks, p.rows_per_block, p.smem, stream>>>(
-        g.const_data_ptr<A>(), x.const_data_ptr<L>(), c.const_data_ptr<A>(), s.rows, s.K, p.rows_per_block, argmax,
-        normalize, gx, gc);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -223,10 +215,7 @@ std::tuple<at::Tensor, at::Tensor> codebook_lookup_backward_cuda(const at::Tenso
       using A = scalar_t;
       L* gxp = write_gx ? gx.mutable_data_ptr<L>() : nullptr;
       A* gcp = output_mask[1] ? gc.mutable_data_ptr<A>() : nullptr;
-      if (s.D == 1)
-        launch_backward<L, A, 1>(s, g, x, c, argmax, normalize, gxp, gcp);
-      else
-        launch_backward<L, A, 2>(s, g, x, c, argmax, normalize, gxp, gcp);
+      CHIMERA_DIM_SWITCH(s.D, D, [&] { launch_backward<L, A, D>(s, g, x, c, argmax, normalize, gxp, gcp); });
     });
   });
   return {gx, gc};

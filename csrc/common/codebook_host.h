@@ -1,5 +1,6 @@
 #pragma once
-// Argument checks of chimera::codebook_lookup shared by the CPU and CUDA kernels (host only).
+// Host-side argument checks and output allocation of chimera::codebook_lookup(_backward),
+// shared by the CPU and CUDA kernels (needs ATen; the per-row arithmetic is in codebook.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -7,7 +8,6 @@
 
 #include <array>
 #include <utility>
-
 #include <vector>
 
 namespace chimera {
@@ -48,6 +48,11 @@ inline void check_grad(const at::Tensor& grad, const Shape& s, const at::Tensor&
               " differs from the codebook dtype ", codebook.scalar_type());
   TORCH_CHECK(grad.device() == codebook.device(), name, ": grad on ", grad.device(), " but codebook on ",
               codebook.device());
+}
+
+// The output of codebook_lookup: logits.shape[:-1] + codebook.shape[1:], the codebook's dtype.
+inline at::Tensor forward_output(const Shape& s, const at::Tensor& codebook) {
+  return at::empty(s.out_sizes, codebook.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 // The gradients codebook_lookup_backward returns, allocated: (0,) when not requested;

@@ -1,0 +1,82 @@
+"""Regression gate on speed-ups: fail when a benchmark's speed-up over its in-run baseline
+(extra_info["speedup"], see benchutil.py) is below its floor in benchmarks/floors.toml.
+
+    python benchmarks/check_floors.py RUN.json     # a pytest-benchmark --benchmark-json file
+    python benchmarks/check_floors.py --select     # the benchmarks that have floors (node ids)
+
+Ratios, not absolute times: both sides of a ratio ran in the same process on the same
+machine, so the gate holds on a noisy shared machine and on any CPU. The floors of the
+shapes run (default, or full with CHIMERA_BENCH_FULL=1) apply. Exit status 1 when a
+speed-up is below its floor or a benchmark with a floor did not record one.
+"""
+import argparse
+import json
+import os
+import sys
+import tomllib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FLOORS = os.path.join(HERE, "floors.toml")
+
+
+def load_floors(path=FLOORS, shapes=None):
+    """{benchmark full name: floor} for the shapes ("default" or "full")."""
+    shapes = shapes or ("full" if os.environ.get("CHIMERA_BENCH_FULL", "") == "1" else "default")
+    with open(path, "rb") as f:
+        table = tomllib.load(f)
+    if shapes not in table:
+        raise SystemExit(f"check_floors: {path} has no [{shapes}] table")
+    return {name: float(floor) for name, floor in table[shapes].items()}
+
+
+def check(run, floors):
+    """Lines of the report and whether every floor holds. `run` is the parsed JSON."""
+    found = {b["fullname"]: b for b in run.get("benchmarks", [])}
+    lines, ok = [], True
+    for name, floor in floors.items():
+        bench = found.get(name)
+        speedup = None if bench is None else bench.get("extra_info", {}).get("speedup")
+        if speedup is None:
+            why = "did not run" if bench is None else "recorded no speed-up (benchmarks disabled?)"
+            lines.append(f"FAIL {name}: {why}; floor {floor:g}x")
+            ok = False
+            continue
+        baseline = bench["extra_info"].get("baseline", "its baseline")
+        verdict = "ok  " if speedup >= floor else "FAIL"
+        ok &= speedup >= floor
+        lines.append(f"{verdict} {name}: {speedup:.2f}x {baseline} (floor {floor:g}x)")
+    machine = run.get("machine_info", {})
+    lines.append(f"machine: {machine.get('cpu_model', '?')}, chimera path {machine.get('chimera_cpu_capability', '?')}, "
+                 f"ATen {machine.get('aten_cpu_capability', '?')}, {machine.get('torch_threads', '?')} threads, "
+                 f"{machine.get('bench_shapes', '?')} shapes")
+    return lines, ok
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", help="pytest-benchmark JSON file")
+    parser.add_argument("--floors", default=FLOORS)
+    parser.add_argument("--shapes", choices=["default", "full"])
+    parser.add_argument("--select", action="store_true", help="print the node ids of the benchmarks with floors")
+    args = parser.parse_args(argv)
+    floors = load_floors(args.floors, args.shapes)
+    if args.select:
+        print(" ".join(sorted(floors)))
+        return 0
+    if args.run is None:
+        parser.error("a pytest-benchmark JSON file is needed")
+    try:
+        with open(args.run) as f:
+            run = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"check_floors: cannot read {args.run}: {exc}", file=sys.stderr)
+        return 1
+    lines, ok = check(run, floors)
+    print("\n".join(lines))
+    if not ok:
+        print(f"check_floors: a speed-up fell below its floor in {args.floors}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

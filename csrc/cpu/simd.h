@@ -1,0 +1,42 @@
+#pragma once
+// Vector width of each instruction-set path of the CPU kernel bodies (cpu/isa.h), for
+// bodies that compute on GCC vectors (common/lanes.h): a body included in namespace
+// chimera::cpu::<path> finds its path's kVectorBytes by unqualified lookup, so
+//   lanes::VectorOf<float, kVectorBytes>::type
+// is 4 floats on the baseline (SSE2, NEON), 8 with AVX2, 16 with AVX-512.
+#include <cstddef>
+#include <new>
+
+namespace chimera {
+namespace cpu {
+namespace base {
+constexpr int kVectorBytes = 16;
+}
+namespace avx2 {
+constexpr int kVectorBytes = 32;
+}
+namespace avx512 {
+constexpr int kVectorBytes = 64;
+}
+
+// n vectors of type V, aligned to their size, value-initialised (0). std::vector<V> would
+// not do: GCC drops a vector type's alignment when it is a template argument.
+template <typename V>
+class VectorBuffer {
+ public:
+  explicit VectorBuffer(size_t n)
+      : data_(static_cast<V*>(::operator new(n * sizeof(V) + (n == 0), std::align_val_t(sizeof(V))))) {
+    for (size_t i = 0; i < n; ++i) data_[i] = V{};
+  }
+  ~VectorBuffer() { ::operator delete(data_, std::align_val_t(sizeof(V))); }
+  VectorBuffer(const VectorBuffer&) = delete;
+  VectorBuffer& operator=(const VectorBuffer&) = delete;
+  V* data() { return data_; }
+  V& operator[](size_t i) { return data_[i]; }
+
+ private:
+  V* data_;
+};
+
+}  // namespace cpu
+}  // namespace chimera
