@@ -28,6 +28,8 @@ schemas = {}          # op name -> schema text as declared from Python (checked 
 _BELOW_BACKEND_SELECT = torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.BackendSelect)
 _image_ok = {}        # torch.device -> whether our kernels run there (probed once)
 _image_lock = threading.Lock()
+# cudaErrorInvalidDeviceFunction, cudaErrorUnsupportedPtxVersion, cudaErrorNoKernelImageForDevice
+_NO_IMAGE_ERRORS = (98, 222, 209)
 
 
 def _library():
@@ -120,8 +122,9 @@ def _check_image(device):
     if code == 0:
         return True
     archs = getattr(_extension.module, "cuda_archs", "?")
-    reason = (f"chimera._C has no kernel image for {_describe(device)}: {message} (error {code}); "
-              f"it was built for TORCH_CUDA_ARCH_LIST={archs}: rebuild it with that GPU's architecture in the list")
+    reason = f"chimera._C's CUDA kernels cannot run on {_describe(device)}: {message} (cudaError {code})"
+    if code in _NO_IMAGE_ERRORS:
+        reason += f"; it was built for TORCH_CUDA_ARCH_LIST={archs}: rebuild it with this GPU's architecture in the list"
     if _extension.flag("CHIMERA_REQUIRE_EXT"):
         raise _extension.ExtensionError(f"CHIMERA_REQUIRE_EXT=1 but {reason}")
     warnings.warn(f"chimera: {reason}; using the pure-PyTorch reference kernels on {device}", RuntimeWarning,
