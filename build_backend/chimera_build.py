@@ -12,6 +12,7 @@ Under uv the build environment already holds the runtime torch (see below). Buil
 sdist needs no torch at all. Every other hook is setuptools' own.
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,9 +70,15 @@ def torch_requirement(python=sys.executable):
     return requirement
 
 
+def extension_requirements():
+    """torch, and ninja unless one is on PATH: torch's extension builder compiles
+    MAX_JOBS files at a time with it, one after another without."""
+    return [torch_requirement()] + ([] if shutil.which("ninja") else ["ninja"])
+
+
 def get_requires_for_build_wheel(config_settings=None):
-    return _setuptools.get_requires_for_build_wheel(config_settings) + [torch_requirement()]
+    return _setuptools.get_requires_for_build_wheel(config_settings) + extension_requirements()
 
 
 def get_requires_for_build_editable(config_settings=None):
-    return _setuptools.get_requires_for_build_editable(config_settings) + [torch_requirement()]
+    return _setuptools.get_requires_for_build_editable(config_settings) + extension_requirements()

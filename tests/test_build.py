@@ -53,6 +53,14 @@ def test_backend_requires_the_torch_of_the_target_environment():
     assert chimera_build.torch_requirement() == f"torch=={metadata.version('torch')}"
 
 
+def test_backend_adds_ninja_only_when_none_is_on_path(monkeypatch):
+    torch = f"torch=={metadata.version('torch')}"
+    monkeypatch.setattr(chimera_build.shutil, "which", lambda name: None)
+    assert chimera_build.extension_requirements() == [torch, "ninja"]
+    monkeypatch.setattr(chimera_build.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert chimera_build.extension_requirements() == [torch]
+
+
 def test_backend_sees_the_target_torch_through_the_isolation(tmp_path):
     env = pip_like_isolation(tmp_path)
     hidden = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
