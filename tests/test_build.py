@@ -1,14 +1,18 @@
 """The build: the in-tree PEP 517 backend, setup.py without torch, the CUDA architecture
 default, the sdist's contents and the package metadata. Fast checks; the installs
-themselves (pip, pip wheel, sdist, uv) run in `make install-check` (tests/install_check.sh)."""
+themselves (pip, pip wheel, sdist, uv) run in `make install-check` (.ci/install-check)."""
 import importlib.util
 import os
 import subprocess
 import sys
 import tarfile
-import tomllib
 from importlib import metadata
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 import pytest
 

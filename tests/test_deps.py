@@ -1,8 +1,12 @@
 """chimera._deps: an optional dependency that is missing names the extra that installs it."""
 import json
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 import pytest
 
