@@ -1,29 +1,34 @@
 """Build chimera and its torch extension ``chimera._C``.
 
-The extension is a CppExtension (CPU kernels) that becomes a CUDAExtension when
-the installed torch is a CUDA build and a CUDA toolkit is found; CHIMERA_CUDA=0|1
-overrides that choice. Build with ``pip install --no-build-isolation .`` so the
-extension is compiled against the torch that is actually installed.
+`pip install .` builds it against the torch installed where chimera is installed (the
+in-tree backend build_backend/chimera_build.py asks for that exact torch in the isolated
+build environment); `pip install --no-build-isolation .` uses the torch that is
+importable. The extension is a CppExtension (CPU kernels) that becomes a CUDAExtension
+when that torch is a CUDA build and a CUDA toolkit is found; CHIMERA_CUDA=0|1 overrides
+the choice. An sdist needs no torch.
 """
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
+
+from setuptools import setup
 
 try:
     import torch
     from torch.utils import cpp_extension
-except ImportError:  # keep this message short: it is what a user sees first
-    sys.exit(
-        "chimera: PyTorch is not importable in this environment.\n"
-        "Install torch first (e.g. `pip install torch`), then build chimera with\n"
-        "    pip install --no-build-isolation .\n"
-        "(with build isolation pip compiles against a different torch than the one "
-        "installed, and the extension cannot load)."
-    )
+except ImportError:
+    torch = None
 
-from setuptools import setup  # noqa: E402  (after the torch check: its message comes first)
-
+# Commands that compile the extension; the others (sdist, egg_info, dist_info) run without torch.
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install", "bdist_egg"}
+NO_TORCH = (  # keep this message short: it is what a user sees first
+    "chimera: PyTorch is not importable, so chimera._C cannot be compiled.\n"
+    "`pip install .` (with build isolation) installs the right torch for the build; with\n"
+    "--no-build-isolation, install torch first (e.g. `pip install torch`)."
+)
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -83,6 +88,46 @@ def after_system_includes(dirs):
     return cxx, [f"-Xcompiler=-idirafter{d}" for d in dirs]
 
 
+# When torch cannot say which architectures it was built for: every major one since
+# Turing (the oldest CUDA 13 targets), PTX on the last so newer GPUs JIT-compile it.
+BROAD_CUDA_ARCHS = ("7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0")
+
+
+def torch_cuda_archs():
+    """The architectures the installed torch's own kernels were built for, as "8.0", "9.0",
+    ...; get_arch_list() is empty without a visible GPU, so the build flags are asked too.
+    Family variants (sm_90a) are folded into their base: our kernels use no such features."""
+    flags = torch.cuda.get_arch_list() or (getattr(torch._C, "_cuda_getArchFlags", lambda: "")() or "").split()
+    archs = {f"{m[1]}.{m[2]}" for m in (re.fullmatch(r"sm_(\d+)(\d)[af]?", f) for f in flags) if m}
+    return sorted(archs, key=_arch_key)
+
+
+def _arch_key(arch):
+    return tuple(map(int, arch.split(".")))
+
+
+def nvcc_archs(cuda_home):
+    """The virtual architectures this nvcc can target ("7.5", ...), or None if it cannot say."""
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--list-gpu-arch"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = {f"{m[1]}.{m[2]}" for m in re.finditer(r"compute_(\d+)(\d)\b", out)}
+    return found or None
+
+
+def default_cuda_arch_list(cuda_home):
+    """TORCH_CUDA_ARCH_LIST when the user set none: torch's own architectures (our kernels
+    then run wherever torch's do, whichever GPU the build host has or lacks), else a broad
+    list; only those nvcc supports, with PTX for the newest."""
+    archs = torch_cuda_archs() or list(BROAD_CUDA_ARCHS)
+    supported = nvcc_archs(cuda_home)
+    if supported is not None:
+        archs = [a for a in archs if a in supported] or [max(supported, key=_arch_key)]
+    return ";".join(archs) + "+PTX"
+
+
 def extension():
     # No -std flag: torch adds the standard its headers need (C++20 since 2.x).
     cxx = ["-O3", "-g0", "-fvisibility=hidden", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
@@ -94,8 +139,9 @@ def extension():
     cuda_home = find_cuda_home()
     os.environ.setdefault("CUDA_HOME", cuda_home)
     cpp_extension.CUDA_HOME = cuda_home
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # Hopper: build hosts without a GPU still build
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or default_cuda_arch_list(cuda_home)
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    print(f"chimera: CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}", file=sys.stderr)
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DCHIMERA_WITH_CUDA"]
     if os.environ.get("CHIMERA_WERROR") == "1":  # make cuda-check: our .cu files build without warnings
         nvcc += ["-Werror=all-warnings", "-Xcompiler=-Werror"]
@@ -103,12 +149,21 @@ def extension():
     return cpp_extension.CUDAExtension(
         "chimera._C",
         sources + read_sources("cuda"),
-        extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA"] + inc_cxx, "nvcc": nvcc + inc_nvcc},
+        extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA", f'-DCHIMERA_CUDA_ARCHS="{archs}"'] + inc_cxx, "nvcc": nvcc + inc_nvcc},
         include_dirs=[os.path.join(ROOT, "csrc")],
     )
 
 
-setup(
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
-)
+def main():
+    if torch is None:
+        if not BUILD_COMMANDS.isdisjoint(sys.argv[1:]):
+            sys.exit(NO_TORCH)
+        return setup()  # an sdist or metadata: nothing to compile
+    return setup(
+        ext_modules=[extension()],
+        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+    )
+
+
+if __name__ == "__main__":  # setuptools' backend runs this file as __main__ too; tests import it
+    main()

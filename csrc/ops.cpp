@@ -32,9 +32,28 @@ TORCH_LIBRARY(chimera, m) {
   m.def("overlap_add_backward(Tensor grad, Tensor window, int hop_length, bool center, int n_frames) -> Tensor");
 }
 
+#ifdef CHIMERA_WITH_CUDA
+#ifndef CHIMERA_CUDA_ARCHS  // setup.py defines it; other builds (CMake) may not
+#define CHIMERA_CUDA_ARCHS "unknown"
+#endif
+namespace chimera {
+int cuda_image_status(int device, const char** message);  // csrc/cuda/image_probe.cu
+}
+
+// cuda_image_status(device) -> (cudaError code, message): 0 when our kernels have an image
+// the device can run.
+static PyObject* py_cuda_image_status(PyObject*, PyObject* arg) {
+  const long device = PyLong_AsLong(arg);
+  if (device == -1 && PyErr_Occurred()) return nullptr;
+  const char* message = "";
+  const int status = chimera::cuda_image_status(static_cast<int>(device), &message);
+  return Py_BuildValue("(is)", status, message);
+}
+#endif
+
 // A plain Python module so `import chimera._C` loads the library and runs the
-// registrations above; it carries build facts for `chimera info` and the choice of the
-// CPU kernels' instruction-set path (cpu/isa.h).
+// registrations above; it carries build facts for `chimera info`, the choice of the
+// CPU kernels' instruction-set path (cpu/isa.h) and, in a CUDA build, the probe above.
 namespace {
 
 PyObject* isa_tuple(bool (*keep)(chimera::cpu::Isa)) {
@@ -81,6 +100,9 @@ PyMethodDef methods[] = {
     {"set_cpu_capability", py_set_cpu_capability, METH_O, "choose the CPU kernels' path: default, avx2 or avx512"},
     {"supported_cpu_capabilities", py_supported, METH_NOARGS, "paths compiled in and runnable on this CPU"},
     {"compiled_cpu_capabilities", py_compiled, METH_NOARGS, "paths compiled in this build"},
+#ifdef CHIMERA_WITH_CUDA
+    {"cuda_image_status", py_cuda_image_status, METH_O, "(cudaError, message) of our kernel image on a device"},
+#endif
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
@@ -92,6 +114,7 @@ extern "C" __attribute__((visibility("default"))) PyObject* PyInit__C(void) {
   PyModule_AddStringConstant(mod, "torch_version", CHIMERA_TORCH_VERSION);
 #ifdef CHIMERA_WITH_CUDA
   PyModule_AddIntConstant(mod, "with_cuda", 1);
+  PyModule_AddStringConstant(mod, "cuda_archs", CHIMERA_CUDA_ARCHS);  // TORCH_CUDA_ARCH_LIST of the build
 #else
   PyModule_AddIntConstant(mod, "with_cuda", 0);
 #endif

@@ -1,4 +1,4 @@
-# CUDA targets (issue 11). Included by the main Makefile; also usable alone:
+# CUDA targets. Included by the main Makefile; also usable alone:
 #   make -f mk/cuda.mk cuda-check
 #
 # cuda-check: without a GPU, build the CUDA half of the extension against a CUDA build
@@ -12,7 +12,11 @@
 
 CUDA_BASE_PYTHON ?= python3
 VENV_CUDA ?= .venv-cuda
-CUDA_REQUIREMENTS ?= torch==2.14.1 numpy pytest ninja soundfile soxr tqdm
+# The CUDA build of torch cuda-check compiles against: the newest release the CI machines
+# reach, newer than .venv's (Makefile: TORCH_CPU), so each CI run builds the sources
+# against two torch releases; any CUDA build of torch >= pyproject.toml's floor would do.
+CUDA_TORCH ?= torch==2.14.1
+CUDA_REQUIREMENTS ?= $(CUDA_TORCH) numpy pytest ninja soundfile soxr tqdm
 CUDA_ARCH_LIST ?= 8.0;9.0
 CUDA_BUILD_DIR ?= build/cuda-check
 CUDA_MAX_JOBS ?= 2
@@ -26,7 +30,7 @@ _CUDA_LIB := $(abspath $(CUDA_BUILD_DIR))/lib
 
 .PHONY: cuda-check cuda-venv cuda-build test-cuda
 
-cuda-venv: $(_CUDA_STAMP)
+cuda-venv: $(_CUDA_STAMP) ## create .venv-cuda with the CUDA build of torch (no GPU needed)
 
 $(_CUDA_STAMP):
 	test -x $(VENV_CUDA)/bin/python || $(CUDA_BASE_PYTHON) -m venv $(VENV_CUDA)
@@ -37,7 +41,7 @@ $(_CUDA_STAMP):
 
 # build_ext --force: setuptools would otherwise skip the build when only a header changed;
 # ninja still recompiles only the objects whose sources or headers changed.
-cuda-build: $(_CUDA_STAMP)
+cuda-build: $(_CUDA_STAMP) ## compile the CUDA extension into build/cuda-check/ against .venv-cuda's torch
 	mkdir -p $(CUDA_BUILD_DIR)
 	PATH="$(abspath $(VENV_CUDA))/bin:$$PATH" CHIMERA_CUDA=1 CHIMERA_WERROR=1 \
 	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" MAX_JOBS=$(CUDA_MAX_JOBS) \
@@ -45,11 +49,11 @@ cuda-build: $(_CUDA_STAMP)
 	    build_ext --force --build-lib $(_CUDA_LIB) --build-temp $(abspath $(CUDA_BUILD_DIR))/temp
 
 # Runs outside the source tree (-P, cwd in the build dir) so it imports the built copy.
-cuda-check: cuda-build
-	cd $(CUDA_BUILD_DIR) && CHIMERA_CUDA_CHECK_LIB=$(_CUDA_LIB) PYTHONPATH=$(_CUDA_LIB) \
+cuda-check: cuda-build ## build the CUDA extension without a GPU and check it loads with every op on CPU and CUDA
+	cd $(CUDA_BUILD_DIR) && CHIMERA_CUDA_CHECK_LIB=$(_CUDA_LIB) PYTHONPATH=$(_CUDA_LIB) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" \
 	$(_CUDA_PY) -P -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) \
 	    $(CURDIR)/tests/cuda_check/test_cuda_build.py
 
-test-cuda:
+test-cuda: ## on a GPU machine: build in place against the installed torch, run the CUDA tests and benchmarks
 	$(CUDA_TEST_PYTHON) -m pip install --no-build-isolation -e .
 	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pytest -m cuda tests $(wildcard benchmarks)

@@ -11,7 +11,7 @@ DEMO_DATA_SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: demo-data demo-data-debs
 
-demo-data-debs:
+demo-data-debs: ## install the Debian packages the demo data is made from (music, speech synthesis)
 	@missing=""; \
 	for p in $(DEMO_DATA_DEBS); do \
 	  dpkg -s $$p 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; \
@@ -24,5 +24,5 @@ demo-data-debs:
 	fi
 
 # Splits whose options did not change are skipped and utterances are cached: a rerun takes seconds.
-demo-data: venv demo-data-debs
+demo-data: venv demo-data-debs ## make the synthetic training data in $(DEMO_DATA_DIR)/ (~5 GB)
 	$(PY) -m chimera.data.synth --out $(DEMO_DATA_DIR) $(DEMO_DATA_ARGS)

@@ -16,14 +16,14 @@ class ExtensionError(ImportError):
     pass
 
 
-def _flag(name):
+def flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _load():
     """Return (module or None, reason it is not used or None)."""
-    if _flag("CHIMERA_DISABLE_EXT"):
-        if _flag("CHIMERA_REQUIRE_EXT"):
+    if flag("CHIMERA_DISABLE_EXT"):
+        if flag("CHIMERA_REQUIRE_EXT"):
             raise ExtensionError("CHIMERA_REQUIRE_EXT=1 and CHIMERA_DISABLE_EXT=1 contradict each other")
         return None, "disabled by CHIMERA_DISABLE_EXT=1"
     try:
@@ -32,7 +32,7 @@ def _load():
         if exc.name != "chimera._C":  # a dependency of the extension is missing: that is breakage
             return _broken(f"chimera._C failed to import: {exc}")
         reason = "chimera._C is not built (pip install --no-build-isolation -e .)"
-        if _flag("CHIMERA_REQUIRE_EXT"):
+        if flag("CHIMERA_REQUIRE_EXT"):
             raise ExtensionError(f"CHIMERA_REQUIRE_EXT=1 but {reason}") from exc
         warnings.warn(f"chimera: {reason}; using the pure-PyTorch reference kernels", RuntimeWarning, stacklevel=3)
         return None, reason
@@ -42,14 +42,14 @@ def _load():
     if built.split("+")[0] != torch.__version__.split("+")[0]:
         # It loaded, so its kernels are registered and used; the mismatch is still said.
         message = f"chimera._C was built against torch {built} but torch {torch.__version__} is installed; rebuild it"
-        if _flag("CHIMERA_REQUIRE_EXT"):
+        if flag("CHIMERA_REQUIRE_EXT"):
             raise ExtensionError(message)
         warnings.warn(f"chimera: {message}", RuntimeWarning, stacklevel=3)
     return module, None
 
 
 def _broken(reason):
-    if _flag("CHIMERA_REQUIRE_EXT"):
+    if flag("CHIMERA_REQUIRE_EXT"):
         raise ExtensionError(reason)
     warnings.warn(f"chimera: {reason}; using the pure-PyTorch reference kernels", RuntimeWarning, stacklevel=4)
     return None, reason

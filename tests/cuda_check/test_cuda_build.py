@@ -85,3 +85,15 @@ def test_chimera_info_reports_cuda():
     assert "with CUDA kernels" in out.stdout, out.stdout
     for op in chimera.ops.backend():  # every op's line names the cuda backend
         assert re.search(rf"^\s+{op}\s+cpp\s+cuda\s*$", out.stdout, re.MULTILINE), (op, out.stdout)
+
+
+def test_kernel_image_probe_is_built_and_answers_without_a_gpu():
+    module = chimera.ops._extension.module
+    if CHECK_LIB:  # make cuda-check passes the list it built for
+        assert module.cuda_archs == os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available():
+        code, message = module.cuda_image_status(torch.cuda.current_device())
+        assert (code, message) == (0, "no error")  # this GPU's architecture is in the build
+    else:  # no device (or no driver): an error code and its message, not a crash
+        code, message = module.cuda_image_status(0)
+        assert code != 0 and message and message != "no error"
