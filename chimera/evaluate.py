@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
-import importlib
 import io
 import json
 import logging
@@ -33,7 +32,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from . import signal
+from . import _deps, signal
 from .atomic import atomic_write
 from .audio import AudioError, read_audio, resample
 from .objectives import si_sdr
@@ -51,11 +50,7 @@ SUBSETS = {"train": "train", "test": "test", "Dev": "train", "Test": "test"}
 
 def require_museval():
     """museval, or an ImportError saying how to install it, before any work."""
-    # TODO(lead): chimera._deps.require("eval", "museval", "chimera evaluate") once it is on main.
-    try:
-        return importlib.import_module("museval")
-    except ImportError as exc:
-        raise ImportError(f"chimera evaluate needs museval ({exc}): pip install 'chimera-separation[eval]'") from exc
+    return _deps.require("eval", "museval", "chimera evaluate")
 
 
 @dataclass
