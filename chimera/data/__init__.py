@@ -1,5 +1,5 @@
-"""Data: audio I/O helpers, separation data sets, and the demo-data synthesiser
-(``python -m chimera.data.synth``)."""
+"""Data: audio I/O helpers and separation data sets. (The demo data is made by
+``tools/demodata``, beside the package: the library never imports it.)"""
 from .audio import AudioError, AudioInfo, audio_info, read_audio, resample, to_mono, write_audio
 from .datasets import (
     AUDIO_EXTENSIONS,
