@@ -33,10 +33,10 @@ def test_band_figures():
 
 
 def test_summary_medians_and_gap():
-    tracks = {f"t{i}": {"reconstruction_db": -30.0 - i, "high_band_share": {"vocals": 0.1, "accompaniment": 0.9},
-                        "scores": {s: {"SDR": 5.0 + i, "SIR": 1.0, "SAR": 1.0, "SI-SDR": 1.0}
+    tracks = {f"t{i}": {"reconstruction_db": -30.0 - i ** 2, "high_band_share": {"vocals": 0.1, "accompaniment": 0.9},
+                        "scores": {s: {"SDR": 5.0 + i ** 2, "SIR": 1.0, "SAR": 1.0, "SI-SDR": 1.0}
                                    for s in eval_goals.SOURCES},
-                        "oracle_irm": {s: {"SDR": 10.0 + 2 * i} for s in eval_goals.SOURCES}}
+                        "oracle_irm": {s: {"SDR": 10.0 + 2 * i ** 2} for s in eval_goals.SOURCES}}
               for i in range(3)}
     s = eval_goals.summarise("test-real", {"tracks": tracks})
     assert s["vocals_SDR"] == 6.0 and s["vocals_SDR_oracle"] == 12.0 and s["vocals_gap"] == 6.0
