@@ -1,6 +1,5 @@
 """chimera.data: layouts, resampling, segments, determinism, on-the-fly mixing, bad files,
-DataLoader workers, and the demo-data synthesiser."""
-import json
+and DataLoader workers. (The demo-data tool is tested in test_demodata.py.)"""
 import pickle
 import re
 import warnings
@@ -24,7 +23,6 @@ from chimera.data import (
     read_audio,
     resample,
 )
-from chimera.data import synth
 
 STEMS = ("vocals", "drums", "bass", "other")
 
@@ -369,84 +367,3 @@ def test_dataloader_worker_reports_bad_file_by_path(tmp_path):
     skip = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05)
     names = [n for b in DataLoader(skip, batch_size=1, num_workers=2) for n in b["name"]]
     assert names == ["a", "c", "c"]
-
-
-# --- synthesiser ------------------------------------------------------------------------------
-
-
-def test_synth_signal_helpers():
-    sr = 44100
-    rng = np.random.default_rng(0)
-    x = resample(rng.standard_normal(sr).astype(np.float32), 16000, sr)  # nothing above 8 kHz
-    y = synth.bandwidth_extend(x, sr, 8000.0, -25.0)
-    spec = lambda s: np.abs(np.fft.rfft(s)) ** 2  # noqa: E731
-    f = np.fft.rfftfreq(len(x), 1 / sr)
-    hi = f > 9000
-    assert spec(y)[hi].sum() / spec(y).sum() > 10 * max(spec(x)[hi].sum() / spec(x).sum(), 1e-9)
-    assert abs(10 * np.log10(spec(y - x).sum() / spec(x).sum()) + 25) < 1.0
-    t = np.arange(sr) / sr
-    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
-    vib = synth.vibrato(tone, sr, 5.0, 0.5)
-    assert vib.shape == tone.shape and not np.allclose(vib, tone, atol=1e-2)
-    a = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
-    b = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
-    qa, qb, qm = synth._quantise_pair(a, b)
-    assert qm.dtype == np.int16 and np.array_equal(qm.astype(np.int32), qa.astype(np.int32) + qb)
-    assert synth.speaker_of(("flite", "kal16")) == synth.speaker_of(("festival", "kal_diphone"))
-    assert synth.speaker_of(("espeak", "en-us+m1")) == synth.speaker_of(("espeak", "en-gb+m1"))
-    train_speakers = {synth.speaker_of(v) for v in synth.VOICES["train"]}
-    assert not train_speakers & {synth.speaker_of(v) for v in synth.VOICES["test"]}
-
-
-needs_debs = pytest.mark.skipif(bool(synth.missing_packages()),
-                                reason="Debian packages for the demo data are not installed")
-
-
-@needs_debs
-@pytest.mark.slow
-def test_synth_tiny_run(tmp_path):
-    cache = tmp_path / "cache"
-    r = synth.make(tmp_path / "out", seed=1, train=2, valid=0, test=1, seconds=3.0,
-                   speakers=(2, 0, 1), cache=cache, quiet=True)
-    assert all(r["built"][k] for k in ("musdb/train", "musdb/test", "wsj0-2mix/tr", "wsj0-2mix/tt"))
-    tracks = sorted((tmp_path / "out" / "musdb").glob("*/*/mixture.wav"))
-    assert len(tracks) == 3
-    for mix_path in tracks:
-        d = mix_path.parent
-        m, sr = sf.read(str(mix_path), dtype="float32")
-        v, _ = sf.read(str(d / "vocals.wav"), dtype="float32")
-        a, _ = sf.read(str(d / "accompaniment.wav"), dtype="float32")
-        assert sr == 44100 and m.shape == (3 * 44100, 2)
-        assert np.array_equal(m, v + a)
-        level = 20 * np.log10(np.sqrt(np.mean(v.astype(np.float64) ** 2))
-                              / np.sqrt(np.mean(a.astype(np.float64) ** 2)))
-        assert -5.01 <= level <= 5.01
-    test_meta = json.loads((tmp_path / "out" / "musdb" / "test" / "metadata.json").read_text())
-    train_meta = json.loads((tmp_path / "out" / "musdb" / "train" / "metadata.json").read_text())
-    for m in test_meta:
-        assert m["music"] not in {Path(p).name for p in synth.music_files()["train"]}
-        assert not {v.split(":", 1)[1] for v in m["voices"]} & {v for _, v in synth.VOICES["train"]}
-    assert all(abs(m["vocals_to_accompaniment_db"]) <= 5 for m in test_meta + train_meta)
-    mixes = sorted((tmp_path / "out" / "wsj0-2mix").glob("*/mix/*.wav"))
-    assert len(mixes) == 3
-    for p in mixes:
-        m, sr = sf.read(str(p), dtype="float32")
-        s1, _ = sf.read(str(p).replace("/mix/", "/s1/"), dtype="float32")
-        s2, _ = sf.read(str(p).replace("/mix/", "/s2/"), dtype="float32")
-        assert sr == 8000 and np.array_equal(m, s1 + s2)
-    lic = (tmp_path / "out" / "LICENSES.md").read_text()
-    assert "warzone2100-music" in lic and "espeak-ng" in lic and "GPL" in lic
-    # rerun: nothing rebuilt; same seed elsewhere (warm cache): identical files
-    again = synth.make(tmp_path / "out", seed=1, train=2, valid=0, test=1, seconds=3.0,
-                       speakers=(2, 0, 1), cache=cache, quiet=True)
-    assert not any(again["built"].values())
-    synth.make(tmp_path / "twin", seed=1, train=1, valid=0, test=0, seconds=3.0, speakers=(0, 0, 0),
-               cache=cache, quiet=True)
-    twin = tmp_path / "twin" / "musdb" / "train" / "train-000" / "mixture.wav"
-    first = tmp_path / "out" / "musdb" / "train" / "train-000" / "mixture.wav"
-    assert twin.read_bytes() == first.read_bytes()
-    # the data sets read it
-    ds = DemoTracks(tmp_path / "out" / "musdb", "train", sample_rate=8000, segment_seconds=1.0, seed=0)
-    assert ds[0]["sources"].shape == (2, 8000)
-    wsj = WSJ0Mix(tmp_path / "out" / "wsj0-2mix", "tr", sample_rate=8000, segment_seconds=1.0, seed=0)
-    assert len(wsj) == 2

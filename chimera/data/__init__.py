@@ -1,4 +1,5 @@
-"""Separation data sets, and the demo-data synthesiser (``python -m chimera.data.synth``).
+"""Separation data sets. (The demo data is made by ``tools/demodata``, beside the package:
+the library never imports it.)
 
 The audio helpers are re-exported from :mod:`chimera.audio`, their home, for data-set users."""
 from ..audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, audio_info, read_audio, resample, to_mono, write_audio

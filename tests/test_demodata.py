@@ -1,0 +1,205 @@
+"""tools/demodata, the demo-data tool beside the package: signal helpers, held-out splits that
+never meet training, sung phrases, one package list, and a tiny build end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from chimera.data import DemoTracks, resample
+from tools.demodata import material, packages, singing, speech
+from tools.demodata.build import make
+from tools.demodata.dsp import bandwidth_extend, quantise_pair, tilt, vibrato
+from tools.demodata.tracks import HELD_OUT_SPLITS, SONG_SPLITS
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_debs = pytest.mark.skipif(bool(packages.missing_packages()),
+                                reason="Debian packages for the demo data are not installed")
+
+
+def _power(x):
+    return np.abs(np.fft.rfft(x)) ** 2
+
+
+def test_bandwidth_extension_adds_a_high_band_at_the_asked_level():
+    sr = 44100
+    rng = np.random.default_rng(0)
+    x = resample(rng.standard_normal(sr).astype(np.float32), 16000, sr)  # nothing above 8 kHz
+    f = np.fft.rfftfreq(len(x), 1 / sr)
+    hi = f > 9000
+    for noise_share in (0.0, 0.6):
+        y = bandwidth_extend(x, sr, 8000.0, -25.0, noise_share=noise_share, rng=np.random.default_rng(1))
+        px, py = _power(x), _power(y)
+        assert py[hi].sum() / py.sum() > 10 * max(px[hi].sum() / px.sum(), 1e-9)
+        assert abs(10 * np.log10(_power(y - x).sum() / px.sum()) + 25) < 1.0
+        assert _power(y - x)[f < 7500].sum() < 1e-3 * _power(y - x).sum()  # only above the band edge
+    assert bandwidth_extend(x, sr, 21000.0, -25.0) is x  # a full-band voice is left alone
+
+
+def test_tilt_vibrato_and_exact_quantisation():
+    sr = 44100
+    t = np.arange(sr) / sr
+    tones = (np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 4000 * t)).astype(np.float32)
+    p = _power(tilt(tones, sr, 3.0))
+    f = np.fft.rfftfreq(sr, 1 / sr)
+    ratio_db = 10 * np.log10(p[np.argmin(abs(f - 4000))] / p[np.argmin(abs(f - 1000))])
+    assert abs(ratio_db - 6.0) < 0.2  # two octaves at +3 dB per octave
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    vib = vibrato(tone, sr, 5.0, 0.5)
+    assert vib.shape == tone.shape and not np.allclose(vib, tone, atol=1e-2)
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
+    b = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
+    qa, qb, qm = quantise_pair(a, b)
+    assert qm.dtype == np.int16 and np.array_equal(qm.astype(np.int32), qa.astype(np.int32) + qb)
+
+
+def test_training_voices_are_the_allowed_ones_and_test_speakers_are_new():
+    allowed_espeak = {"en-us", "en-gb", "en-029", "en-gb-x-rp"}
+    allowed_other = {("flite", "kal16"), ("flite", "awb"), ("flite", "slt"),
+                     ("festival", "kal_diphone"), ("festival", "cmu_us_slt_arctic_hts")}
+    for engine, name in speech.voices_of(held_out=False):
+        if engine == "espeak":
+            assert name.split("+")[0] in allowed_espeak
+        else:
+            assert (engine, name) in allowed_other
+    assert speech.speaker_of(("flite", "kal16")) == speech.speaker_of(("festival", "kal_diphone"))
+    assert speech.speaker_of(("espeak", "en-us+m1")) == speech.speaker_of(("espeak", "en-gb+m1"))
+    train = {speech.speaker_of(v) for v in speech.voices_of(held_out=False)}
+    assert not train & {speech.speaker_of(v) for v in speech.voices_of(held_out=True)}
+
+
+def test_hash_split_is_fixed_and_disjoint():
+    items = [f"item{i}" for i in range(50)]
+    a = material.split_by_hash(items, lambda s: s, 0.2, 0.1)
+    b = material.split_by_hash(list(reversed(items)), lambda s: s, 0.2, 0.1)
+    assert a == b
+    assert sorted(sum(a.values(), [])) == sorted(items)
+    assert (len(a["test"]), len(a["valid"])) == (10, 5)
+
+
+def test_recorded_speakers():
+    assert material.recorded_speaker("audio/taunts/taunt3/haha3.ogg") == "taunt3"
+    assert material.recorded_speaker("audio/vtoltalk/v-eloc2.ogg") == "pilot2"
+    assert material.recorded_speaker("audio/memressp/power/pcv1.ogg") == "memressp"
+
+
+def _parse_notes(midi: bytes) -> list[tuple[int, int]]:
+    """(channel, note) of every note-on of a format-0 file (running status never used)."""
+    assert midi[:4] == b"MThd" and midi[14:18] == b"MTrk"
+    data, i, notes = midi[22:], 0, []
+    while i < len(data):
+        while data[i] & 0x80:  # delta time
+            i += 1
+        i += 1
+        status = data[i]
+        if status == 0xFF:
+            length = data[i + 2]
+            i += 3 + length
+            continue
+        kind = status & 0xF0
+        if kind == 0x90:
+            notes.append((status & 0x0F, data[i + 1]))
+        i += 2 if kind == 0xC0 else 3
+    return notes
+
+
+def test_sung_phrases_keep_test_presets_and_registers_apart():
+    assert not set(singing.PRESETS["train"]) & set(singing.PRESETS["test"])
+    assert not set(singing.REGISTERS["train"]) & set(singing.REGISTERS["test"])
+    rng = np.random.default_rng(0)
+    for split, group in (("train", "train"), ("valid", "train"), ("test", "test")):
+        for _ in range(20):
+            p = singing.draw_phrase(rng, split)
+            assert p["program"] in singing.PRESETS[group]
+            lows = [lo for lo, hi in singing.REGISTERS[group] if lo <= p["parts"][0][0] <= hi]
+            assert lows and all(min(lows) <= m <= max(hi for _, hi in singing.REGISTERS[group])
+                                for m in p["parts"][0])
+            notes = _parse_notes(singing.midi_file(singing.phrase_events(p)))
+            assert sorted(notes) == sorted((ch, m) for ch, part in enumerate(p["parts"]) for m in part)
+
+
+def test_one_package_list_read_by_the_makefile():
+    printed = subprocess.run([sys.executable, str(ROOT / "tools/demodata/packages.py")],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert printed == list(packages.NAMES)
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), "-n", "demo-data-debs"], capture_output=True, text=True)
+    assert r.returncode == 0 and all(p in r.stdout for p in packages.NAMES)
+    mk = (ROOT / "mk/data.mk").read_text()
+    assert not any(p in mk for p in ("espeak-ng", "warzone2100-music", "fluid-soundfont-gm"))
+
+
+def test_the_library_never_imports_the_tool():
+    code = ("import sys, chimera, chimera.data, chimera.models, chimera.cli, chimera.train, chimera.separate; "
+            "print([m for m in sys.modules if m == 'tools' or m.startswith('tools.')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(ROOT)).stdout.strip()
+    assert out == "[]"
+    for path in (ROOT / "chimera").rglob("*.py"):
+        assert "tools.demodata" not in path.read_text() and "synth" not in path.name, path
+
+
+@needs_debs
+def test_recorded_clips_never_cross_splits():
+    clips = material.recorded_clips()
+    names = {k: {c.name for c in v} for k, v in clips.items()}
+    assert not names["train"] & names["test"] and not names["train"] & names["valid"]
+    assert not names["valid"] & names["test"]
+    for held in material.HELD_OUT_SPEAKERS:
+        assert any(c.speaker == held for c in clips["test"])
+        assert not any(c.speaker == held for c in clips["train"] + clips["valid"])
+    assert all(not n.startswith("audio/sfx/") for v in names.values() for n in v)
+    x, sr = material.load_clip(clips["test"][0].name)
+    assert x.ndim == 1 and x.size > 0.2 * sr
+
+
+@needs_debs
+@pytest.mark.slow
+def test_tiny_build(tmp_path):
+    cache = tmp_path / "cache"
+    kw = dict(seed=1, train=3, valid=1, test=1, solo=1, seconds=3.0, test_seconds=6.0, cache=cache, quiet=True)
+    r = make(tmp_path / "out", speakers=(2, 0, 1), **kw)
+    songs = ["train", "valid", *HELD_OUT_SPLITS]
+    assert all(r["built"][f"musdb/{s}"] for s in songs) and r["built"]["wsj0-2mix/tt"]
+    musdb = tmp_path / "out" / "musdb"
+    meta = {s: json.loads((musdb / s / "metadata.json").read_text()) for s in songs}
+    train_music = {Path(m.path).name for m in material.music_files()["train"]}
+    train_clips = {c.name for c in material.recorded_clips()["train"]}
+    train_voices = {v for _, v in speech.voices_of(held_out=False)}
+    for split in songs:
+        spec = SONG_SPLITS[split]
+        for m in meta[split]:
+            d = musdb / split / m["name"]
+            mix, sr = sf.read(str(d / "mixture.wav"), dtype="float32")
+            v, _ = sf.read(str(d / "vocals.wav"), dtype="float32")
+            a, _ = sf.read(str(d / "accompaniment.wav"), dtype="float32")
+            seconds = kw["seconds"] if split == "train" else kw["test_seconds"]
+            assert sr == 44100 and mix.shape == (round(seconds * 44100), 2)
+            assert np.array_equal(mix, v + a)
+            if m["solo"] == "instrumental":
+                assert not v.any() and a.any()
+            elif m["solo"] == "acappella":
+                assert not a.any() and v.any()
+            else:
+                level = 20 * np.log10(np.sqrt(np.mean(v.astype(np.float64) ** 2))
+                                      / np.sqrt(np.mean(a.astype(np.float64) ** 2)))
+                assert abs(level - m["vocals_to_accompaniment_db"]) < 0.05 and abs(level) <= 5.01
+            if spec.material == "test":
+                assert m["music"] not in train_music
+                for u in m.get("utterances", []):
+                    assert u.get("voice") not in train_voices and u.get("clip") not in train_clips
+                    assert u.get("program", singing.PRESETS["test"][0]) in singing.PRESETS["test"]
+    kinds = {u["kind"] for s in ("test-synthetic", "test-real", "test-sung") for m in meta[s] for u in m["utterances"]}
+    assert kinds == {"speech", "recorded", "sung"}
+    lic = (tmp_path / "out" / "LICENSES.md").read_text()
+    assert all(p in lic for p in packages.NAMES) and "GPL" in lic
+    # rerun: nothing rebuilt; the same seed elsewhere (warm cache): identical files
+    assert not any(make(tmp_path / "out", speakers=(2, 0, 1), **kw)["built"].values())
+    make(tmp_path / "twin", speakers=(0, 0, 0), **{**kw, "valid": 0, "test": 0, "solo": 0})
+    name = "train/train-000/mixture.wav"
+    assert (tmp_path / "twin" / "musdb" / name).read_bytes() == (musdb / name).read_bytes()
+    ds = DemoTracks(musdb, "test-real", sample_rate=44100, segment_seconds=1.0, seed=0)
+    assert ds[0]["sources"].shape == (2, 44100)

@@ -1,0 +1,160 @@
+"""Where the material comes from, and which split each piece belongs to.
+
+Every split here is fixed by a hash of the item's name (independent of the seed), so
+held-out music, texts and recorded clips are never heard in training, whatever the seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .external import DataError
+from .packages import MUSIC_PACKAGES, dpkg_files
+
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+MUSIC_EXTENSIONS = (".ogg", ".opus")
+MUSIC_FOLDERS = ("music", "musics")  # a path component with one of these names holds music
+
+# Recorded human speech: the voice folders of warzone2100-data's base.wz (a zip). audio/sfx
+# (effects) is left out, as are coltive/extra/multi/... (not named by issue 20).
+RECORDED_FOLDERS = ("audio/memressp", "audio/tutorial", "audio/taunts", "audio/vtoltalk",
+                    "audio/nexus", "audio/countdown")
+# Whole speakers never heard in training: the third taunting voice and the third VTOL pilot
+# (the game records each taunt and pilot line by three actors, numbered 1-3).
+HELD_OUT_SPEAKERS = ("taunt3", "pilot3")
+
+
+def stable_unit(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def split_by_hash(items: list, key, test: float, valid: float) -> dict[str, list]:
+    """Fixed, seed-independent split: sort by a hash, take the first shares for test/valid."""
+    order = sorted(items, key=lambda s: stable_unit(key(s)))
+    n_test = max(1, round(test * len(order))) if len(order) >= 3 else 0
+    n_valid = max(1, round(valid * len(order))) if len(order) >= 3 else 0
+    return {"test": order[:n_test], "valid": order[n_test:n_test + n_valid],
+            "train": order[n_test + n_valid:] or order}
+
+
+# --------------------------------------------------------------------------- music
+
+
+def is_music_file(path: str) -> bool:
+    parts = [p.lower() for p in Path(path).parts[:-1]]
+    return path.lower().endswith(MUSIC_EXTENSIONS) and any(p in MUSIC_FOLDERS for p in parts)
+
+
+@dataclass(frozen=True)
+class MusicFile:
+    path: str
+    package: str
+
+
+@lru_cache(maxsize=1)
+def music_files() -> dict[str, list[MusicFile]]:
+    """Music files per split (each package split on its own so every split has each)."""
+    splits: dict[str, list[MusicFile]] = {"train": [], "valid": [], "test": []}
+    for pkg in MUSIC_PACKAGES:
+        files = sorted(f for f in dpkg_files(pkg) if is_music_file(f) and os.path.isfile(f))
+        for k, v in split_by_hash(files, lambda f: "music:" + os.path.basename(f), 0.15, 0.12).items():
+            splits[k].extend(MusicFile(f, pkg) for f in v)
+    if not splits["train"]:
+        raise DataError("no music found: install the Debian packages " + " ".join(MUSIC_PACKAGES)
+                            + " (make demo-data does)")
+    return splits
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def _clean_fortune(text: str) -> str | None:
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    t = " ".join(" ".join(lines).split())
+    if not 30 <= len(t) <= 220:
+        return None
+    if any(c in t for c in "|\\/_<>{}[]=#@^~*"):  # art, code, markup
+        return None
+    letters = sum(c.isalpha() for c in t)
+    if letters < 0.7 * len(t) - t.count(" ") or not t.isascii():
+        return None
+    return t
+
+
+@lru_cache(maxsize=1)
+def fortune_texts() -> dict[str, list[str]]:
+    files = [p for p in sorted(FORTUNE_DIR.glob("*"))
+             if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")]
+    texts = set()
+    for p in files:
+        try:
+            raw = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for chunk in re.split(r"^%\s*$", raw, flags=re.M):
+            t = _clean_fortune(chunk)
+            if t:
+                texts.add(t)
+    if len(texts) < 10:
+        raise DataError(f"too few usable texts in {FORTUNE_DIR}: install fortunes-min/fortunes")
+    return split_by_hash(sorted(texts), lambda t: "text:" + t, 0.15, 0.1)
+
+
+# --------------------------------------------------------------------------- recorded speech
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str      # path inside base.wz
+    speaker: str
+
+
+def recorded_speaker(name: str) -> str:
+    """Who speaks a clip: taunts/tauntN and vtoltalk's ...N.ogg are numbered actors; the other
+    folders are not labelled, so each folder counts as one speaker (a guess)."""
+    parts = name.split("/")
+    if parts[1] == "taunts":
+        return parts[2]
+    if parts[1] == "vtoltalk":
+        m = re.search(r"(\d)\.ogg$", name)
+        return f"pilot{m.group(1)}" if m else "pilot"
+    return parts[1]
+
+
+@lru_cache(maxsize=1)
+def _base_wz() -> str:
+    for f in dpkg_files("warzone2100-data"):
+        if f.endswith("/base.wz") and os.path.isfile(f):
+            return f
+    raise DataError("warzone2100-data's base.wz not found: install warzone2100-data (make demo-data does)")
+
+
+@lru_cache(maxsize=1)
+def recorded_clips() -> dict[str, list[Clip]]:
+    """The recorded voice clips per split: held-out speakers whole in test, the rest by hash."""
+    with zipfile.ZipFile(_base_wz()) as z:
+        names = sorted(n for n in z.namelist()
+                       if n.endswith(".ogg") and n.startswith(tuple(f + "/" for f in RECORDED_FOLDERS)))
+    clips = [Clip(n, recorded_speaker(n)) for n in names]
+    held = [c for c in clips if c.speaker in HELD_OUT_SPEAKERS]
+    rest = split_by_hash([c for c in clips if c.speaker not in HELD_OUT_SPEAKERS],
+                         lambda c: "clip:" + c.name, 0.12, 0.1)
+    return {"train": rest["train"], "valid": rest["valid"], "test": held + rest["test"]}
+
+
+@lru_cache(maxsize=None)
+def load_clip(name: str) -> tuple[np.ndarray, int]:
+    """A recorded clip, mono float32 at its own rate (11025 Hz in bookworm's base.wz)."""
+    with zipfile.ZipFile(_base_wz()) as z:
+        data = z.read(name)
+    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return x.mean(axis=1), sr
