@@ -58,13 +58,15 @@ def affinity_stats(embedding, target, weight, num_classes):
     WV = V * w.unsqueeze(-1)
     if target.dtype == torch.long:
         B, N, D = V.shape
-        vy = V.new_zeros(B, num_classes, D).scatter_add_(1, target.unsqueeze(-1).expand(B, N, D), WV).transpose(1, 2)
+        vy = V.new_zeros(B, num_classes, D).scatter_add_(1, target.unsqueeze(-1).expand(B, N, D), WV).transpose(1, 2).contiguous()
         yy = torch.diag_embed(w.new_zeros(B, num_classes).scatter_add_(1, target, w))
     else:
         Y = target.to(torch.float64)
         vy = WV.transpose(1, 2) @ Y
         yy = Y.transpose(1, 2) @ (Y * w.unsqueeze(-1))
-    return V.transpose(1, 2) @ WV, vy, yy, w.sum(-1), WV.sum(1)
+    # Vᵀ(WV) rounds (i, j) and (j, i) differently; the kernels' VᵀWV is exactly symmetric.
+    vv = V.transpose(1, 2) @ WV
+    return (vv + vv.transpose(1, 2)) / 2, vy, yy, w.sum(-1), WV.sum(1)
 
 
 def affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight, grad_vsum=None):
@@ -81,6 +83,9 @@ def affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight, grad_vs
     else:
         grad = grad + target.to(torch.float64) @ H
     if grad_vsum is not None:
+        if tuple(grad_vsum.shape) != (V.shape[0], V.shape[2]):
+            raise RuntimeError(f"affinity_stats_backward: grad_vsum must be (B, D) = ({V.shape[0]}, {V.shape[2]}), "
+                               f"got {tuple(grad_vsum.shape)}")
         grad = grad + grad_vsum.to(torch.float64).unsqueeze(1)
     return (grad * w.unsqueeze(-1)).to(embedding.dtype)
 
