@@ -130,11 +130,19 @@ def default_cuda_arch_list(cuda_home):
 
 def extension():
     # No -std flag: torch adds the standard its headers need (C++20 since 2.x).
-    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
+    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-Wno-psabi", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
+    # at::parallel_for is inline in ATen's headers: without -fopenmp its `omp parallel` is
+    # ignored and every kernel runs on one thread. libgomp resolves to torch's own copy
+    # (same soname, already loaded), so there is one thread pool.
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     sources = read_sources("cpp")
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "chimera._C", sources, extra_compile_args={"cxx": cxx}, include_dirs=[os.path.join(ROOT, "csrc")]
+            "chimera._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link,
+            include_dirs=[os.path.join(ROOT, "csrc")]
         )
     cuda_home = find_cuda_home()
     os.environ.setdefault("CUDA_HOME", cuda_home)
@@ -150,6 +158,7 @@ def extension():
         "chimera._C",
         sources + read_sources("cuda"),
         extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA", f'-DCHIMERA_CUDA_ARCHS="{archs}"'] + inc_cxx, "nvcc": nvcc + inc_nvcc},
+        extra_link_args=link,
         include_dirs=[os.path.join(ROOT, "csrc")],
     )
 

@@ -7,7 +7,7 @@
 # the torch libraries installed here are x86-64.
 ARM_CXX ?= aarch64-linux-gnu-g++
 ARM_SOURCES := csrc/ops.cpp $(sort $(wildcard csrc/cpu/*.cpp))
-ARM_FLAGS ?= -std=c++20 -O2 -Wall -Werror -fPIC -fvisibility=hidden -DCHIMERA_TORCH_VERSION='"arm-check"'
+ARM_FLAGS ?= -std=c++20 -O2 -Wall -Werror -fPIC -fvisibility=hidden -fopenmp -DCHIMERA_TORCH_VERSION='"arm-check"'
 
 .PHONY: arm-check
 arm-check: venv ## compile the CPU kernels for aarch64 (cross compiler, no linking)

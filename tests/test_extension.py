@@ -112,3 +112,17 @@ def test_chimera_info_lists_every_op():
     assert f"torch   {torch.__version__}" in out.stdout
     if not EXT_DISABLED:
         assert f"built against torch {torch.__version__}" in out.stdout
+
+
+@pytest.mark.skipif(EXT_DISABLED, reason="inspects the built extension")
+def test_kernels_are_built_with_openmp():
+    """at::parallel_for is inline in ATen's headers and compiles to a serial loop without
+    -fopenmp: the CPU kernels would then ignore torch's thread count. The built library must
+    call into libgomp (torch's copy, the only OpenMP runtime in the process)."""
+    if not torch.backends.openmp.is_available():
+        pytest.skip("this torch has no OpenMP")
+    import chimera._C as ext
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", ext.__file__], capture_output=True, text=True, check=True)
+    assert "GOMP_parallel" in symbols.stdout
+    loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(loaded) == 1, loaded
