@@ -3,7 +3,11 @@
 // bodies that compute on GCC vectors (common/lanes.h): a body included in namespace
 // chimera::cpu::<path> finds its path's kVectorBytes by unqualified lookup, so
 //   lanes::VectorOf<float, kVectorBytes>::type
-// is 4 floats on the baseline (SSE2, NEON), 8 with AVX2, 16 with AVX-512.
+// is 4 floats on the baseline (SSE2, NEON) and 8 with AVX2 and with AVX-512. The AVX-512
+// path keeps 256-bit vectors (in AVX-512VL encodings, with 32 registers): GCC 12 lowers
+// the compares and selects of 64-byte generic vectors lane by lane, and the codebook
+// forward took 186 ms with 16-row blocks against 47 ms with 8-row ones (full benchmark
+// shape, 2 threads, Intel Xeon, benchmarks/RESULTS.md).
 #include <cstddef>
 #include <new>
 
@@ -16,7 +20,7 @@ namespace avx2 {
 constexpr int kVectorBytes = 32;
 }
 namespace avx512 {
-constexpr int kVectorBytes = 64;
+constexpr int kVectorBytes = 32;  // not 64: see above
 }
 
 // n vectors of type V, aligned to their size, value-initialised (0). std::vector<V> would
