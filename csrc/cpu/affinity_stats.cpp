@@ -39,6 +39,7 @@
 #include "common/affinity.h"
 #include "common/affinity_host.h"
 #include "cpu/isa.h"
+#include "cpu/simd.h"
 
 namespace chimera {
 // Definitions shared by the host code below and the kernel body.
