@@ -48,10 +48,11 @@ cuda-build: $(_CUDA_STAMP) ## compile the CUDA extension into build/cuda-check/ 
 	$(_CUDA_PY) setup.py -q egg_info --egg-base $(abspath $(CUDA_BUILD_DIR)) build_py --build-lib $(_CUDA_LIB) \
 	    build_ext --force --build-lib $(_CUDA_LIB) --build-temp $(abspath $(CUDA_BUILD_DIR))/temp
 
-# Runs outside the source tree (-P, cwd in the build dir) so it imports the built copy.
+# Runs outside the source tree (-P, cwd in the build dir, no pythonpath from pyproject.toml)
+# so it imports the built copy.
 cuda-check: cuda-build ## build the CUDA extension without a GPU and check it loads with every op on CPU and CUDA
 	cd $(CUDA_BUILD_DIR) && CHIMERA_CUDA_CHECK_LIB=$(_CUDA_LIB) PYTHONPATH=$(_CUDA_LIB) TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" \
-	$(_CUDA_PY) -P -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) \
+	$(_CUDA_PY) -P -m pytest -q -p no:cacheprovider --rootdir=$(CURDIR) -o pythonpath= \
 	    $(CURDIR)/tests/cuda_check/test_cuda_build.py
 
 test-cuda: ## on a GPU machine: build in place against the installed torch, run the CUDA tests and benchmarks
