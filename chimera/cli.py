@@ -5,6 +5,7 @@ and errors by default, progress and per-file/per-track results with ``-v``, debu
 details with ``-vv``, errors only with ``--quiet``.
 """
 import argparse
+import ctypes
 import functools
 import logging
 import os
@@ -59,16 +60,44 @@ def separator_options(args):
                 misi_iters=args.misi, wiener_iters=args.wiener)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 4 << 20
+
+
+def return_large_blocks():
+    """Have glibc give every block of 4 MiB or more back to the system when it is freed.
+
+    Its mmap threshold otherwise rises to the largest block freed (up to 32 MiB), after
+    which each segment's large tensors come from the heap, which fragments and keeps the
+    peak. `chimera predict` on 10 minutes of stereo 44.1 kHz (2 threads): peak RSS 550 MB
+    -> 465 MB, wall time 21 s -> 27 s (fresh pages are zeroed; 1 MiB gave 430 MB in 32 s).
+    Only for the commands (a library leaves the process's allocator alone); left alone when
+    the user set MALLOC_MMAP_THRESHOLD_; a no-op where the C library has no mallopt."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
+def _init_worker(verbose, quiet):
+    setup_logging(verbose, quiet)
+    return_large_blocks()
+
+
 def _worker_init(args):
-    """What each -j worker process runs first: the same logging as here."""
-    return functools.partial(setup_logging, args.verbose, args.quiet)
+    """What each -j worker process runs first: the same logging and heap setting as here."""
+    return functools.partial(_init_worker, args.verbose, args.quiet)
 
 
 def _predict(args):
+    return_large_blocks()
     return predict.run(args, separator_options(args), init=_worker_init(args))
 
 
 def _evaluate(args):
+    return_large_blocks()
     try:
         ev.require_museval()
         model = pretrained.load(args.model or pretrained.DEFAULT)

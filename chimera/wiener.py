@@ -37,13 +37,36 @@ def _solve_small(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
 
 
-def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+def _power_and_spatial(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Power ``v`` (..., C, F, T) and spatial covariance ``R`` (..., C, F, I, I) of the source
+    STFTs ``y`` (..., C, F, T, I): R_j(f) = sum_t y y^H / sum_t v, unit trace per channel on
+    average."""
+    v = y.abs().square().mean(-1)
+    cov = torch.einsum("...cfti,...cftk->...cfik", y, y.conj())
+    return v, cov / v.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)[..., None, None]
+
+
+def _refine(v: torch.Tensor, r: torch.Tensor, x: torch.Tensor, ridge: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """One Wiener update Y_j = v_j R_j (sum_k v_k R_k + ridge I)^{-1} X of a block of bins."""
+    v = v.to(r.dtype)
+    mix_cov = torch.einsum("...cft,...cfik->...ftik", v, r) + ridge[..., None, None, None, None] * eye
+    z = _solve_small(mix_cov, x)                          # (..., F, T, I): C^{-1} x
+    return torch.einsum("...cft,...cfik,...ftk->...cfti", v, r, z)
+
+
+def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iterations: int = 1,
+                        block_bins: int = 32) -> torch.Tensor:
     """Refine source STFTs with a multichannel Wiener filter.
 
     estimates: ``(..., I, C, F, T)`` complex initial source STFTs of each of I channels;
     mixture: ``(..., I, F, T)`` the mixture STFTs. Returns ``(..., I, C, F, T)`` in the
-    estimates' dtype; ``iterations = 0`` returns the estimates unchanged. Computed in
-    complex128.
+    estimates' dtype; ``iterations = 0`` returns the estimates unchanged.
+
+    Each frequency bin is filtered on its own (the spatial covariances are per bin), so the
+    work runs on blocks of `block_bins` bins in complex128: the temporaries are those of one
+    block, not of the whole spectrogram (they were ~9x the estimates' size in complex128).
+    Only the ridge couples the bins (it is relative to the mean power over all of them):
+    a first pass sums it. Between iterations the sources are kept in the estimates' dtype.
     """
     if iterations < 0:
         raise ValueError(f"multichannel_wiener: iterations must be >= 0, got {iterations}")
@@ -52,20 +75,24 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
                          f"mixture (..., I, F, T) {tuple(mixture.shape)} do not match")
     if iterations == 0:
         return estimates
-    dtype = estimates.dtype
-    y = estimates.to(torch.complex128).movedim(-4, -1)       # (..., C, F, T, I)
-    x = mixture.to(torch.complex128).movedim(-3, -1)         # (..., F, T, I)
-    n_ch = x.shape[-1]
-    eye = torch.eye(n_ch, dtype=torch.complex128, device=x.device)
+    n_ch, F, T = mixture.shape[-3:]
+    blocks = [slice(f0, min(F, f0 + block_bins)) for f0 in range(0, F, block_bins)]
+    eye = torch.eye(n_ch, dtype=torch.complex128, device=mixture.device)
+    y = estimates
     for _ in range(iterations):
-        v = y.abs().square().mean(-1)                         # (..., C, F, T)
-        # R_j(f) = sum_t y y^H / sum_t v: unit trace per channel on average
-        cov = torch.einsum("...cfti,...cftk->...cfik", y, y.conj())
-        r = cov / v.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)[..., None, None]
-        v = v.to(r.dtype)
-        mix_cov = torch.einsum("...cft,...cfik->...ftik", v, r)
-        ridge = _RIDGE * mix_cov.diagonal(dim1=-2, dim2=-1).real.mean((-3, -2, -1), keepdim=True)
-        mix_cov = mix_cov + (ridge.unsqueeze(-1) + _FLOOR) * eye
-        z = _solve_small(mix_cov, x)                          # (..., F, T, I): C^{-1} x
-        y = torch.einsum("...cft,...cfik,...ftk->...cfti", v, r, z)
-    return y.movedim(-1, -4).to(dtype)
+        # Pass 1: power and spatial covariance per block, and the mean power of the mixture
+        # model over all bins, times and channels (what the ridge is relative to).
+        stats, power = [], 0.0
+        for sl in blocks:
+            v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
+            stats.append((v, r))
+            trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)           # (..., C, f)
+            power = power + (v.sum(-1) * trace).sum((-2, -1))          # (...,)
+        ridge = _RIDGE * power / (F * T * n_ch) + _FLOOR
+        # Pass 2: the update, block by block, into the output.
+        out = torch.empty_like(estimates)
+        for sl, (v, r) in zip(blocks, stats):
+            x = mixture[..., sl, :].to(torch.complex128).movedim(-3, -1)  # (..., f, T, I)
+            out[..., sl, :] = _refine(v, r, x, ridge, eye).movedim(-1, -4).to(out.dtype)
+        y = out
+    return y
