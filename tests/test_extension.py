@@ -121,8 +121,8 @@ def test_kernels_are_built_with_openmp():
     call into libgomp (torch's copy, the only OpenMP runtime in the process)."""
     if not torch.backends.openmp.is_available():
         pytest.skip("this torch has no OpenMP")
-    import chimera._C as ext
-    symbols = subprocess.run(["nm", "-D", "--undefined-only", ext.__file__], capture_output=True, text=True, check=True)
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", _extension.module.__file__], capture_output=True,
+                             text=True, check=True)
     assert "GOMP_parallel" in symbols.stdout
     loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
     assert len(loaded) == 1, loaded
