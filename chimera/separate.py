@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from . import pretrained, signal
+from . import bandext, pretrained, signal
 from .atomic import atomic_write
 from .audio import AudioError, check_output_format, open_audio, output_rate, read_blocks
 from .cluster import kmeans_masks
@@ -46,6 +46,11 @@ DEFAULT_BATCH_SIZE = 4
 DEFAULT_WIENER_ITERS = 1
 #: MISI phase-reconstruction iterations.
 DEFAULT_MISI_ITERS = 0
+#: The band above the model's Nyquist frequency (an input at a higher rate than the model's):
+#: "split" among the sources by their share of the model's top octave (chimera.bandext), or
+#: "drop". Split, the bundled model's outputs carry the whole band and add up to the input.
+DEFAULT_HIGH_BAND = "split"
+HIGH_BAND_MODES = bandext.HIGH_BAND_MODES
 METHODS = ("mask", "kmeans")
 #: Output file names under the output folder, and the fields they may use.
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
@@ -107,12 +112,14 @@ class Separator:
     when the model has one); wiener_iters: multichannel Wiener filter iterations across
     the channels of each segment of a multichannel recording (:mod:`chimera.wiener`; 0
     keeps each channel's own estimates; mono is never filtered); misi_iters: MISI
-    phase-reconstruction iterations per segment (after the Wiener filter); seed: of the k-means initialisation. The model is moved to `device`.
+    phase-reconstruction iterations per segment (after the Wiener filter); seed: of the
+    k-means initialisation; high_band: "split" or "drop" the band of an input above the
+    model's Nyquist frequency (:mod:`chimera.bandext`). The model is moved to `device`.
     """
 
     def __init__(self, model: SeparationModel, segment=DEFAULT_SEGMENT, overlap=DEFAULT_OVERLAP, device="auto",
                  batch_size=DEFAULT_BATCH_SIZE, method=None, misi_iters=DEFAULT_MISI_ITERS, seed=0,
-                 wiener_iters=DEFAULT_WIENER_ITERS):
+                 wiener_iters=DEFAULT_WIENER_ITERS, high_band=DEFAULT_HIGH_BAND):
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.plan = SegmentPlan.from_seconds(model.stft, segment, overlap, batch_size)
@@ -121,8 +128,11 @@ class Separator:
             raise ValueError(f"misi_iters must be >= 0, got {misi_iters}")
         if wiener_iters < 0:
             raise ValueError(f"wiener_iters must be >= 0, got {wiener_iters}")
+        if high_band not in HIGH_BAND_MODES:
+            raise ValueError(f"high_band must be one of {', '.join(HIGH_BAND_MODES)}, got {high_band!r}")
         self.misi_iters = int(misi_iters)
         self.wiener_iters = int(wiener_iters)
+        self.high_band = high_band
         self.seed = seed
         log.debug("Separator on %s: method %s, Wiener %d, MISI %d, segments of %d samples every %d, batches of %d",
                   self.device, self.method, self.wiener_iters, self.misi_iters, self.plan.segment, self.plan.step,
@@ -226,7 +236,7 @@ class Separator:
         """A :class:`~chimera.stream.SeparationStream` for `length` samples of `channels`
         channels, giving sources at `out_rate` (default: `sample_rate`)."""
         return SeparationStream(self.source_spectra, self.plan, self.model.stft, self.model.n_sources, channels,
-                                sample_rate, length, out_rate=out_rate)
+                                sample_rate, length, out_rate=out_rate, high_band=self.high_band)
 
     def separate_file(self, path, out_dir="separated", **options):
         """Separate one audio file into `out_dir/<name>/<source>.wav`; returns the paths.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import signal
+from . import bandext, signal
 from .audio import StreamResampler
 from .models import StftConfig
 
@@ -83,11 +83,13 @@ class SeparationStream:
     ``spectra(segments, channels)`` maps (B, segment) model-rate waveforms, ``channels``
     consecutive rows per segment, to their (B, C, F, T) complex source spectra (the
     Separator's :meth:`~chimera.separate.Separator.source_spectra`); ``plan`` cuts the
-    signal; ``stft`` is the model's STFT, inverted here.
+    signal; ``stft`` is the model's STFT, inverted here. ``high_band``: "split" gives the
+    band above the model's Nyquist frequency back to the sources (:mod:`chimera.bandext`),
+    "drop" leaves it out.
     """
 
     def __init__(self, spectra, plan: SegmentPlan, stft: StftConfig, n_sources, channels, sample_rate, length,
-                 out_rate=None):
+                 out_rate=None, high_band="split"):
         if length <= 0:
             raise ValueError("the input has no samples")
         self.spectra, self.plan, self.stft = spectra, plan, stft
@@ -101,6 +103,10 @@ class SeparationStream:
         self.out_length = _length_at(self.length, self.in_rate, self.out_rate)
         self._down = StreamResampler(self.in_rate, rate, channels)
         self._up = StreamResampler(rate, self.out_rate, channels * n_sources)
+        self._ext = None
+        if bandext.needed(high_band, self.in_rate, rate, self.out_rate):
+            self._ext = bandext.HighBandSplit(self.in_rate, rate, self.out_rate, channels, n_sources,
+                                              stft.hop_length, stft.n_fft)
         # segments: the first starts at 0; enough of them to cover the signal
         L = self.model_length
         self.n_seg = 1 if L <= plan.segment else 1 + math.ceil((L - plan.segment) / plan.step)
@@ -114,7 +120,7 @@ class SeparationStream:
         self._received = 0       # model-rate samples received
         self._next_seg = 0       # next segment to run
         self._pending = None     # (channels, C, F, shared) weighted spectra of the frames still open
-        self._emitted = 0        # output-rate samples handed out
+        self._emitted = 0        # output-rate samples of the model's sources produced
 
     # -------------------------------------------------------------- feeding
     def push(self, block):
@@ -123,13 +129,22 @@ class SeparationStream:
             raise ValueError(f"expected (n, {self.channels}) blocks, got {block.shape}")
         if not np.isfinite(block).all():
             raise ValueError("the audio contains NaN or Inf samples")
-        yield from self._consume(self._down.push(block), last=False)
+        model_block = self._trim(self._down.push(block))
+        if self._ext is not None:
+            self._ext.mixture(block, model_block)
+        yield from self._consume(model_block, last=False)
 
     def finish(self):
-        yield from self._consume(self._down.finish(), last=True)
+        model_block = self._trim(self._down.finish())
+        if self._ext is not None:
+            self._ext.mixture(np.zeros((0, self.channels), np.float32), model_block, last=True)
+        yield from self._consume(model_block, last=True)
+
+    def _trim(self, block):
+        """The model-rate samples of `block` within the signal (the resampler may give more)."""
+        return block[: max(0, self.model_length - self._received)]
 
     def _consume(self, block, last):
-        block = block[: max(0, self.model_length - self._received)]
         self._received += block.shape[0]
         self._buffer = np.concatenate([self._buffer, block]) if block.size else self._buffer
         ready = []
@@ -183,6 +198,8 @@ class SeparationStream:
             final = plan.step // plan.hop             # frames no later segment touches
             self._pending = spec[..., final:] * (1 - self._fade)
             spec = spec[..., :final]
+        if self._ext is not None:
+            self._ext.frames(spec, last=k + 1 == self.n_seg)
         yield from self._emit(self._istft.push(spec))
 
     def _flush(self):
@@ -200,8 +217,11 @@ class SeparationStream:
         if final and flat.shape[0] < remaining:  # the resampler's rounding: pad to the exact length
             flat = np.concatenate([flat, np.zeros((remaining - flat.shape[0], flat.shape[1]), np.float32)])
         self._emitted += flat.shape[0]
-        if flat.shape[0]:
-            yield flat.reshape(-1, self.channels, self.n_sources)
+        out = flat.reshape(-1, self.channels, self.n_sources)
+        if self._ext is not None:
+            out = self._ext.sources(out, final)
+        if out.shape[0]:
+            yield out
 
 
 def _length_at(length, rate, new_rate):

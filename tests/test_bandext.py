@@ -1,0 +1,147 @@
+"""The band above the model's Nyquist frequency (chimera.bandext): split among the sources by
+their share of the model's top band, so that the outputs carry the input's whole band and
+still add up to it; streamed in bounded memory, whatever the block sizes."""
+import numpy as np
+import pytest
+import torch
+
+from chimera import signal
+from chimera.audio import resample
+from chimera.bandext import band_weights, needed
+from chimera.models import StftConfig
+from chimera.separate import Separator
+from chimera.stream import SegmentPlan, SeparationStream
+from test_separate import tiny_model
+
+STFT = StftConfig(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann")
+
+
+def band_power(y, rate, lo, hi=None):
+    """Energy of `y` (..., L) between lo and hi Hz."""
+    spec = np.fft.rfft(np.asarray(y, np.float64), axis=-1)
+    f = np.fft.rfftfreq(np.shape(y)[-1], 1 / rate)
+    keep = (f >= lo) & (f < (hi or np.inf))
+    return float((np.abs(spec[..., keep]) ** 2).sum())
+
+
+def rel_db(err, ref):
+    return 10 * np.log10(max(float((np.asarray(err, np.float64) ** 2).sum()), 1e-30)
+                         / float((np.asarray(ref, np.float64) ** 2).sum()))
+
+
+def white(channels, n, seed=0):
+    return (np.random.default_rng(seed).standard_normal((channels, n)) * 0.1).astype(np.float32)
+
+
+def test_band_weights_are_each_sources_share_of_the_top_band_power():
+    g = torch.Generator().manual_seed(0)
+    spec = torch.randn(2, 3, 129, 7, dtype=torch.complex64, generator=g)
+    spec[..., 5] = 0  # a frame silent in every source: an even split
+    w = band_weights(spec, 256, band=(0.5, 1.0))
+    power = (spec[..., 64:129, :].abs() ** 2).sum(-2).double()
+    want = power / power.sum(-2, keepdim=True)
+    want[..., 5] = 1 / 3
+    torch.testing.assert_close(w.double(), want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(w.sum(-2), torch.ones(2, 7))
+
+
+def test_needed_only_above_the_models_rate_and_when_asked():
+    assert needed("split", 44100, 16000, 44100)
+    assert not needed("drop", 44100, 16000, 44100)
+    assert not needed("split", 16000, 16000, 16000)
+    assert not needed("split", 8000, 16000, 8000)
+    with pytest.raises(ValueError, match="high_band"):
+        needed("keep", 44100, 16000, 44100)
+
+
+@pytest.mark.parametrize("wiener", [0, 1])
+def test_sources_carry_the_whole_band_and_add_up_to_the_input(wiener):
+    # masks that add up to one (softmax, or after the Wiener filter): the sources add up to
+    # the model-rate mixture, and the split high band to the rest of the input
+    model = tiny_model(name="chimera" if wiener == 0 else "chimerapp")
+    x = white(2, 44100 * 3 + 77, seed=1)
+    split = Separator(model, segment=1.0, overlap=0.25, device="cpu", wiener_iters=wiener).separate(x, 44100)
+    drop = Separator(model, segment=1.0, overlap=0.25, device="cpu", wiener_iters=wiener,
+                     high_band="drop").separate(x, 44100)
+    assert split.shape == drop.shape == (2, 2, x.shape[1])
+    assert rel_db(split.sum(0).numpy() - x, x) < -60
+    high = band_power(x, 44100, 4200)  # above the 8 kHz model's band (and its resampler's transition)
+    assert band_power(split.sum(0).numpy(), 44100, 4200) == pytest.approx(high, rel=1e-3)
+    assert band_power(drop.numpy(), 44100, 4200) < 1e-6 * high
+    # what split adds is the residual of the resampling path, whole
+    residual = x - resample(resample(x.T, 44100, 8000), 8000, 44100).T
+    assert rel_db((split - drop).sum(0).numpy() - residual, residual) < -60
+
+
+def top_band_owner(batch, channels):
+    """Fake source spectra: a frame goes to source 0 when the top octave of the model's band
+    holds at least a tenth of its power, else to source 1."""
+    win = STFT.window_tensor(dtype=batch.dtype)
+    spec = signal.stft(batch, STFT.n_fft, STFT.hop_length, win)          # (B, F, T)
+    power = spec.abs().square()
+    share = power[:, 64:, :].sum(1) / power.sum(1).clamp_min(1e-20)       # (B, T)
+    first = (share > 0.1).to(spec.real.dtype)
+    masks = torch.stack([first, 1 - first], 1).unsqueeze(2)               # (B, 2, 1, T)
+    return masks * spec.unsqueeze(1)
+
+
+def lowpass_noise(n, rate, cutoff, seed):
+    spec = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    spec[np.fft.rfftfreq(n, 1 / rate) > cutoff] = 0
+    return np.fft.irfft(spec, n)
+
+
+def highpass_noise(n, rate, cutoff, seed):
+    return np.random.default_rng(seed).standard_normal(n) - lowpass_noise(n, rate, cutoff, seed)
+
+
+def run_stream(x, rate, blocks, out_rate=None, high_band="split", segment=1.0, overlap=0.25):
+    plan = SegmentPlan.from_seconds(STFT, segment, overlap, batch=2)
+    stream = SeparationStream(top_band_owner, plan, STFT, 2, x.shape[0], rate, x.shape[1], out_rate=out_rate,
+                              high_band=high_band)
+    parts, peak, start = [], 0, 0
+    for size in blocks:
+        parts += list(stream.push(x[:, start:start + size].T))
+        start += size
+        if stream._ext is not None:
+            peak = max(peak, stream._ext._xq.shape[0], stream._ext._w.shape[0] * STFT.hop_length)
+    parts += list(stream.push(x[:, start:].T)) + list(stream.finish())
+    return np.concatenate(parts).transpose(2, 1, 0), peak  # (C, channels, L)
+
+
+def test_the_high_band_follows_the_source_that_holds_the_top_of_the_models_band():
+    rate, half = 44100, 44100 * 2
+    # first half: noise over the whole band (source 0 holds the top octave of the model's
+    # band); second half: noise below 2 kHz (source 1 holds that octave, though it is near
+    # silent) plus noise above 5 kHz
+    first = lowpass_noise(half, rate, 20000, 1)
+    second = lowpass_noise(half, rate, 1500, 2) + 0.3 * highpass_noise(half, rate, 5000, 3)
+    x = (0.05 * np.concatenate([first, second])[None]).astype(np.float32)
+    y, _ = run_stream(x, rate, [4410] * 30)
+    edge = rate // 4  # away from the change of owner and its interpolation
+    a, b = slice(0, half - edge), slice(half + edge, 2 * half)
+    hi = 4500
+    assert band_power(y[1, 0, a], rate, hi) < 1e-3 * band_power(x[0, a], rate, hi)
+    assert band_power(y[0, 0, b], rate, hi) < 1e-3 * band_power(x[0, b], rate, hi)
+    assert band_power(y[0, 0, a], rate, hi) == pytest.approx(band_power(x[0, a], rate, hi), rel=0.02)
+    assert band_power(y[1, 0, b], rate, hi) == pytest.approx(band_power(x[0, b], rate, hi), rel=0.02)
+
+
+@pytest.mark.parametrize("out_rate", [None, 48000])
+def test_blocks_do_not_matter_and_memory_does_not_grow(out_rate):
+    rate = 44100
+    x = white(2, rate * 12 + 5, seed=7)
+    one, _ = run_stream(x, rate, [x.shape[1]], out_rate=out_rate)
+    small, peak = run_stream(x, rate, [1000] * 500, out_rate=out_rate)
+    np.testing.assert_allclose(small, one, atol=1e-6, rtol=0)
+    # what the split keeps waits for one segment of sources at most, not for the whole input
+    assert peak < 2.5 * rate
+    ref = x if out_rate is None else resample(x.T, rate, out_rate).T
+    n = min(one.shape[-1], ref.shape[-1])  # the stream rounds the length up, soxr down
+    assert abs(one.shape[-1] - ref.shape[-1]) <= 1
+    assert rel_db(one.sum(0)[:, :n] - ref[:, :n], ref) < -50
+
+
+def test_separator_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="high_band"):
+        Separator(tiny_model(), device="cpu", high_band="accompaniment")
