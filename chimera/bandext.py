@@ -28,6 +28,8 @@ from .audio import StreamResampler
 HIGH_BAND_MODES = ("split", "drop")
 #: The model's top band that decides the split, as fractions of its Nyquist frequency.
 DEFAULT_BAND = (0.5, 1.0)
+#: Output samples per step of the split (its temporaries: about 100 bytes a sample).
+CHUNK = 1 << 15
 
 
 def needed(mode: str, in_rate: int, model_rate: int, out_rate: int) -> bool:
@@ -44,7 +46,7 @@ def band_weights(spec: torch.Tensor, n_fft: int, band=DEFAULT_BAND) -> torch.Ten
     frame; 1 / C where the band is silent in every source."""
     half = n_fft // 2
     lo, hi = int(math.floor(band[0] * half)), int(math.ceil(band[1] * half)) + 1
-    power = spec[..., lo:hi, :].abs().square().sum(-2)
+    power = spec[..., lo:hi, :].abs().square_().sum(-2)
     total = power.sum(-2, keepdim=True)
     n = power.shape[-2]
     tiny = torch.finfo(power.dtype).tiny
@@ -68,7 +70,8 @@ class HighBandSplit:
         self._x = StreamResampler(in_rate, out_rate, channels)    # the mixture at the output rate
         self._low = StreamResampler(model_rate, out_rate, channels)  # the model's mixture, back up
         empty = np.zeros((0, channels), np.float32)
-        self._xq, self._lowq = empty, empty.copy()               # from output sample self._done
+        self._rq = empty                       # the residual from output sample self._done
+        self._xq, self._lowq = empty, empty    # either side of it, until the other comes (a few ms)
         self._srcq = np.zeros((0, channels, n_sources), np.float32)
         self._w = np.zeros((0, channels, n_sources), np.float32)  # frame weights from frame self._w_start
         self._w_start = 0
@@ -81,8 +84,11 @@ class HighBandSplit:
         x, low = self._x.push(block), self._low.push(model_block)
         if last:
             x, low = np.concatenate([x, self._x.finish()]), np.concatenate([low, self._low.finish()])
-        self._xq = np.concatenate([self._xq, x])
-        self._lowq = np.concatenate([self._lowq, low])
+        x = np.concatenate([self._xq, x]) if self._xq.shape[0] else x
+        low = np.concatenate([self._lowq, low]) if self._lowq.shape[0] else low
+        n = min(x.shape[0], low.shape[0])  # the residual as soon as both sides have it
+        self._rq = np.concatenate([self._rq, x[:n] - low[:n]])
+        self._xq, self._lowq = x[n:], low[n:]
 
     def frames(self, spec: torch.Tensor, last=False):
         """(channels, C, F, n) complex source spectra of the next n model frames."""
@@ -91,18 +97,23 @@ class HighBandSplit:
         self._all_frames = self._all_frames or last
 
     def sources(self, low: np.ndarray, final: bool) -> np.ndarray:
-        """(n, channels, C) output-rate sources without the high band → the (m, channels, C)
-        full-band sources that are complete now (with `final`, all of them: missing residual
-        at the very end counts as zero)."""
-        self._srcq = np.concatenate([self._srcq, low])
-        n = self._srcq.shape[0]
+        """(n, channels, C) float32 output-rate sources without the high band (overwritten) →
+        the (m, channels, C) full-band sources that are complete now (with `final`, all of
+        them: missing residual at the very end counts as zero)."""
+        # `low` is the caller's to give away: the high band is added to it in place
+        src = np.concatenate([self._srcq, low]) if self._srcq.shape[0] else low
+        n = src.shape[0]
         if not final:
-            n = min(n, self._xq.shape[0], self._lowq.shape[0], self._covered())
+            n = min(n, self._rq.shape[0], self._covered())
         if n <= 0:
-            return self._srcq[:0]
-        r = _take(self._xq, n) - _take(self._lowq, n)                       # (n, channels)
-        out = self._srcq[:n] + self._weights(n) * r[:, :, None]
-        self._srcq, self._xq, self._lowq = self._srcq[n:], self._xq[n:], self._lowq[n:]
+            self._srcq = src
+            return src[:0]
+        r = _take(self._rq, n)
+        out = src[:n]
+        for a in range(0, n, CHUNK):  # in chunks: the weights' temporaries are 10 x the samples'
+            b = min(n, a + CHUNK)
+            out[a:b] += self._weights(self._done + a, b - a) * r[a:b, :, None]
+        self._srcq, self._rq = src[n:], self._rq[n:]
         self._done += n
         keep = max(0, int(math.floor(self._done * self._frames_per_sample)) - self._w_start)
         self._w, self._w_start = self._w[keep:], self._w_start + keep
@@ -115,9 +126,9 @@ class HighBandSplit:
             return 1 << 62
         return max(0, int(math.ceil((have - 1) / self._frames_per_sample)) - self._done)
 
-    def _weights(self, n):
-        """(n, channels, C) weights of output samples self._done .. + n, between frame centres."""
-        pos = (self._done + np.arange(n)) * self._frames_per_sample - self._w_start
+    def _weights(self, start, n):
+        """(n, channels, C) weights of output samples start .. start + n, between frame centres."""
+        pos = (start + np.arange(n)) * self._frames_per_sample - self._w_start
         last = self._w.shape[0] - 1
         if last < 0:  # no frames at all (cannot happen with a stream that ran): an even split
             return np.full((n, self.channels, self.n_sources), 1.0 / self.n_sources, np.float32)

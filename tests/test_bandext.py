@@ -104,7 +104,7 @@ def run_stream(x, rate, blocks, out_rate=None, high_band="split", segment=1.0, o
         parts += list(stream.push(x[:, start:start + size].T))
         start += size
         if stream._ext is not None:
-            peak = max(peak, stream._ext._xq.shape[0], stream._ext._w.shape[0] * STFT.hop_length)
+            peak = max(peak, stream._ext._rq.shape[0] + stream._ext._xq.shape[0], stream._ext._w.shape[0] * STFT.hop_length)
     parts += list(stream.push(x[:, start:].T)) + list(stream.finish())
     return np.concatenate(parts).transpose(2, 1, 0), peak  # (C, channels, L)
 

@@ -1,6 +1,8 @@
 """The bundled model: it loads, `predict` and `evaluate` use it when --model is omitted, and it
-separates held-out material (examples/demo-stems, never heard in training) as well as its model
-card says, within a margin."""
+separates held-out material (examples/demo-stems: a real recorded voice over game music, never
+heard in training) as well as its model card says, within a margin, through the command line
+as a user runs it: 44.1 kHz stereo, longer than one segment (resampling to the model's rate,
+segment joins, the Wiener filter and the band above the model's all exercised)."""
 import json
 import os
 import subprocess
@@ -15,16 +17,41 @@ import torch
 from chimera.models import load_checkpoint
 from chimera.objectives import si_sdr
 from chimera.pretrained import default_model_path
-from chimera.separate import Separator
+from chimera.separate import DEFAULT_SEGMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 STEMS = ROOT / "examples" / "demo-stems"
+SOLOS = ROOT / "tests" / "data" / "solos"
 SOURCES = ("vocals", "accompaniment")
 # The model card's figures (chimera/pretrained/README.md) for the shipped weights on the demo
-# stems (mono, Separator defaults, one thread): SI-SDR improvement in dB. A result more than
+# stems through `chimera predict` with its defaults, in dB: SI-SDR improvement over the
+# mixture on the whole band, and on the band above HIGH_HZ alone. A result more than
 # TOLERANCE_DB away, either way, means the weights, the pipeline or the card changed.
-SI_SDRI = {"vocals": 10.72, "accompaniment": 7.27}
+SI_SDRI = {"vocals": 9.03, "accompaniment": 12.32}
+HIGH_SI_SDRI = {"vocals": 9.62, "accompaniment": 10.40}
+# Leak on the held-out solos (tests/data/solos): the energy of the output that should be
+# silent over the input's, in dB; issue 20's goal is -20 dB or less for instrumentals,
+# synthetic and real voices. The real voice's excerpt misses it by 0.7 dB (the held-out
+# split's median, 8 tracks of 45 s, meets it at -20.97 dB): issue 20 stays open for it.
+SOLO_SILENT = {"solo-instrumental": "vocals", "solo-synthetic": "accompaniment", "solo-real": "accompaniment",
+               "solo-sung": "accompaniment"}
+LEAK_DB = {"solo-instrumental": -28.62, "solo-synthetic": -30.01, "solo-real": -19.32, "solo-sung": -46.77}
+LEAK_GOAL_MET = ("solo-instrumental", "solo-synthetic")
+LEAK_GOAL_DB = -20.0
 TOLERANCE_DB = 0.3
+HIGH_HZ = 8500.0  # above the 16 kHz model's band and its resampler's transition
+
+
+def _chimera(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "chimera", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, env=env)
+
+
+def highpass(x, rate, cutoff=HIGH_HZ):
+    """(..., L) → the part of x above `cutoff` (an ideal filter on the whole signal)."""
+    spec = np.fft.rfft(np.asarray(x, np.float64), axis=-1)
+    spec[..., np.fft.rfftfreq(np.shape(x)[-1], 1 / rate) <= cutoff] = 0
+    return np.fft.irfft(spec, np.shape(x)[-1], axis=-1)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +62,42 @@ def bundled():
 
 @pytest.fixture(scope="module")
 def stems():
-    out = {}
+    refs = {}
     for s in SOURCES:
-        x, rate = sf.read(STEMS / f"{s}.flac", dtype="float32")
-        out[s] = x
-    return out, rate
+        x, rate = sf.read(STEMS / f"{s}.ogg", dtype="float32", always_2d=True)
+        refs[s] = x.T  # (channels, L)
+    return refs, rate
+
+
+@pytest.fixture(scope="module")
+def predicted(stems, tmp_path_factory):
+    """One `chimera predict` with its defaults, on one thread as the model card measured, on
+    the sum of the stems (a 44.1 kHz stereo WAV, "mix") and the solos: {name: (input,
+    {source: output})}, each (channels, L)."""
+    refs, rate = stems
+    tmp = tmp_path_factory.mktemp("pretrained")
+    inputs = {"mix": refs["vocals"] + refs["accompaniment"]}
+    for f in sorted(SOLOS.glob("*.ogg")):
+        inputs[f.stem] = sf.read(f, dtype="float32", always_2d=True)[0].T
+    for name, x in inputs.items():
+        sf.write(tmp / f"{name}.wav", x.T, rate, subtype="FLOAT")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}, "OMP_NUM_THREADS": "1"}
+    r = _chimera("predict", *(tmp / f"{n}.wav" for n in inputs), "--out", tmp / "sep", "--float32", cwd=tmp, env=env)
+    assert r.returncode == 0, r.stderr
+    result = {}
+    for name, x in inputs.items():
+        out = {}
+        for s in SOURCES:
+            y, out_rate = sf.read(tmp / "sep" / name / f"{s}.wav", dtype="float32", always_2d=True)
+            assert out_rate == rate and y.shape == x.T.shape
+            out[s] = y.T
+        result[name] = (x, out)
+    return result
+
+
+@pytest.fixture(scope="module")
+def separated(predicted):
+    return predicted["mix"]
 
 
 def test_bundled_model_is_small_and_describes_itself(bundled):
@@ -50,21 +108,59 @@ def test_bundled_model_is_small_and_describes_itself(bundled):
     assert bundled.mask_head is not None and bundled.embedding_head is not None
 
 
-def test_bundled_model_separates_held_out_stems(bundled, stems, one_thread):
-    (refs, rate) = stems
-    mixture = refs["vocals"] + refs["accompaniment"]
-    est = Separator(bundled, device="cpu").separate(mixture, rate)  # (C, L)
-    assert est.shape == (2, mixture.shape[0])
-    mix = torch.from_numpy(mixture).double()
-    for k, s in enumerate(SOURCES):
-        ref = torch.from_numpy(refs[s]).double()
-        gain = float(si_sdr(est[k].double(), ref) - si_sdr(mix, ref))
-        assert abs(gain - SI_SDRI[s]) <= TOLERANCE_DB, f"{s}: SI-SDR improvement {gain:.2f} dB, model card {SI_SDRI[s]}"
+def test_the_example_exercises_the_whole_pipeline(stems):
+    refs, rate = stems
+    assert rate == 44100 and refs["vocals"].shape[0] == 2
+    assert refs["vocals"].shape[1] > DEFAULT_SEGMENT * rate  # at least one segment join
+    for s in SOURCES:  # both stems reach above the model's band
+        assert (highpass(refs[s], rate) ** 2).sum() > 1e-4 * (refs[s].astype(np.float64) ** 2).sum()
 
 
-def _chimera(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "chimera", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+def gain_db(estimate, reference, mixture):
+    """SI-SDR improvement over the mixture, over both channels as one signal."""
+    e, r, m = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64).reshape(-1))
+               for a in (estimate, reference, mixture))
+    return float(si_sdr(e, r) - si_sdr(m, r))
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_bundled_model_separates_held_out_stems_as_its_card_says(stems, separated, source):
+    refs, rate = stems
+    mixture, out = separated
+    gain = gain_db(out[source], refs[source], mixture)
+    assert abs(gain - SI_SDRI[source]) <= TOLERANCE_DB, \
+        f"{source}: SI-SDR improvement {gain:.2f} dB, model card {SI_SDRI[source]}"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_high_band_comes_back_in_the_right_source(stems, separated, source):
+    # the band above the model's is in the outputs, and split better than the mixture is
+    refs, rate = stems
+    mixture, out = separated
+    hp = highpass(out[source], rate)
+    assert (hp ** 2).sum() > 0.01 * (highpass(mixture, rate) ** 2).sum()
+    gain = gain_db(hp, highpass(refs[source], rate), highpass(mixture, rate))
+    assert abs(gain - HIGH_SI_SDRI[source]) <= TOLERANCE_DB, \
+        f"{source} above {HIGH_HZ:g} Hz: SI-SDR improvement {gain:.2f} dB, model card {HIGH_SI_SDRI[source]}"
+
+
+def test_the_sources_add_up_to_the_input(separated):
+    mixture, out = separated
+    total = sum(out[s].astype(np.float64) for s in SOURCES)
+    err = ((total - mixture) ** 2).sum() / (mixture.astype(np.float64) ** 2).sum()
+    assert 10 * np.log10(err) < -20
+    high = (highpass(total, 44100) ** 2).sum() / (highpass(mixture, 44100) ** 2).sum()
+    assert high == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("solo", sorted(SOLO_SILENT))
+def test_a_source_alone_stays_alone(predicted, solo):
+    x, out = predicted[solo]
+    silent = out[SOLO_SILENT[solo]].astype(np.float64)
+    leak = 10 * np.log10((silent ** 2).sum() / (x.astype(np.float64) ** 2).sum())
+    assert abs(leak - LEAK_DB[solo]) <= TOLERANCE_DB, f"{solo}: leak {leak:.2f} dB, model card {LEAK_DB[solo]}"
+    if solo in LEAK_GOAL_MET:
+        assert leak <= LEAK_GOAL_DB
 
 
 def test_predict_without_model_uses_the_bundled_one(tmp_path):
@@ -83,8 +179,8 @@ def test_evaluate_without_model_uses_the_bundled_one(tmp_path, stems):
     track = tmp_path / "data" / "demo"
     track.mkdir(parents=True)
     for s in SOURCES:
-        sf.write(track / f"{s}.wav", refs[s], rate, subtype="FLOAT")
-    sf.write(track / "mixture.wav", refs["vocals"] + refs["accompaniment"], rate, subtype="FLOAT")
+        sf.write(track / f"{s}.wav", refs[s].T, rate, subtype="FLOAT")
+    sf.write(track / "mixture.wav", (refs["vocals"] + refs["accompaniment"]).T, rate, subtype="FLOAT")
     model_run = _chimera("evaluate", tmp_path / "data", "--out", tmp_path / "model.json", cwd=tmp_path)
     mix_run = _chimera("evaluate", tmp_path / "data", "--oracle", "mixture", "--out", tmp_path / "mix.json",
                        cwd=tmp_path)

@@ -445,8 +445,9 @@ def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, one_thread
     assert len(blocks) >= 2
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {k}", "exec"), {"__name__": f"readme_{k}"})
+    frames = sf.info(ROOT / "examples" / "demo-mixture.ogg").frames
     for s in ("vocals", "accompaniment"):
-        assert sf.info(tmp_path / "separated" / "demo-mixture" / f"{s}.wav").frames == 12 * 44100
+        assert sf.info(tmp_path / "separated" / "demo-mixture" / f"{s}.wav").frames == frames
 
 
 def test_python_and_command_line_defaults_are_the_same():
