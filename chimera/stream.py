@@ -5,7 +5,8 @@ samples that overlap by ``plan.segment - plan.step``, both whole numbers of STFT
 every segment's STFT frames sit on one global frame grid. Each segment's source spectra
 are weighted by a linear cross-fade over the shared frames and summed on that grid;
 frames that no later segment touches are final and go through a streaming inverse STFT,
-then back to the input's rate. Nothing kept grows with the length of the input.
+then back to the input's rate, where :mod:`chimera.bandext` adds the band above the
+model's Nyquist frequency. Nothing kept grows with the length of the input.
 
 Where the inverse STFT runs: on the device and in the precision of the spectra (the
 Separator's device, float32). On a GPU the fused ``overlap_add`` kernel then runs there and
