@@ -1,0 +1,35 @@
+"""tools/choose_segment.py: its score, and one run over a small validation folder."""
+import numpy as np
+import soundfile as sf
+
+from chimera.models import save_checkpoint
+from test_separate import tiny_model
+from tools import choose_segment
+
+
+def test_improvement_is_over_the_mixture():
+    rng = np.random.default_rng(0)
+    ref, other = rng.standard_normal((2, 2, 4000))
+    mix = ref + other
+    assert abs(choose_segment.improvement(mix, ref, mix)) < 1e-12
+    assert choose_segment.improvement(ref + 0.01 * other, ref, mix) > 30
+
+
+def test_a_row_per_segment_length(tmp_path, capsys):
+    model = tmp_path / "tiny.pt"
+    save_checkpoint(model, tiny_model())
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        track = tmp_path / "valid" / f"t{k}"
+        track.mkdir(parents=True)
+        stems = {s: (0.1 * rng.standard_normal((8000 * 3, 2))).astype(np.float32) for s in ("vocals", "accompaniment")}
+        for s, x in stems.items():
+            sf.write(track / f"{s}.wav", x, 8000, subtype="FLOAT")
+        sf.write(track / "mixture.wav", stems["vocals"] + stems["accompaniment"], 8000, subtype="FLOAT")
+    assert choose_segment.main(["--data", str(tmp_path / "valid"), "--model", str(model), "--segments", "2.5", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| 2.5 |", "| 4 |"))]
+    assert len(rows) == 2 and "2 tracks of 3.0 s" in out
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 3 and all(np.isfinite(float(c)) for c in cells[1:])
