@@ -32,12 +32,17 @@ DEFAULT_BAND = (0.5, 1.0)
 CHUNK = 1 << 15
 
 
+def check_mode(mode: str) -> str:
+    """`mode` if it is one of :data:`HIGH_BAND_MODES`; a ValueError naming them otherwise."""
+    if mode not in HIGH_BAND_MODES:
+        raise ValueError(f"high_band must be one of {', '.join(HIGH_BAND_MODES)}, got {mode!r}")
+    return mode
+
+
 def needed(mode: str, in_rate: int, model_rate: int, out_rate: int) -> bool:
     """Whether there is a band to give back: the input and the output both reach above the
     model's Nyquist frequency and the mode asks for it."""
-    if mode not in HIGH_BAND_MODES:
-        raise ValueError(f"high_band must be one of {', '.join(HIGH_BAND_MODES)}, got {mode!r}")
-    return mode == "split" and in_rate > model_rate and out_rate > model_rate
+    return check_mode(mode) == "split" and in_rate > model_rate and out_rate > model_rate
 
 
 def band_weights(spec: torch.Tensor, n_fft: int, band=DEFAULT_BAND) -> torch.Tensor:
@@ -65,7 +70,7 @@ class HighBandSplit:
 
     def __init__(self, in_rate, model_rate, out_rate, channels, n_sources, hop, n_fft, band=DEFAULT_BAND):
         self.channels, self.n_sources = int(channels), int(n_sources)
-        self.hop, self.n_fft, self.band = int(hop), int(n_fft), tuple(band)
+        self.n_fft, self.band = int(n_fft), tuple(band)
         self._frames_per_sample = model_rate / out_rate / hop   # model frames per output sample
         self._x = StreamResampler(in_rate, out_rate, channels)    # the mixture at the output rate
         self._low = StreamResampler(model_rate, out_rate, channels)  # the model's mixture, back up
@@ -129,9 +134,7 @@ class HighBandSplit:
     def _weights(self, start, n):
         """(n, channels, C) weights of output samples start .. start + n, between frame centres."""
         pos = (start + np.arange(n)) * self._frames_per_sample - self._w_start
-        last = self._w.shape[0] - 1
-        if last < 0:  # no frames at all (cannot happen with a stream that ran): an even split
-            return np.full((n, self.channels, self.n_sources), 1.0 / self.n_sources, np.float32)
+        last = self._w.shape[0] - 1  # >= 0: the stream hands over every frame before its samples
         i0 = np.clip(np.floor(pos).astype(np.int64), 0, last)
         i1 = np.minimum(i0 + 1, last)
         frac = np.clip(pos - i0, 0.0, 1.0).astype(np.float32)[:, None, None]

@@ -132,11 +132,9 @@ class Separator:
             raise ValueError(f"misi_iters must be >= 0, got {misi_iters}")
         if wiener_iters < 0:
             raise ValueError(f"wiener_iters must be >= 0, got {wiener_iters}")
-        if high_band not in HIGH_BAND_MODES:
-            raise ValueError(f"high_band must be one of {', '.join(HIGH_BAND_MODES)}, got {high_band!r}")
         self.misi_iters = int(misi_iters)
         self.wiener_iters = int(wiener_iters)
-        self.high_band = high_band
+        self.high_band = bandext.check_mode(high_band)
         self.seed = seed
         log.debug("Separator on %s: method %s, Wiener %d, MISI %d, segments of %d samples every %d, batches of %d",
                   self.device, self.method, self.wiener_iters, self.misi_iters, self.plan.segment, self.plan.step,

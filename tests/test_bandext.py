@@ -11,6 +11,7 @@ from chimera.bandext import band_weights, needed
 from chimera.models import StftConfig
 from chimera.separate import Separator
 from chimera.stream import SegmentPlan, SeparationStream
+from test_separate import noise as white
 from test_separate import tiny_model
 
 STFT = StftConfig(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann")
@@ -27,10 +28,6 @@ def band_power(y, rate, lo, hi=None):
 def rel_db(err, ref):
     return 10 * np.log10(max(float((np.asarray(err, np.float64) ** 2).sum()), 1e-30)
                          / float((np.asarray(ref, np.float64) ** 2).sum()))
-
-
-def white(channels, n, seed=0):
-    return (np.random.default_rng(seed).standard_normal((channels, n)) * 0.1).astype(np.float32)
 
 
 def test_band_weights_are_each_sources_share_of_the_top_band_power():

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from chimera.models import load_checkpoint
-from chimera.objectives import si_sdr
 from chimera.pretrained import default_model_path
 from chimera.separate import DEFAULT_SEGMENT
+from tools.choose_segment import improvement as gain_db  # over both channels as one signal
 
 ROOT = Path(__file__).resolve().parents[1]
 STEMS = ROOT / "examples" / "demo-stems"
@@ -114,13 +113,6 @@ def test_the_example_exercises_the_whole_pipeline(stems):
     assert refs["vocals"].shape[1] > DEFAULT_SEGMENT * rate  # at least one segment join
     for s in SOURCES:  # both stems reach above the model's band
         assert (highpass(refs[s], rate) ** 2).sum() > 1e-4 * (refs[s].astype(np.float64) ** 2).sum()
-
-
-def gain_db(estimate, reference, mixture):
-    """SI-SDR improvement over the mixture, over both channels as one signal."""
-    e, r, m = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64).reshape(-1))
-               for a in (estimate, reference, mixture))
-    return float(si_sdr(e, r) - si_sdr(m, r))
 
 
 @pytest.mark.parametrize("source", SOURCES)
