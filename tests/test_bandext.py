@@ -101,7 +101,9 @@ def run_stream(x, rate, blocks, out_rate=None, high_band="split", segment=1.0, o
         parts += list(stream.push(x[:, start:start + size].T))
         start += size
         if stream._ext is not None:
-            peak = max(peak, stream._ext._rq.shape[0] + stream._ext._xq.shape[0], stream._ext._w.shape[0] * STFT.hop_length)
+            ext = stream._ext  # what it keeps, in output-rate samples: the residual, and the frames' weights
+            frames = ext._w.shape[0] * STFT.hop_length * stream.out_rate / STFT.sample_rate
+            peak = max(peak, ext._rq.shape[0] + ext._xq.shape[0], frames)
     parts += list(stream.push(x[:, start:].T)) + list(stream.finish())
     return np.concatenate(parts).transpose(2, 1, 0), peak  # (C, channels, L)
 
