@@ -62,18 +62,20 @@ def separator_options(args):
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 4 << 20
+MMAP_THRESHOLD = 1 << 20
 
 
 def return_large_blocks():
-    """Have glibc give every block of 4 MiB or more back to the system when it is freed.
+    """Have glibc give every block of 1 MiB or more back to the system when it is freed.
 
     Its mmap threshold otherwise rises to the largest block freed (up to 32 MiB), after
-    which each segment's large tensors come from the heap, which fragments and keeps the
-    peak. `chimera predict` on 10 minutes of stereo 44.1 kHz (2 threads): peak RSS 550 MB
-    -> 465 MB, wall time 21 s -> 27 s (fresh pages are zeroed; 1 MiB gave 430 MB in 32 s).
-    Only for the commands (a library leaves the process's allocator alone); left alone when
-    the user set MALLOC_MMAP_THRESHOLD_; a no-op where the C library has no mallopt."""
+    which each segment's large tensors come from the heap, which fragments: the peak then
+    grows with the file's length. `chimera predict` on stereo 44.1 kHz (2 threads, 2-core
+    Intel Xeon): 4 MiB gave 391 / 418-440 / 445 MB for 1 / 10 / 60 minutes (1.14x), 1 MiB
+    gives 383 / 397-407 / 407 MB (1.06x), at a median 27.5 s instead of 23.5 s for 10
+    minutes (fresh pages are zeroed; benchmarks/RESULTS.md). Only for the commands (a library leaves the process's
+    allocator alone); left alone when the user set MALLOC_MMAP_THRESHOLD_; a no-op where
+    the C library has no mallopt."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     try:

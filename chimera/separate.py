@@ -25,7 +25,7 @@ from .atomic import atomic_write
 from .audio import AudioError, check_output_format, open_audio, output_rate, read_blocks
 from .cluster import kmeans_masks
 from .losses import voice_activity_weights
-from .models import SeparationModel, flatten_bins
+from .models import SeparationModel, apply_masks, flatten_bins
 from .stream import SegmentPlan, SeparationStream
 from .wiener import multichannel_wiener
 
@@ -170,11 +170,13 @@ class Separator:
         finally:
             model.train(was_training)
         est = out.estimates if self.method == "mask" else self._kmeans_estimates(out)
+        spec = out.mixture_spec
+        del out  # the masks (and embeddings): not needed from here on
         if self.wiener_iters > 0 and channels > 1:  # with one channel it is only a power-ratio mask
             B, C, F, T = est.shape
             est = multichannel_wiener(est.reshape(B // channels, channels, C, F, T),
-                                      out.mixture_spec.reshape(B // channels, channels, F, T),
-                                      self.wiener_iters).reshape(B, C, F, T)
+                                      spec.reshape(B // channels, channels, F, T),
+                                      self.wiener_iters, inplace=True).reshape(B, C, F, T)
         if self.misi_iters > 0:
             st = model.stft
             _, est = signal.misi(x, est, self.misi_iters, st.n_fft, st.hop_length,
@@ -190,7 +192,7 @@ class Separator:
         reference = None if out.masks is None else out.masks.abs().transpose(-1, -2)  # (B, C, T, F)
         masks = kmeans_masks(out.embedding, self.model.n_sources, shape=(T, F), weight=weight, reference=reference,
                              seed=self.seed).transpose(-1, -2)
-        return masks.to(spec.real.dtype) * spec.unsqueeze(1)
+        return apply_masks(masks.to(spec.real.dtype), spec)
 
     # ------------------------------------------------------------------ public API
     def separate_batch(self, mixture, channels=1):

@@ -54,8 +54,43 @@ def _refine(v: torch.Tensor, r: torch.Tensor, x: torch.Tensor, ridge: torch.Tens
     return torch.einsum("...cft,...cfik,...ftk->...cfti", v, r, z)
 
 
+# Two channels (stereo, the usual case) in closed form: the 2 x 2 Hermitian covariances
+# as their entries r00, r11 (real) and r01 (complex), so a block's temporaries are a few
+# arrays of its size instead of einsum's (..., f, T, I, I) products (they were most of the
+# page faults of `chimera predict`).
+def _stereo_stats(y: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """`_power_and_spatial` for y (..., 2, C, f, T): v (..., C, f, T) and (r00, r11, r01),
+    each (..., C, f), in float64 / complex128."""
+    y0, y1 = y[..., 0, :, :, :].to(torch.complex128), y[..., 1, :, :, :].to(torch.complex128)
+    p0, p1 = y0.abs().square(), y1.abs().square()
+    r01 = (y0 * y1.conj()).sum(-1)
+    r00, r11 = p0.sum(-1), p1.sum(-1)
+    v = p0.add_(p1).div_(2)
+    norm = v.sum(-1).clamp_min(torch.finfo(torch.float64).tiny)   # sum_t v: unit trace on average
+    return v, (r00.div_(norm), r11.div_(norm), r01.div_(norm))
+
+
+def _stereo_refine(v: torch.Tensor, r: tuple, x: torch.Tensor, ridge: torch.Tensor):
+    """`_refine` for two channels: x (..., 2, f, T) complex128 → the sources' (..., C, f, T)
+    images in channel 0 and in channel 1."""
+    r00, r11, r01 = r
+
+    def weighted(coef):  # sum over sources of v_j * coef_j: (..., f, T)
+        return torch.einsum("...cft,...cf->...ft", v, coef)
+
+    a = weighted(r00).add_(ridge[..., None, None])
+    d = weighted(r11).add_(ridge[..., None, None])
+    b = torch.complex(weighted(r01.real), weighted(r01.imag))
+    det = a * d - b.abs().square()
+    x0, x1 = x[..., 0, :, :], x[..., 1, :, :]
+    z0 = ((d * x0).sub_(b * x1)).div_(det).unsqueeze(-3)           # C^{-1} x, over sources
+    z1 = ((a * x1).sub_(b.conj() * x0)).div_(det).unsqueeze(-3)
+    r00, r11, r01 = r00[..., None], r11[..., None], r01[..., None]
+    return (r00 * z0).add_(r01 * z1).mul_(v), (r01.conj() * z0).add_(r11 * z1).mul_(v)
+
+
 def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iterations: int = 1,
-                        block_bins: int = 32) -> torch.Tensor:
+                        block_bins: int = 16, inplace: bool = False) -> torch.Tensor:
     """Refine source STFTs with a multichannel Wiener filter.
 
     estimates: ``(..., I, C, F, T)`` complex initial source STFTs of each of I channels;
@@ -67,6 +102,9 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
     block, not of the whole spectrogram (they were ~9x the estimates' size in complex128).
     Only the ridge couples the bins (it is relative to the mean power over all of them):
     a first pass sums it. Between iterations the sources are kept in the estimates' dtype.
+    ``inplace=True`` writes the result into `estimates` (which the caller gives up) instead
+    of a new tensor of their size: the statistics of every block are taken before the first
+    block is written.
     """
     if iterations < 0:
         raise ValueError(f"multichannel_wiener: iterations must be >= 0, got {iterations}")
@@ -84,15 +122,23 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
         # model over all bins, times and channels (what the ridge is relative to).
         stats, power = [], 0.0
         for sl in blocks:
-            v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
+            if n_ch == 2:
+                v, r = _stereo_stats(y[..., sl, :])
+                trace = r[0] + r[1]
+            else:
+                v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
+                trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)      # (..., C, f)
             stats.append((v, r))
-            trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)           # (..., C, f)
             power = power + (v.sum(-1) * trace).sum((-2, -1))          # (...,)
         ridge = _RIDGE * power / (F * T * n_ch) + _FLOOR
-        # Pass 2: the update, block by block, into the output.
-        out = torch.empty_like(estimates)
+        # Pass 2: the update, block by block, into the output (a tensor of our own after
+        # the first iteration, so only the first may need a new one).
+        out = y if inplace or y is not estimates else torch.empty_like(estimates)
         for sl, (v, r) in zip(blocks, stats):
-            x = mixture[..., sl, :].to(torch.complex128).movedim(-3, -1)  # (..., f, T, I)
-            out[..., sl, :] = _refine(v, r, x, ridge, eye).movedim(-1, -4).to(out.dtype)
+            x = mixture[..., sl, :].to(torch.complex128)               # (..., I, f, T)
+            if n_ch == 2:
+                out[..., 0, :, sl, :], out[..., 1, :, sl, :] = _stereo_refine(v, r, x, ridge)
+            else:
+                out[..., sl, :] = _refine(v, r, x.movedim(-3, -1), ridge, eye).movedim(-1, -4)
         y = out
     return y

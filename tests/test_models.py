@@ -5,7 +5,7 @@ import torch
 
 from chimera.models import (
     PRESETS, BLSTMTrunk, EmbeddingHead, LogMagnitude, MaskHead, ModelConfig, SeparationModel, StftConfig,
-    fit_statistics, flatten_bins, make_mask_head, preset,
+    apply_masks, fit_statistics, flatten_bins, make_mask_head, preset,
 )
 from chimera.objectives import objective, si_sdr
 from chimera.separate import Separator
@@ -154,6 +154,34 @@ def test_mask_head_ranges():
         make_mask_head("tanh", 8, 3, 2)
     with pytest.raises(ValueError, match="no options"):
         make_mask_head("sigmoid", 8, 3, 2, codebook_size=4)
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "doubled_sigmoid", "clipped_relu", "softmax"])
+def test_mask_head_inference_equals_training_path(kind):
+    # Without a graph the activation runs in place on the linear output: same masks, and
+    # with one the head still has its gradient.
+    head = MaskHead(8, 3, 4, kind)
+    x = 3 * torch.randn(2, 5, 8)
+    with torch.no_grad():
+        inferred = head(x)
+    trained = head(x)
+    assert trained.requires_grad
+    torch.testing.assert_close(inferred, trained.detach(), rtol=0, atol=0)
+    trained.square().sum().backward()
+    assert head.linear.weight.grad.abs().sum() > 0
+
+
+def test_apply_masks_equals_the_complex_product():
+    spec = torch.randn(2, 7, 9, dtype=torch.complex64)
+    real = torch.rand(2, 3, 7, 9)
+    cplx = torch.randn(2, 3, 7, 9, dtype=torch.complex64)
+    for masks in (real, cplx, real.double()):
+        out = apply_masks(masks, spec)
+        expect = masks * spec.unsqueeze(1)
+        assert out.dtype == expect.dtype and out.shape == (2, 3, 7, 9)
+        torch.testing.assert_close(out, expect, rtol=1e-6, atol=1e-7)
+    torch.autograd.gradcheck(lambda m: torch.view_as_real(apply_masks(m, spec.to(torch.complex128))),
+                             (real.double().detach().requires_grad_(),))
 
 
 @pytest.mark.parametrize("kind", ["magbook", "phasebook", "combook"])

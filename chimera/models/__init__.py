@@ -11,12 +11,12 @@ from .config import ModelConfig, StftConfig
 from .embedding_head import EmbeddingHead
 from .features import LogMagnitude, fit_statistics
 from .mask_heads import MaskHead, make_mask_head
-from .model import ModelOutput, SeparationModel, flatten_bins
+from .model import ModelOutput, SeparationModel, apply_masks, flatten_bins
 from .presets import PRESETS, preset
 from .trunk import BLSTMTrunk
 
 __all__ = [
     "BLSTMTrunk", "CheckpointError", "CombookHead", "EmbeddingHead", "LogMagnitude", "MagbookHead", "MaskHead",
     "ModelConfig", "ModelOutput", "PRESETS", "PhasebookHead", "SeparationModel", "StftConfig", "fit_statistics",
-    "flatten_bins", "load_checkpoint", "make_mask_head", "preset", "save_checkpoint",
+    "apply_masks", "flatten_bins", "load_checkpoint", "make_mask_head", "preset", "save_checkpoint",
 ]

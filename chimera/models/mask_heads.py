@@ -16,16 +16,18 @@ from .config import MASK_KINDS
 _CODEBOOK_HEADS = {"magbook": MagbookHead, "phasebook": PhasebookHead, "combook": CombookHead}
 
 
-def _sigmoid(z):
-    return torch.sigmoid(z)
+# Each activation takes `inplace`: with no graph to keep (inference), the mask is made in
+# the linear layer's output, not in a second tensor of its size.
+def _sigmoid(z, inplace):
+    return z.sigmoid_() if inplace else torch.sigmoid(z)
 
 
-def _doubled_sigmoid(z):
-    return 2.0 * torch.sigmoid(z)
+def _doubled_sigmoid(z, inplace):
+    return z.sigmoid_().mul_(2.0) if inplace else 2.0 * torch.sigmoid(z)
 
 
-def _clipped_relu(z):
-    return z.clamp(0.0, 2.0)
+def _clipped_relu(z, inplace):
+    return z.clamp_(0.0, 2.0) if inplace else z.clamp(0.0, 2.0)
 
 
 class MaskHead(nn.Module):
@@ -50,7 +52,7 @@ class MaskHead(nn.Module):
         z = self.linear(x).reshape(B, T, self.n_freq, self.n_sources).permute(0, 3, 2, 1)
         if self.kind == "softmax":
             return z.softmax(dim=1)
-        return self._ACTIVATIONS[self.kind](z)
+        return self._ACTIVATIONS[self.kind](z, inplace=not z.requires_grad)
 
 
 def make_mask_head(kind: str, in_features: int, n_freq: int, n_sources: int, **options) -> nn.Module:

@@ -24,6 +24,16 @@ def flatten_bins(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-1, -2).reshape(*x.shape[:-2], -1)
 
 
+def apply_masks(masks: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, T) real or complex masks times the (B, F, T) complex mixture spectrogram.
+    A real mask scales the real and imaginary parts as they are: the product ``masks *
+    spec`` would first make a complex copy of the masks (the largest temporary of mask
+    inference) for the same values."""
+    if masks.is_complex():
+        return masks * spec.unsqueeze(1)
+    return torch.view_as_complex(torch.view_as_real(spec).unsqueeze(1) * masks.unsqueeze(-1))
+
+
 @dataclass
 class ModelOutput:
     """What :meth:`SeparationModel.forward` returns.
@@ -120,5 +130,5 @@ class SeparationModel(nn.Module):
             masks = self.mask_head(x)
             if masks.shape != (B, self.n_sources, F, T):
                 raise RuntimeError(f"mask head returned {tuple(masks.shape)}, expected {(B, self.n_sources, F, T)}")
-            estimates = masks * spec.unsqueeze(1)
+            estimates = apply_masks(masks, spec)
         return ModelOutput(spec, embedding, masks, estimates, self.stft, mixture.shape[-1])
