@@ -7,7 +7,7 @@ from chimera import signal
 from chimera.models import ModelOutput, SeparationModel, StftConfig, flatten_bins, preset
 from chimera.objectives import (
     deep_clustering_loss, deep_lda_loss, whitened_kmeans_loss,
-    OBJECTIVES, csa_loss, dc_targets, msa_loss, objective, permute_sources, pit, pit_from_matrix, si_sdr,
+    OBJECTIVES, csa_loss, dc_targets, ideal_binary_labels, msa_loss, objective, permute_sources, pit, pit_from_matrix, si_sdr,
     si_sdr_loss, tpsa_loss, tpsa_target,
 )
 
@@ -301,3 +301,17 @@ def test_losses_gradcheck_float64():
     est = torch.randn(2, 3, 40, dtype=torch.float64, requires_grad=True)
     ref = torch.randn(2, 3, 40, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda e: si_sdr_loss(e, ref, zero_mean=True), (est,))
+
+
+@pytest.mark.parametrize("n_sources", [1, 2, 3, 4])
+def test_ideal_binary_labels_are_argmax(n_sources):
+    # Against torch's argmax, with ties (it takes the first) and NaNs (the first NaN wins).
+    g = torch.Generator().manual_seed(n_sources)
+    mags = torch.randint(0, 4, (3, n_sources, 5, 7), generator=g).double()   # many ties
+    mags[0, -1, 0, :3] = float("nan")
+    mags[1, :, 1, 2] = float("nan")
+    labels = ideal_binary_labels(mags)
+    assert labels.dtype == torch.int64 and labels.shape == (3, 35)
+    assert torch.equal(labels, mags.argmax(1).reshape(3, -1))
+    spec = torch.randn(2, n_sources, 6, 4, dtype=torch.complex64, generator=g)
+    assert torch.equal(ideal_binary_labels(spec), spec.abs().argmax(1).reshape(2, -1))

@@ -117,12 +117,28 @@ def test_overrides_parse_toml_values_and_index_lists():
         tr.apply_override(cfg, "stages")
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_train_mkldnn_chooses_the_lstm_kernels(data_root, tmp_path, mkldnn):
+    # The training steps' LSTM (forward, and so its backward) runs on the kernels asked for;
+    # the setting outside the steps is left as it was.
+    cfg = config(data_root, mkldnn=mkldnn, max_steps_per_epoch=1)
+    cfg["stages"] = [{"objective": "chimera", "alpha": 0.5, "epochs": 1, "lr": 1e-3}]
+    before = torch.backends.mkldnn.enabled
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    names = {e.key for e in prof.key_averages()}
+    assert ("aten::mkldnn_rnn_layer_backward" in names) == mkldnn, sorted(n for n in names if "rnn" in n or "lstm" in n)
+    assert torch.backends.mkldnn.enabled == before
+
+
 @pytest.mark.parametrize("mutate, match", [
     (lambda c: c["train"].update(bogus=1), r"unknown \[train\] key\(s\) \['bogus'\]"),
     (lambda c: c["stages"][0].update(objective="nope"), "stages.0: unknown objective 'nope'"),
     (lambda c: c["stages"][0].pop("lr"), "stages.0 needs `lr`"),
     (lambda c: c["data"].update(dataset="mp3s"), "unknown data.dataset 'mp3s'"),
     (lambda c: c["train"].update(scheduler="step"), "train.scheduler"),
+    (lambda c: c["train"].update(mkldnn="no"), "train.mkldnn must be true or false"),
     (lambda c: c["stages"][1].update(scheduler="step"), "stages.1.scheduler"),
 ])
 def test_config_errors_name_the_problem(data_root, mutate, match):

@@ -6,6 +6,7 @@ a stage (objective, optimiser, schedule), ``_run_epoch`` loops over its batches 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -46,6 +47,17 @@ class _LossModule(torch.nn.Module):
         with self.autocast():
             out = self.model(mixture)
         return self.objective(_float32(out), mixture, sources)
+
+
+@contextlib.contextmanager
+def mkldnn_enabled(enabled: bool):
+    """PyTorch's oneDNN CPU kernels on or off inside (its other backend flags untouched)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def _float32(out):
@@ -273,7 +285,8 @@ class Trainer:
         mix = batch["mixture"].to(self.device, non_blocking=True)
         src = batch["sources"].to(self.device, non_blocking=True)
         run.opt.zero_grad(set_to_none=True)
-        loss = run.net(mix, src)
+        with mkldnn_enabled(self.cfg["train"]["mkldnn"]):  # the backward follows the forward's kernels
+            loss = run.net(mix, src)
         if not torch.isfinite(loss):
             raise TrainError(f"stage {run.cfg['name']} epoch {progress.epoch + 1} batch {b}: loss is {float(loss)} "
                              f"(items {batch['name']}); lower the learning rate or check the data")
