@@ -283,3 +283,25 @@ def test_cuda_forward_matches_cpu():
     out = model.cuda()(x.cuda())
     torch.testing.assert_close(out.masks.cpu(), ref.masks, atol=1e-4, rtol=1e-4)
     assert Separator(model, device="cuda", misi_iters=1).separate_batch(x.cuda()).device.type == "cuda"
+
+
+def test_unit_norm_is_normalize_with_its_gradient():
+    # Forward and gradient against F.normalize (float64), rows at zero and under the floor
+    # included; gradcheck of the fused backward.
+    from chimera.models.embedding_head import unit_norm
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 50, 6, dtype=torch.float64, generator=g)
+    v[0, :4] = 0.0
+    v[1, :3] *= 1e-9
+    a = v.clone().requires_grad_()
+    b = v.clone().requires_grad_()
+    ya, yb = unit_norm(a, 1e-8), torch.nn.functional.normalize(b, dim=-1, eps=1e-8)
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-15)
+    w = torch.randn(3, 50, 6, dtype=torch.float64, generator=g)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda x: unit_norm(x, 1e-8), (torch.randn(2, 7, 4, dtype=torch.float64,
+                                                                            requires_grad=True),))
+    x = torch.randn(2, 5, 3).requires_grad_()
+    assert unit_norm(x).dtype == torch.float32 and torch.isnan(unit_norm(torch.full((1, 1, 3), float("nan")))).all()

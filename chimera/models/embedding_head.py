@@ -3,9 +3,35 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as Fn
 
 from .config import EMBEDDING_ACTIVATIONS
+
+
+class _UnitNorm(torch.autograd.Function):
+    """``v / max(‖v‖, eps)`` over the last dimension, as ``F.normalize``, with the backward
+    in one expression, ``(g - y (y · g)) / ‖v‖`` (``g / eps`` where the floor holds): the
+    composite backward of ``F.normalize`` made about eight passes over the (B, T·F, D)
+    embeddings, which were a fifth of a full-band training step (benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, v, eps):
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        floored = norm < eps
+        norm = norm.clamp_min(eps)
+        y = v / norm
+        ctx.save_for_backward(y, norm, floored)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, norm, floored = ctx.saved_tensors
+        along = (g * y).sum(-1, keepdim=True).masked_fill_(floored, 0)
+        return (g - y * along) / norm, None
+
+
+def unit_norm(v: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``torch.nn.functional.normalize(v, dim=-1, eps=eps)`` with a fused backward."""
+    return _UnitNorm.apply(v, eps)
 
 
 class EmbeddingHead(nn.Module):
@@ -23,4 +49,4 @@ class EmbeddingHead(nn.Module):
         B, T, _ = x.shape
         v = self.linear(x)
         v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
-        return Fn.normalize(v.reshape(B, T * self.n_freq, self.dim), dim=-1, eps=1e-8)
+        return unit_norm(v.reshape(B, T * self.n_freq, self.dim))
