@@ -73,9 +73,9 @@ def return_large_blocks():
     grows with the file's length. `chimera predict` on stereo 44.1 kHz (2 threads, 2-core
     Intel Xeon): 4 MiB gave 391 / 418-440 / 445 MB for 1 / 10 / 60 minutes (1.14x), 1 MiB
     gives 383 / 397-407 / 407 MB (1.06x), at a median 27.5 s instead of 23.5 s for 10
-    minutes (fresh pages are zeroed; benchmarks/RESULTS.md). Only for the commands (a library leaves the process's
-    allocator alone); left alone when the user set MALLOC_MMAP_THRESHOLD_; a no-op where
-    the C library has no mallopt."""
+    minutes (fresh pages are zeroed; benchmarks/RESULTS.md). Only for the commands (a
+    library leaves the process's allocator alone); left alone when the user set
+    MALLOC_MMAP_THRESHOLD_; a no-op where the C library has no mallopt."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
     try:

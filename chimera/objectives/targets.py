@@ -25,7 +25,7 @@ def ideal_binary_labels(source_mags):
     what ``argmax(1)`` gives (the first of equal ones; the first NaN, as the largest).
 
     A running maximum over the few sources: ``argmax`` over a dimension of size 2 took
-    ~0.5 s for one full-band training batch (8 x 2 s at 44.1 kHz), this ~25 ms."""
+    289 ms for one full-band training batch (8 x 2 s at 44.1 kHz, 2 threads), this 14 ms."""
     mags = source_mags.abs()
     best = mags[:, 0]
     labels = torch.zeros(best.shape, dtype=torch.int64, device=mags.device)
