@@ -191,6 +191,31 @@ def test_gain_remix_and_random_channel_keep_mixture_the_sum(tmp_path):
     assert not torch.equal(plain[0]["sources"], aug[0]["sources"])
 
 
+def test_solo_silences_all_but_one_source_at_its_rate(tmp_path):
+    _musdb(tmp_path)
+    kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=5, segments_per_track=40)
+    plain = MUSDB18(tmp_path, "train", **kw)
+    solo = MUSDB18(tmp_path, "train", solo=0.5, **kw)
+    silent = []
+    for i in range(len(solo)):
+        item, ref = solo[i], plain[i]
+        energy = item["sources"].pow(2).sum(-1)
+        quiet = energy == 0
+        assert quiet.sum() <= len(GROUPS) - 1  # never more than all but one
+        silent.append(bool(quiet.any()))
+        # the source kept is the same segment as without solos; the mixture is the sum
+        keep = ~quiet
+        torch.testing.assert_close(item["sources"][keep], ref["sources"][keep], atol=1e-6, rtol=0)
+        torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-6, rtol=0)
+    assert len(silent) == 120  # p = 0.5: 60 +- 5.5 solos; the draws are seeded, the bounds 3.6 sd
+    assert 40 <= sum(silent) <= 80
+    assert not any(bool((plain[i]["sources"].pow(2).sum(-1) == 0).any()) for i in range(len(plain)))
+    val = MUSDB18(tmp_path, "train", solo=1.0, train=False, **kw)  # validation: never
+    assert not any(bool((val[i]["sources"].pow(2).sum(-1) == 0).any()) for i in range(len(val)))
+    with pytest.raises(ValueError, match="solo"):
+        MUSDB18(tmp_path, "train", solo=1.5, **kw)
+
+
 def test_folder_tuple_pairing_varies_by_epoch_and_is_seeded(tmp_path):
     rng = np.random.default_rng(4)
     for src in ("speech", "noise"):

@@ -163,8 +163,10 @@ class SegmentDataset(_Base):
     Training (``train=True``): ``len = tracks * segments_per_track``; each item is a random
     segment of track ``index % tracks``. Augmentation: per-source gains (``gain_db``), remixing
     (``remix`` = probability that each source comes from another random track at its own
-    offset), random channel (``mono="random"``). When an item is augmented the mixture is the
-    sum of its sources; otherwise the mixture file is used if there is one (``mixture="auto"``;
+    offset), solos (``solo`` = probability that an item keeps one random source and silences
+    the others: teaches a model that a source can be absent, so a voice alone or an
+    instrumental alone leaves the other outputs near silent), random channel
+    (``mono="random"``). When an item is augmented the mixture is the sum of its sources; otherwise the mixture file is used if there is one (``mixture="auto"``;
     ``"sum"`` always sums, ``"file"`` always reads the file).
 
     Validation (``train=False``): segments at fixed offsets derived from the seed, no
@@ -178,18 +180,21 @@ class SegmentDataset(_Base):
         *,
         segments_per_track: int = 1,
         remix: float = 0.0,
+        solo: float = 0.0,
         mixture: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_choice("mixture", mixture, ("auto", "sum", "file"))
-        if not 0.0 <= remix <= 1.0:
-            raise ValueError(f"remix must be a probability in [0, 1], got {remix}")
+        for name, p in (("remix", remix), ("solo", solo)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         if segments_per_track < 1:
             raise ValueError(f"segments_per_track must be >= 1, got {segments_per_track}")
         self.source_names = list(source_names)
         self.segments_per_track = int(segments_per_track)
         self.remix = float(remix)
+        self.solo = float(solo)
         self.mixture_mode = mixture
         self.tracks = self._probe(tracks)
         if not self.tracks:
@@ -271,6 +276,11 @@ class SegmentDataset(_Base):
         gains = self._gains(rng, len(sources))
         if gains is not None:
             sources = [s * g for s, g in zip(sources, gains)]
+            augmented = True
+        # Drawn after the other augmentations, so solo = 0 leaves their draws unchanged.
+        if self.train and self.solo > 0 and len(sources) > 1 and rng.random() < self.solo:
+            keep = int(rng.integers(len(sources)))
+            sources = [s if k == keep else np.zeros_like(s) for k, s in enumerate(sources)]
             augmented = True
         use_file = t.mixture is not None and (
             self.mixture_mode == "file" or (self.mixture_mode == "auto" and not augmented))

@@ -1,0 +1,65 @@
+"""Checkpoints of one training compared on the validation split (never on a test split).
+
+    python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/best.pt runs/solo/last.pt
+
+For each checkpoint, with the Separator's defaults (what ``chimera predict`` runs), on every
+validation track: the SI-SDR improvement of each source on the mixture (whole tracks, both
+channels as one signal), and the leak of each stem played alone, the energy of the output
+that should stay silent (the other source's) over the input's. Prints the medians over
+tracks as a Markdown table, so that a checkpoint can be chosen on separation and on how well
+a source alone stays alone without looking at held-out data.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from chimera.evaluate import find_tracks, load_track
+from chimera.pretrained import load
+from chimera.separate import Separator
+from tools.choose_segment import improvement
+
+
+def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
+    """Energy of output ``silent`` of ``estimates`` (C, channels, L) over ``played``'s, in dB."""
+    ratio = np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64))
+    return float(10 * np.log10(max(ratio, 1e-30)))
+
+
+def scores(model_path: str, data: str) -> dict[str, float]:
+    model = load(model_path)
+    names = list(model.source_names)
+    if len(names) != 2:
+        raise SystemExit(f"choose_checkpoint: {model_path}: a two-source model is needed, it has {names}")
+    sep = Separator(model, device="cpu")
+    rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
+    for name in find_tracks(data, names):
+        t = load_track(data, name, names)
+        est = sep.separate(t.mixture, t.rate).numpy()
+        for i, s in enumerate(names):
+            rows[f"{s} SI-SDRi"].append(improvement(est[i], t.references[i], t.mixture))
+            alone = sep.separate(t.references[i], t.rate).numpy()
+            rows[f"{s} alone: leak"].append(leak_db(alone, 1 - i, t.references[i]))
+    return {k: float(np.median(v)) for k, v in rows.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="a folder of <track>/{mixture,<source>...}.wav")
+    ap.add_argument("--models", nargs="+", required=True, help="checkpoints to compare")
+    args = ap.parse_args(argv)
+    header = None
+    for path in args.models:
+        row = scores(path, args.data)
+        if header is None:
+            header = list(row)
+            print("| checkpoint | " + " | ".join(f"{k} (dB)" for k in header) + " |")
+            print("| --- |" + " --- |" * len(header))
+        print(f"| {path} | " + " | ".join(f"{row[k]:.2f}" for k in header) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
