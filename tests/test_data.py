@@ -196,19 +196,22 @@ def test_solo_silences_all_but_one_source_at_its_rate(tmp_path):
     kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=5, segments_per_track=40)
     plain = MUSDB18(tmp_path, "train", **kw)
     solo = MUSDB18(tmp_path, "train", solo=0.5, **kw)
-    silent = []
+    silent, kept = [], set()
     for i in range(len(solo)):
         item, ref = solo[i], plain[i]
         energy = item["sources"].pow(2).sum(-1)
         quiet = energy == 0
         assert quiet.sum() <= len(GROUPS) - 1  # never more than all but one
         silent.append(bool(quiet.any()))
+        if quiet.any():
+            kept.add(int((~quiet).nonzero()[0]))
         # the source kept is the same segment as without solos; the mixture is the sum
         keep = ~quiet
         torch.testing.assert_close(item["sources"][keep], ref["sources"][keep], atol=1e-6, rtol=0)
         torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-6, rtol=0)
     assert len(silent) == 120  # p = 0.5: 60 +- 5.5 solos; the draws are seeded, the bounds 3.6 sd
     assert 40 <= sum(silent) <= 80
+    assert kept == {0, 1}  # either source may be the one kept
     assert not any(bool((plain[i]["sources"].pow(2).sum(-1) == 0).any()) for i in range(len(plain)))
     val = MUSDB18(tmp_path, "train", solo=1.0, train=False, **kw)  # validation: never
     assert not any(bool((val[i]["sources"].pow(2).sum(-1) == 0).any()) for i in range(len(val)))

@@ -166,8 +166,9 @@ class SegmentDataset(_Base):
     offset), solos (``solo`` = probability that an item keeps one random source and silences
     the others: teaches a model that a source can be absent, so a voice alone or an
     instrumental alone leaves the other outputs near silent), random channel
-    (``mono="random"``). When an item is augmented the mixture is the sum of its sources; otherwise the mixture file is used if there is one (``mixture="auto"``;
-    ``"sum"`` always sums, ``"file"`` always reads the file).
+    (``mono="random"``). When an item is augmented the mixture is the sum of its sources;
+    otherwise the mixture file is used if there is one (``mixture="auto"``; ``"sum"`` always
+    sums, ``"file"`` always reads the file).
 
     Validation (``train=False``): segments at fixed offsets derived from the seed, no
     augmentation, channel downmix; ``segment_seconds=None`` yields whole tracks.
