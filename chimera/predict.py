@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass
@@ -147,6 +148,9 @@ def _separate_all(separator, args, inputs, progress, tag="") -> int:
             log.error(f"{item.path}: {type(exc).__name__}: {exc}")
             continue
         if not args.quiet:
-            print(f"{tag}{item.path} -> " + ", ".join(written), flush=True)
+            # One write per line: with unbuffered output (PYTHONUNBUFFERED) print() writes the
+            # text and its newline apart, and two ranks' lines interleaved in a shared pipe.
+            sys.stdout.write(f"{tag}{item.path} -> " + ", ".join(written) + "\n")
+            sys.stdout.flush()
     return failed
 
