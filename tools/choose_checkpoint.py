@@ -20,12 +20,12 @@ from chimera.evaluate import find_tracks, load_track
 from chimera.pretrained import load
 from chimera.separate import Separator
 from tools.choose_segment import improvement
+from tools.eval_goals import db
 
 
 def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
     """Energy of output ``silent`` of ``estimates`` (C, channels, L) over ``played``'s, in dB."""
-    ratio = np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64))
-    return float(10 * np.log10(max(ratio, 1e-30)))
+    return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64)))
 
 
 def scores(model_path: str, data: str) -> dict[str, float]:
