@@ -20,6 +20,7 @@ from chimera.data import (
     FolderTuple,
     WSJ0Mix,
     audio_info,
+    random_eq,
     read_audio,
     resample,
 )
@@ -217,6 +218,62 @@ def test_solo_silences_all_but_one_source_at_its_rate(tmp_path):
     assert not any(bool((val[i]["sources"].pow(2).sum(-1) == 0).any()) for i in range(len(val)))
     with pytest.raises(ValueError, match="solo"):
         MUSDB18(tmp_path, "train", solo=1.5, **kw)
+
+
+def test_solo_keep_weights_which_source_a_solo_keeps(tmp_path):
+    _musdb(tmp_path)
+    kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=5, segments_per_track=40)
+    plain = MUSDB18(tmp_path, "train", **kw)
+    solo = MUSDB18(tmp_path, "train", solo=1.0, solo_keep=[1, 3], **kw)  # accompaniment 3 times in 4
+    kept = []
+    for i in range(len(solo)):
+        item = solo[i]
+        loud = item["sources"].pow(2).sum(-1) > 0
+        assert int(loud.sum()) == 1
+        k = int(loud.nonzero()[0])
+        kept.append(k)
+        torch.testing.assert_close(item["sources"][k], plain[i]["sources"][k], atol=1e-6, rtol=0)
+    # 120 solos, p = 0.75: 90 +- 4.7 keep the accompaniment; the bounds are 3.6 sd
+    assert 73 <= kept.count(1) <= 107
+    only = MUSDB18(tmp_path, "train", solo=1.0, solo_keep=[0, 1], **kw)
+    assert all(only[i]["sources"][0].abs().max() == 0 for i in range(20))
+    for bad in ([1], [0, 0], [-1, 2], [1, float("nan")]):
+        with pytest.raises(ValueError, match="solo_keep"):
+            MUSDB18(tmp_path, "train", solo=0.5, solo_keep=bad, **kw)
+
+
+def test_random_eq_is_a_smooth_bounded_gain_curve():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(16000).astype(np.float32)
+    y = random_eq(x, np.random.default_rng(7), 6.0, 16000)
+    assert y.shape == x.shape and y.dtype == np.float32
+    gain_db = 20 * np.log10(np.abs(np.fft.rfft(y.astype(np.float64))) / np.abs(np.fft.rfft(x.astype(np.float64))))
+    assert np.all(np.abs(gain_db) <= 6.0 + 1e-6)
+    assert np.ptp(gain_db) > 3.0  # not a constant gain
+    assert np.max(np.abs(np.diff(gain_db))) < 0.1  # smooth: no step between neighbouring bins
+    flat = gain_db[np.fft.rfftfreq(16000, 1 / 16000) <= 60]
+    assert np.ptp(flat) < 1e-4  # flat below the lowest control point
+    np.testing.assert_array_equal(y, random_eq(x, np.random.default_rng(7), 6.0, 16000))  # seeded
+
+
+def test_eq_augmentation_changes_each_source_and_sums(tmp_path):
+    _musdb(tmp_path)
+    kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.25, seed=5, segments_per_track=4)
+    plain = MUSDB18(tmp_path, "train", **kw)
+    eq = MUSDB18(tmp_path, "train", eq_db=6.0, **kw)
+    for i in range(len(eq)):
+        a, b = eq[i], plain[i]
+        torch.testing.assert_close(a["mixture"], a["sources"].sum(0), atol=1e-5, rtol=0)
+        for k in range(len(GROUPS)):
+            ratio = a["sources"][k].pow(2).sum() / b["sources"][k].pow(2).sum()
+            assert 10 ** -0.6 <= float(ratio) <= 10 ** 0.6  # within +-6 dB of the plain source
+            assert not torch.allclose(a["sources"][k], b["sources"][k], atol=1e-4)
+    val = MUSDB18(tmp_path, "train", eq_db=6.0, train=False, **kw)  # validation: never
+    ref = MUSDB18(tmp_path, "train", train=False, **kw)
+    torch.testing.assert_close(val[0]["sources"], ref[0]["sources"])
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="eq_db"):
+            MUSDB18(tmp_path, "train", eq_db=bad, **kw)
 
 
 def test_folder_tuple_pairing_varies_by_epoch_and_is_seeded(tmp_path):

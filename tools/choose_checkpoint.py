@@ -1,13 +1,15 @@
 """Checkpoints of one training compared on the validation split (never on a test split).
 
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/best.pt runs/solo/last.pt
+    python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/last.pt --wiener 0 1 2
 
 For each checkpoint, with the Separator's defaults (what ``chimera predict`` runs), on every
 validation track: the SI-SDR improvement of each source on the mixture (whole tracks, both
 channels as one signal), and the leak of each stem played alone, the energy of the output
 that should stay silent (the other source's) over the input's. Prints the medians over
 tracks as a Markdown table, so that a checkpoint can be chosen on separation and on how well
-a source alone stays alone without looking at held-out data.
+a source alone stays alone without looking at held-out data. ``--wiener`` compares numbers
+of Wiener iterations the same way (one row per checkpoint and number).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from chimera.evaluate import find_tracks, load_track
 from chimera.pretrained import load
-from chimera.separate import Separator
+from chimera.separate import DEFAULT_WIENER_ITERS, Separator
 from tools.choose_segment import improvement
 from tools.eval_goals import db
 
@@ -28,12 +30,12 @@ def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
     return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64)))
 
 
-def scores(model_path: str, data: str) -> dict[str, float]:
+def scores(model_path: str, data: str, wiener_iters: int = DEFAULT_WIENER_ITERS) -> dict[str, float]:
     model = load(model_path)
     names = list(model.source_names)
     if len(names) != 2:
         raise SystemExit(f"choose_checkpoint: {model_path}: a two-source model is needed, it has {names}")
-    sep = Separator(model, device="cpu")
+    sep = Separator(model, device="cpu", wiener_iters=wiener_iters)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
     for name in find_tracks(data, names):
         t = load_track(data, name, names)
@@ -49,15 +51,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a folder of <track>/{mixture,<source>...}.wav")
     ap.add_argument("--models", nargs="+", required=True, help="checkpoints to compare")
+    ap.add_argument("--wiener", nargs="+", type=int, default=[DEFAULT_WIENER_ITERS],
+                    help="Wiener iterations to compare (default: the Separator's)")
     args = ap.parse_args(argv)
     header = None
     for path in args.models:
-        row = scores(path, args.data)
-        if header is None:
-            header = list(row)
-            print("| checkpoint | " + " | ".join(f"{k} (dB)" for k in header) + " |")
-            print("| --- |" + " --- |" * len(header))
-        print(f"| {path} | " + " | ".join(f"{row[k]:.2f}" for k in header) + " |", flush=True)
+        for iters in args.wiener:
+            row = scores(path, args.data, iters)
+            if header is None:
+                header = list(row)
+                print("| checkpoint | Wiener | " + " | ".join(f"{k} (dB)" for k in header) + " |")
+                print("| --- | --- |" + " --- |" * len(header))
+            print(f"| {path} | {iters} | " + " | ".join(f"{row[k]:.2f}" for k in header) + " |", flush=True)
     return 0
 
 

@@ -3,7 +3,7 @@ the library never imports it.)
 
 The audio helpers are re-exported from :mod:`chimera.audio`, their home, for data-set users."""
 from ..audio import AUDIO_EXTENSIONS, AudioError, AudioInfo, audio_info, read_audio, resample, to_mono, write_audio
-from .datasets import DSD100, MUSDB18, DemoTracks, FolderTuple, SegmentDataset, Track, WSJ0Mix
+from .datasets import DSD100, MUSDB18, DemoTracks, FolderTuple, SegmentDataset, Track, WSJ0Mix, random_eq
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -17,6 +17,7 @@ __all__ = [
     "Track",
     "WSJ0Mix",
     "audio_info",
+    "random_eq",
     "read_audio",
     "resample",
     "to_mono",

@@ -157,6 +157,37 @@ def _item(mixture: np.ndarray, sources: list[np.ndarray], name: str) -> dict:
     }
 
 
+#: Control points of a random equaliser curve (``eq_db``): log-spaced from 60 Hz to Nyquist.
+_EQ_POINTS = 8
+_EQ_LOW_HZ = 60.0
+
+
+def random_eq(x: np.ndarray, rng: np.random.Generator, max_db: float, sample_rate: int) -> np.ndarray:
+    """``x`` (1-D) through a random smooth equaliser: gains uniform in ±``max_db`` at
+    ``_EQ_POINTS`` log-spaced frequencies, linear in dB between them (flat below the first,
+    the top one at Nyquist). It moves formants and spectral tilt, so that a voice or
+    instrument with another timbre than those of training is still recognised."""
+    n = x.shape[0]
+    gains_db = rng.uniform(-max_db, max_db, size=_EQ_POINTS)
+    if n < 2:
+        return x
+    spectrum = np.fft.rfft(x.astype(np.float64))
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    points = np.geomspace(_EQ_LOW_HZ, sample_rate / 2, _EQ_POINTS)
+    curve = np.interp(np.log(np.maximum(freqs, _EQ_LOW_HZ)), np.log(points), gains_db)
+    return np.fft.irfft(spectrum * 10.0 ** (curve / 20.0), n).astype(np.float32)
+
+
+def _keep_weights(weights: Sequence[float] | None, n: int) -> np.ndarray | None:
+    """``solo_keep`` as probabilities over the ``n`` sources (None: uniform)."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"solo_keep must be {n} non-negative weights (one per source, not all 0), got {list(weights)}")
+    return w / w.sum()
+
+
 class SegmentDataset(_Base):
     """Tracks of aligned stems (plus an optional mixture file), cut into segments.
 
@@ -165,7 +196,10 @@ class SegmentDataset(_Base):
     (``remix`` = probability that each source comes from another random track at its own
     offset), solos (``solo`` = probability that an item keeps one random source and silences
     the others: teaches a model that a source can be absent, so a voice alone or an
-    instrumental alone leaves the other outputs near silent), random channel
+    instrumental alone leaves the other outputs near silent; ``solo_keep`` = relative weights
+    of the sources as the one kept, uniform by default), random equalisation (``eq_db`` > 0:
+    each source through its own smooth random curve of up to ±``eq_db``, :func:`random_eq`),
+    random channel
     (``mono="random"``). When an item is augmented the mixture is the sum of its sources;
     otherwise the mixture file is used if there is one (``mixture="auto"``; ``"sum"`` always
     sums, ``"file"`` always reads the file).
@@ -182,6 +216,8 @@ class SegmentDataset(_Base):
         segments_per_track: int = 1,
         remix: float = 0.0,
         solo: float = 0.0,
+        solo_keep: Sequence[float] | None = None,
+        eq_db: float = 0.0,
         mixture: str = "auto",
         **kwargs,
     ):
@@ -196,6 +232,10 @@ class SegmentDataset(_Base):
         self.segments_per_track = int(segments_per_track)
         self.remix = float(remix)
         self.solo = float(solo)
+        self.solo_keep = _keep_weights(solo_keep, len(self.source_names))
+        if not (math.isfinite(eq_db) and eq_db >= 0):
+            raise ValueError(f"eq_db must be >= 0 (dB), got {eq_db}")
+        self.eq_db = float(eq_db)
         self.mixture_mode = mixture
         self.tracks = self._probe(tracks)
         if not self.tracks:
@@ -278,9 +318,15 @@ class SegmentDataset(_Base):
         if gains is not None:
             sources = [s * g for s, g in zip(sources, gains)]
             augmented = True
-        # Drawn after the other augmentations, so solo = 0 leaves their draws unchanged.
+        # Equaliser and solo drawn after the other augmentations (and only when enabled), so
+        # that older recipes keep their draws.
+        if self.train and self.eq_db > 0:
+            sources = [random_eq(s, rng, self.eq_db, self.sample_rate) for s in sources]
+            augmented = True
         if self.train and self.solo > 0 and len(sources) > 1 and rng.random() < self.solo:
-            keep = int(rng.integers(len(sources)))
+            # Uniform solos keep their original draw, so older recipes reproduce.
+            keep = (int(rng.integers(len(sources))) if self.solo_keep is None
+                    else int(rng.choice(len(sources), p=self.solo_keep)))
             sources = [s if k == keep else np.zeros_like(s) for k, s in enumerate(sources)]
             augmented = True
         use_file = t.mixture is not None and (
