@@ -30,11 +30,19 @@ def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
     return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64)))
 
 
-def scores(model_path: str, data: str, wiener_iters: int = DEFAULT_WIENER_ITERS) -> dict[str, float]:
+def two_source_model(model_path: str):
     model = load(model_path)
+    if len(model.source_names) != 2:
+        raise SystemExit(f"choose_checkpoint: {model_path}: a two-source model is needed, "
+                         f"it has {list(model.source_names)}")
+    return model
+
+
+def scores(model, data: str, wiener_iters: int = DEFAULT_WIENER_ITERS) -> dict[str, float]:
+    """Medians over the tracks of ``data`` for ``model`` (a loaded model or a checkpoint's path)."""
+    if isinstance(model, str):
+        model = two_source_model(model)
     names = list(model.source_names)
-    if len(names) != 2:
-        raise SystemExit(f"choose_checkpoint: {model_path}: a two-source model is needed, it has {names}")
     sep = Separator(model, device="cpu", wiener_iters=wiener_iters)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
     for name in find_tracks(data, names):
@@ -56,8 +64,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     header = None
     for path in args.models:
+        model = two_source_model(path)
         for iters in args.wiener:
-            row = scores(path, args.data, iters)
+            row = scores(model, args.data, iters)
             if header is None:
                 header = list(row)
                 print("| checkpoint | Wiener | " + " | ".join(f"{k} (dB)" for k in header) + " |")

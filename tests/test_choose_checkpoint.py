@@ -1,0 +1,57 @@
+"""tools/choose_checkpoint.py: its leak figure, and one run over a small validation folder
+comparing numbers of Wiener iterations."""
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from chimera.models import SeparationModel, preset, save_checkpoint
+from test_separate import tiny_model
+from tools import choose_checkpoint
+
+
+def test_leak_is_the_silent_outputs_energy_over_the_input():
+    played = np.ones((2, 100))
+    estimates = np.stack([played, 0.1 * played])  # output 1 carries 1 % of the energy
+    assert choose_checkpoint.leak_db(estimates, 1, played) == pytest.approx(-20.0)
+    assert choose_checkpoint.leak_db(estimates, 0, played) == pytest.approx(0.0)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(2)
+    for k in range(2):
+        track = tmp_path / "valid" / f"t{k}"
+        track.mkdir(parents=True)
+        stems = {s: (0.1 * rng.standard_normal((8000 * 3, 2))).astype(np.float32) for s in ("vocals", "accompaniment")}
+        for s, x in stems.items():
+            sf.write(track / f"{s}.wav", x, 8000, subtype="FLOAT")
+        sf.write(track / "mixture.wav", stems["vocals"] + stems["accompaniment"], 8000, subtype="FLOAT")
+    model = tmp_path / "tiny.pt"
+    save_checkpoint(model, tiny_model())
+    return tmp_path / "valid", model
+
+
+def test_a_row_per_wiener_iteration_count(folder, capsys):
+    data, model = folder
+    assert choose_checkpoint.main(["--data", str(data), "--models", str(model), "--wiener", "0", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {model} |")]
+    assert len(rows) == 2
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[1] for c in cells] == ["0", "1"]
+    for c, iters in zip(cells, (0, 1)):
+        # each row is what scores() gives for that number of iterations, on the same model
+        expected = choose_checkpoint.scores(str(model), str(data), iters)
+        assert [float(v) for v in c[2:]] == pytest.approx([round(v, 2) for v in expected.values()], abs=0.006)
+    assert cells[0][2:] != cells[1][2:]  # the Wiener step changes the estimates
+
+
+def test_a_model_with_other_than_two_sources_is_refused(tmp_path):
+    torch.manual_seed(0)
+    cfg = preset("chimerapp", "small", hidden=8, layers=1, embedding_dim=4,
+                 stft=dict(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann"),
+                 n_sources=3, source_names=["vocals", "bass", "drums"])
+    model = tmp_path / "three.pt"
+    save_checkpoint(model, SeparationModel(cfg))
+    with pytest.raises(SystemExit, match="two-source model"):
+        choose_checkpoint.main(["--data", str(tmp_path), "--models", str(model)])
