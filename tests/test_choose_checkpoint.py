@@ -2,10 +2,10 @@
 comparing numbers of Wiener iterations."""
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from chimera.models import SeparationModel, preset, save_checkpoint
+from test_choose_segment import noise_tracks
 from test_separate import tiny_model
 from tools import choose_checkpoint
 
@@ -19,14 +19,7 @@ def test_leak_is_the_silent_outputs_energy_over_the_input():
 
 @pytest.fixture
 def folder(tmp_path):
-    rng = np.random.default_rng(2)
-    for k in range(2):
-        track = tmp_path / "valid" / f"t{k}"
-        track.mkdir(parents=True)
-        stems = {s: (0.1 * rng.standard_normal((8000 * 3, 2))).astype(np.float32) for s in ("vocals", "accompaniment")}
-        for s, x in stems.items():
-            sf.write(track / f"{s}.wav", x, 8000, subtype="FLOAT")
-        sf.write(track / "mixture.wav", stems["vocals"] + stems["accompaniment"], 8000, subtype="FLOAT")
+    noise_tracks(tmp_path / "valid", seed=2)
     model = tmp_path / "tiny.pt"
     save_checkpoint(model, tiny_model())
     return tmp_path / "valid", model

@@ -15,17 +15,23 @@ def test_improvement_is_over_the_mixture():
     assert choose_segment.improvement(ref + 0.01 * other, ref, mix) > 30
 
 
+def noise_tracks(folder, seed, count=2, seconds=3, rate=8000):
+    """``count`` tracks of stereo noise stems and their mixture in ``folder/t<k>/``."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        track = folder / f"t{k}"
+        track.mkdir(parents=True)
+        stems = {s: (0.1 * rng.standard_normal((rate * seconds, 2))).astype(np.float32)
+                 for s in ("vocals", "accompaniment")}
+        for s, x in stems.items():
+            sf.write(track / f"{s}.wav", x, rate, subtype="FLOAT")
+        sf.write(track / "mixture.wav", stems["vocals"] + stems["accompaniment"], rate, subtype="FLOAT")
+
+
 def test_a_row_per_segment_length(tmp_path, capsys):
     model = tmp_path / "tiny.pt"
     save_checkpoint(model, tiny_model())
-    rng = np.random.default_rng(1)
-    for k in range(2):
-        track = tmp_path / "valid" / f"t{k}"
-        track.mkdir(parents=True)
-        stems = {s: (0.1 * rng.standard_normal((8000 * 3, 2))).astype(np.float32) for s in ("vocals", "accompaniment")}
-        for s, x in stems.items():
-            sf.write(track / f"{s}.wav", x, 8000, subtype="FLOAT")
-        sf.write(track / "mixture.wav", stems["vocals"] + stems["accompaniment"], 8000, subtype="FLOAT")
+    noise_tracks(tmp_path / "valid", seed=1)
     assert choose_segment.main(["--data", str(tmp_path / "valid"), "--model", str(model), "--segments", "2.5", "4"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("| 2.5 |", "| 4 |"))]
