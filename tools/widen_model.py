@@ -66,21 +66,18 @@ def widen(model: SeparationModel, hidden: int, generator: torch.Generator | None
                 else:
                     raise ValueError(f"{name} of shape {tuple(s.shape)} cannot be widened")
                 continue
-            layer = int(name.split(".")[2])
-            if name.split(".")[3].startswith("bias"):
-                t.uniform_(-bound, bound, generator=generator)
-                t[rows] = s
-                if name.split(".")[3].startswith("bias_ih"):  # forget gates start open, as the trunk's own
-                    t[hidden:2 * hidden][old:] = 1.0
-                else:
-                    t[hidden:2 * hidden][old:] = 0.0
-                continue
+            _, _, layer, kind = name.split(".")  # trunk.lstms.<layer>.<weight|bias>_<ih|hh>_l0[_reverse]
             t.uniform_(-bound, bound, generator=generator)
+            if kind.startswith("bias"):
+                t[rows] = s
+                # the new forget gates start open, as the trunk's own do
+                t[hidden:2 * hidden][old:] = 1.0 if kind.startswith("bias_ih") else 0.0
+                continue
             # the old units' gates read nothing from the new units...
             t[rows] = 0.0
-            if name.split(".")[3].startswith("weight_hh"):
+            if kind.startswith("weight_hh"):
                 t[rows[:, None], torch.arange(old)] = s
-            elif layer == 0:
+            elif layer == "0":
                 t[rows] = s
             else:  # ... nor from the previous layer's new units
                 t[rows[:, None], cols] = s
