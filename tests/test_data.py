@@ -276,6 +276,45 @@ def test_eq_augmentation_changes_each_source_and_sums(tmp_path):
             MUSDB18(tmp_path, "train", eq_db=bad, **kw)
 
 
+def _peak_hz(x: np.ndarray, sr: int) -> float:
+    """The frequency of a tone, to 0.1 Hz (Hann window, zero-padded FFT)."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), 16 * sr))
+    return float(np.argmax(spectrum)) / 16
+
+
+def test_speed_plays_each_source_at_its_own_speed(tmp_path):
+    sr, model_sr = 44100, 8000
+    t = np.arange(sr) / sr  # 1 s tracks: a 440 Hz "voice" over a 1000 Hz "accompaniment"
+    for name in ("a", "b"):
+        tones = {"vocals": 0.5 * np.sin(2 * np.pi * 440 * t), "drums": 0.3 * np.sin(2 * np.pi * 1000 * t)}
+        for s in STEMS:
+            _write(tmp_path / "train" / name / f"{s}.wav", np.stack([tones.get(s, 0 * t)] * 2, axis=1), sr)
+        _write(tmp_path / "train" / name / "mixture.wav", np.stack([sum(tones.values())] * 2, axis=1), sr)
+    kw = dict(targets=GROUPS, sample_rate=model_sr, segment_seconds=0.25, seed=3, segments_per_track=30)
+    fast = MUSDB18(tmp_path, "train", speed=(0.8, 1.25), **kw)
+    ratios = []
+    for i in range(len(fast)):
+        item = fast[i]
+        src = item["sources"].numpy()
+        assert src.shape == (2, 2000)
+        torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-6, rtol=0)
+        r = [_peak_hz(src[0], model_sr) / 440, _peak_hz(src[1], model_sr) / 1000]
+        assert all(0.8 * 0.995 <= v <= 1.25 * 1.005 for v in r), r
+        # the segment is read whole at its speed: no zero padding at its end
+        assert np.abs(src[:, -40:]).max(axis=1).min() > 0.2
+        ratios.append(r)
+    ratios = np.array(ratios)
+    assert ratios.min() < 0.85 and ratios.max() > 1.18  # the range is covered ...
+    assert np.ptp(ratios[:, 0] - ratios[:, 1]) > 0.1  # ... and each source has its own speed
+    plain = MUSDB18(tmp_path, "train", **kw)
+    assert abs(_peak_hz(plain[0]["sources"][0].numpy(), model_sr) - 440) < 1.0
+    val = MUSDB18(tmp_path, "train", speed=(0.8, 1.25), train=False, **kw)  # validation: never
+    torch.testing.assert_close(val[0]["sources"], MUSDB18(tmp_path, "train", train=False, **kw)[0]["sources"])
+    for bad in ([0.9], [1.2, 0.9], [0, 1.1], [0.9, float("inf")]):
+        with pytest.raises(ValueError, match="speed"):
+            MUSDB18(tmp_path, "train", speed=bad, **kw)
+
+
 def test_folder_tuple_pairing_varies_by_epoch_and_is_seeded(tmp_path):
     rng = np.random.default_rng(4)
     for src in ("speech", "noise"):

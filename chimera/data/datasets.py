@@ -115,17 +115,18 @@ class _Base(Dataset):
             raise err
         warnings.warn(f"skipping unreadable audio: {err}", RuntimeWarning, stacklevel=3)
 
-    def _read(self, path: str, sr: int, start: int, n_model: int | None, channel: int | None) -> np.ndarray:
-        """Read a segment of ``n_model`` frames at the model rate starting at file frame ``start``."""
+    def _read(self, path: str, sr: int, start: int, n_model: int | None, channel: int | None,
+              speed: float = 1.0) -> np.ndarray:
+        """Read a segment of ``n_model`` frames at the model rate starting at file frame ``start``,
+        played ``speed`` times as fast (pitch and tempo together, as a tape would)."""
         if n_model is None:
             x, file_sr = read_audio(path)
         else:
-            n_file = int(math.ceil(n_model * sr / self.sample_rate))
-            x, file_sr = read_audio(path, start, n_file)
+            x, file_sr = read_audio(path, start, _file_frames(n_model * speed, sr, self.sample_rate))
         if file_sr != sr:
             raise AudioError.at(path, f"sample rate {file_sr} Hz differs from its track ({sr} Hz)")
         x = to_mono(x, "random" if channel is not None else "mean", channel)
-        x = resample(x, sr, self.sample_rate, self.resample_quality)
+        x = resample(x, sr, self.sample_rate / speed, self.resample_quality)
         if n_model is not None:
             x = _fit(x, n_model)
         return x
@@ -140,6 +141,11 @@ class _Base(Dataset):
         if self.train and self.mono == "random" and channels > 1:
             return int(rng.integers(channels))
         return None
+
+
+def _file_frames(n_model: float, sr: int, model_rate: int) -> int:
+    """File frames at ``sr`` that cover ``n_model`` frames at the model's rate."""
+    return int(math.ceil(n_model * sr / model_rate))
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
@@ -178,6 +184,16 @@ def random_eq(x: np.ndarray, rng: np.random.Generator, max_db: float, sample_rat
     return np.fft.irfft(spectrum * 10.0 ** (curve / 20.0), n).astype(np.float32)
 
 
+def _speed_range(speed: Sequence[float] | None) -> tuple[float, float] | None:
+    """``speed`` as (low, high) playback speeds, 0 < low <= high (None: no speed changes)."""
+    if speed is None:
+        return None
+    r = tuple(float(v) for v in speed)
+    if len(r) != 2 or not all(math.isfinite(v) and v > 0 for v in r) or r[0] > r[1]:
+        raise ValueError(f"speed must be (low, high) with 0 < low <= high, got {list(speed)}")
+    return r
+
+
 def _keep_weights(weights: Sequence[float] | None, n: int) -> np.ndarray | None:
     """``solo_keep`` as probabilities over the ``n`` sources (None: uniform)."""
     if weights is None:
@@ -199,7 +215,9 @@ class SegmentDataset(_Base):
     instrumental alone leaves the other outputs near silent; ``solo_keep`` = relative weights
     of the sources as the one kept, uniform by default), random equalisation (``eq_db`` > 0:
     each source through its own smooth random curve of up to ±``eq_db``, :func:`random_eq`),
-    random channel
+    speed changes (``speed`` = (low, high): each source played at its own random speed, drawn
+    log-uniformly in that range; pitch, formants and tempo move together, so a voice or a
+    piece of music becomes another one), random channel
     (``mono="random"``). When an item is augmented the mixture is the sum of its sources;
     otherwise the mixture file is used if there is one (``mixture="auto"``; ``"sum"`` always
     sums, ``"file"`` always reads the file).
@@ -218,6 +236,7 @@ class SegmentDataset(_Base):
         solo: float = 0.0,
         solo_keep: Sequence[float] | None = None,
         eq_db: float = 0.0,
+        speed: Sequence[float] | None = None,
         mixture: str = "auto",
         **kwargs,
     ):
@@ -236,6 +255,7 @@ class SegmentDataset(_Base):
         if not (math.isfinite(eq_db) and eq_db >= 0):
             raise ValueError(f"eq_db must be >= 0 (dB), got {eq_db}")
         self.eq_db = float(eq_db)
+        self.speed = _speed_range(speed)
         self.mixture_mode = mixture
         self.tracks = self._probe(tracks)
         if not self.tracks:
@@ -276,12 +296,21 @@ class SegmentDataset(_Base):
             return len(self.tracks)
         return len(self.tracks) * self.segments_per_track
 
-    def _start(self, rng: np.random.Generator, t: Track) -> int:
+    def _start(self, rng: np.random.Generator, t: Track, speed: float = 1.0) -> int:
+        """A random start frame of ``t`` with room for a segment played at ``speed``."""
         n_model = self.segment_frames
         if n_model is None:
             return 0
-        n_file = int(math.ceil(n_model * t.sample_rate / self.sample_rate))
+        n_file = _file_frames(n_model * speed, t.sample_rate, self.sample_rate)
         return int(rng.integers(0, max(0, t.frames - n_file) + 1))
+
+    def _speeds(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Each source's playback speed: 1 unless ``speed`` is set (drawn only then, so that
+        recipes without it keep their draws)."""
+        if not self.train or self.speed is None or self.segment_frames is None:
+            return np.ones(n)
+        lo, hi = np.log(self.speed)
+        return np.exp(rng.uniform(lo, hi, size=n))
 
     def _other_track(self, rng: np.random.Generator) -> int:
         good = [k for k in range(len(self.tracks)) if k not in self._bad]
@@ -292,20 +321,21 @@ class SegmentDataset(_Base):
         ti = index % len(self.tracks)
         t = self.tracks[ti]
         n = self.segment_frames
+        speeds = self._speeds(rng, len(t.sources))
+        augmented = bool(np.any(speeds != 1.0))
         channel = self._channel(rng, t.channels)
-        start = self._start(rng, t)
-        augmented = False
+        start = self._start(rng, t, float(speeds.max()))
         sources = []
         for k, group in enumerate(t.sources):
             src_t, src_start, src_group = t, start, group
             if self.train and self.remix > 0 and n is not None and rng.random() < self.remix:
                 src_t = self.tracks[self._other_track(rng)]
                 src_group = src_t.sources[k]
-                src_start = self._start(rng, src_t)
+                src_start = self._start(rng, src_t, float(speeds[k]))
                 augmented = augmented or src_t is not t
             ch = None if channel is None else min(channel, src_t.channels - 1)
             try:
-                s = sum(self._read(f, src_t.sample_rate, src_start, n, ch) for f in src_group)
+                s = sum(self._read(f, src_t.sample_rate, src_start, n, ch, float(speeds[k])) for f in src_group)
             except AudioError:
                 if src_t is not t:
                     self._bad.add(self.tracks.index(src_t))

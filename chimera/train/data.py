@@ -16,8 +16,16 @@ DATASETS = {"musdb18": data.MUSDB18, "dsd100": data.DSD100, "demo": data.DemoTra
 LOADER_KEYS = ("dataset", "batch_size", "valid_batch_size", "num_workers", "train", "valid")
 
 
+#: Seed of the validation split's segment offsets, whatever the run's seed: runs with different
+#: seeds are validated on the same segments, so their validation figures compare.
+VALIDATION_SEED = 0
+
+
 def build_dataset(data_cfg: dict, split: str, sample_rate: int, seed: int):
-    """The ``split`` ("train" or "valid") data set of a validated ``[data]`` table."""
+    """The ``split`` ("train" or "valid") data set of a validated ``[data]`` table; ``seed`` (the
+    run's) draws the training items, the validation segments use :data:`VALIDATION_SEED`."""
+    if split != "train":
+        seed = VALIDATION_SEED
     common = {k: v for k, v in data_cfg.items() if k not in LOADER_KEYS}
     kwargs = {**common, **data_cfg.get(split, {})}
     if kwargs.get("gain_db") is not None:
