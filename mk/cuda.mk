@@ -58,3 +58,15 @@ cuda-check: cuda-build ## build the CUDA extension without a GPU and check it lo
 test-cuda: ## on a GPU machine: build in place against the installed torch, run the CUDA tests and benchmarks
 	$(CUDA_TEST_PYTHON) -m pip install --no-build-isolation -e .
 	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pytest -m cuda tests $(wildcard benchmarks)
+
+# gpu-wheels: the packages chimera needs that the lent GPU machines' image lacks (it has torch,
+# numpy, tqdm, pytest, pytest-benchmark; nothing can be downloaded there), as wheels for its
+# Python, into .whl/ (ignored by git), for tools/gpu_session.sh: run(..., carry=[".whl"]).
+GPU_PYTHON_VERSION ?= 3.12
+GPU_WHEELS ?= soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+
+.PHONY: gpu-wheels
+gpu-wheels: ## download the wheels tools/gpu_session.sh installs on a GPU machine into .whl/
+	$(CUDA_BASE_PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	    --implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $(GPU_WHEELS)
