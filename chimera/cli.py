@@ -20,8 +20,8 @@ from chimera import ops, predict, pretrained, train
 from chimera.audio import OUTPUT_FORMATS, AudioError
 from chimera.models import CheckpointError
 from chimera.separate import (DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_HIGH_BAND, DEFAULT_MISI_ITERS,
-                              DEFAULT_OVERLAP, DEFAULT_SEGMENT, DEFAULT_WIENER_ITERS, HIGH_BAND_MODES, METHODS,
-                              Separator)
+                              DEFAULT_OVERLAP, DEFAULT_SEGMENT, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS,
+                              HIGH_BAND_MODES, METHODS, Separator)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def _info(args):
 def separator_options(args):
     """The Separator's keyword arguments (but the device) from :func:`_add_separator_options`."""
     return dict(segment=args.segment, overlap=args.overlap, batch_size=args.batch_size, method=args.method,
-                misi_iters=args.misi, wiener_iters=args.wiener, high_band=args.high_band)
+                misi_iters=args.misi, wiener_iters=args.wiener, wiener_exponent=args.wiener_exponent,
+                high_band=args.high_band)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -146,6 +147,9 @@ def _add_separator_options(parser):
     g.add_argument("--wiener", type=int, default=DEFAULT_WIENER_ITERS, metavar="N",
                    help=f"multichannel Wiener filter iterations across channels (default {DEFAULT_WIENER_ITERS}; "
                         "0: off)")
+    g.add_argument("--wiener-exponent", type=float, default=DEFAULT_WIENER_EXPONENT, metavar="P",
+                   help="exponent of the sources' powers in that filter: below 1 softer shares, above 1 harder "
+                        f"(default {DEFAULT_WIENER_EXPONENT:g})")
     g.add_argument("--high-band", choices=HIGH_BAND_MODES, default=DEFAULT_HIGH_BAND,
                    help="the band of an input above the model's Nyquist frequency: split among the sources "
                         f"by their share of the model's top octave, or drop it (default {DEFAULT_HIGH_BAND})")

@@ -9,8 +9,13 @@ direction orthogonal to it) goes to the others. Iterating re-estimates ``v`` and
 the new sources (the EM of Duong, Vincent & Gribonval 2010, without the posterior
 covariance term). The sources always add up to the mixture. With one channel it reduces to
 the power-ratio mask ``v_j / Σ_k v_k``.
+
+``exponent`` p replaces ``v_j`` by ``v_j^p`` in the filter: below 1 the shares of a bin are
+softer (p = 0.5 weighs the sources by magnitude, not power), above 1 harder.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -90,12 +95,13 @@ def _stereo_refine(v: torch.Tensor, r: tuple, x: torch.Tensor, ridge: torch.Tens
 
 
 def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iterations: int = 1,
-                        block_bins: int = 16, inplace: bool = False) -> torch.Tensor:
+                        block_bins: int = 16, inplace: bool = False, exponent: float = 1.0) -> torch.Tensor:
     """Refine source STFTs with a multichannel Wiener filter.
 
     estimates: ``(..., I, C, F, T)`` complex initial source STFTs of each of I channels;
     mixture: ``(..., I, F, T)`` the mixture STFTs. Returns ``(..., I, C, F, T)`` in the
-    estimates' dtype; ``iterations = 0`` returns the estimates unchanged.
+    estimates' dtype; ``iterations = 0`` returns the estimates unchanged. ``exponent``: of
+    the sources' powers in the filter (module docstring), > 0.
 
     Each frequency bin is filtered on its own (the spatial covariances are per bin), so the
     work runs on blocks of `block_bins` bins in complex128: the temporaries are those of one
@@ -108,6 +114,8 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
     """
     if iterations < 0:
         raise ValueError(f"multichannel_wiener: iterations must be >= 0, got {iterations}")
+    if not (math.isfinite(exponent) and exponent > 0):
+        raise ValueError(f"multichannel_wiener: exponent must be a finite number > 0, got {exponent}")
     if estimates.dim() < 4 or mixture.shape != estimates.shape[:-3] + estimates.shape[-2:]:
         raise ValueError(f"multichannel_wiener: estimates (..., I, C, F, T) {tuple(estimates.shape)} and "
                          f"mixture (..., I, F, T) {tuple(mixture.shape)} do not match")
@@ -128,6 +136,8 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
             else:
                 v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
                 trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)      # (..., C, f)
+            if exponent != 1.0:
+                v = v.pow_(exponent)
             stats.append((v, r))
             power = power + (v.sum(-1) * trace).sum((-2, -1))          # (...,)
         ridge = _RIDGE * power / (F * T * n_ch) + _FLOOR

@@ -1,5 +1,5 @@
 """tools/choose_checkpoint.py: its leak figure, and one run over a small validation folder
-comparing numbers of Wiener iterations."""
+comparing numbers of Wiener iterations and exponents."""
 import numpy as np
 import pytest
 import torch
@@ -25,18 +25,22 @@ def folder(tmp_path):
     return tmp_path / "valid", model
 
 
-def test_a_row_per_wiener_iteration_count(folder, capsys):
+def test_a_row_per_wiener_iteration_count_and_exponent(folder, capsys):
     data, model = folder
-    assert choose_checkpoint.main(["--data", str(data), "--models", str(model), "--wiener", "0", "1"]) == 0
+    assert choose_checkpoint.main(["--data", str(data), "--models", str(model), "--wiener", "0", "1",
+                                   "--wiener-exponent", "1", "0.5"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {model} |")]
-    assert len(rows) == 2
+    assert len(rows) == 4
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
-    assert [c[1] for c in cells] == ["0", "1"]
-    for c, iters in zip(cells, (0, 1)):
-        # each row is what scores() gives for that number of iterations, on the same model
-        expected = choose_checkpoint.scores(str(model), str(data), iters)
-        assert [float(v) for v in c[2:]] == pytest.approx([round(v, 2) for v in expected.values()], abs=0.006)
-    assert cells[0][2:] != cells[1][2:]  # the Wiener step changes the estimates
+    settings = [(0, 1.0), (0, 0.5), (1, 1.0), (1, 0.5)]
+    assert [(int(c[1]), float(c[2])) for c in cells] == settings
+    for c, (iters, exponent) in zip(cells, settings):
+        # each row is what scores() gives for that setting, on the same model
+        expected = choose_checkpoint.scores(str(model), str(data), iters, exponent)
+        assert [float(v) for v in c[3:]] == pytest.approx([round(v, 2) for v in expected.values()], abs=0.006)
+    assert cells[0][3:] == cells[1][3:]  # without the Wiener step the exponent does nothing
+    assert cells[0][3:] != cells[2][3:]  # the Wiener step changes the estimates
+    assert cells[2][3:] != cells[3][3:]  # and so does its exponent
 
 
 def test_a_model_with_other_than_two_sources_is_refused(tmp_path):

@@ -458,7 +458,9 @@ def test_python_and_command_line_defaults_are_the_same():
         args = build_parser().parse_args(command)
         cli = {**separator_options(args), "device": args.device}
         assert cli == {k: params[k].default for k in cli}
-    assert params["wiener_iters"].default == 1  # what the model card measured
+    assert params["wiener_iters"].default == 1 and params["wiener_exponent"].default == 1.0  # the model card's
+    args = build_parser().parse_args(["predict", "x.wav", "--wiener-exponent", "0.75"])
+    assert separator_options(args)["wiener_exponent"] == 0.75
 
 
 def test_the_wiener_filter_works_across_channels_and_leaves_mono_alone():
@@ -469,3 +471,9 @@ def test_the_wiener_filter_works_across_channels_and_leaves_mono_alone():
     stereo = np.concatenate([x, 0.5 * x + noise(1, 6000, seed=5)])
     filtered = Separator(model, device="cpu", wiener_iters=1).separate(stereo, 8000)
     assert (filtered - Separator(model, device="cpu", wiener_iters=0).separate(stereo, 8000)).abs().max() > 1e-3
+    softer = Separator(model, device="cpu", wiener_iters=1, wiener_exponent=0.5).separate(stereo, 8000)
+    assert (softer - filtered).abs().max() > 1e-4  # the exponent reaches the filter
+    torch.testing.assert_close(softer.sum(0), filtered.sum(0), rtol=0, atol=1e-4)  # both add up to the input
+    for bad in (0, -0.5, float("nan"), "1"):
+        with pytest.raises(ValueError, match="wiener_exponent"):
+            Separator(model, device="cpu", wiener_exponent=bad)

@@ -32,6 +32,30 @@ def test_one_channel_is_the_power_ratio_mask():
     torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("exponent", [0.5, 0.75, 2.0])
+def test_exponent_weighs_the_sources_by_their_power_to_it(exponent):
+    # One channel: the shares are v_j^p / sum_k v_k^p (p = 0.5: magnitude ratios); the sources
+    # still add up to the mixture, with two channels too.
+    mix = _spec(1, 9, 30)
+    masks = torch.rand(1, 2, 9, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = multichannel_wiener(masks * mix.unsqueeze(1), mix, iterations=1, exponent=exponent)
+    power = (masks * mix.abs().unsqueeze(1)).square().pow(exponent)
+    expect = power / power.sum(1, keepdim=True) * mix.unsqueeze(1)
+    # up to the ridge (1e-9 of the mean of v^p), which p = 2 makes felt in the weakest bins
+    audible = power.sum(1, keepdim=True) > 1e-3 * power.sum(1).mean()
+    assert audible.float().mean() > 0.8
+    torch.testing.assert_close(out[audible.expand_as(out)], expect[audible.expand_as(out)], rtol=1e-5, atol=1e-5)
+    stereo = _spec(2, 17, 40)
+    est = torch.rand(2, 3, 17, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * stereo.unsqueeze(1)
+    out = multichannel_wiener(est, stereo, iterations=2, exponent=exponent)
+    if exponent <= 1:  # above 1, v^p spans more decibels and the ridge is felt in the weakest bins
+        torch.testing.assert_close(out.sum(1), stereo, rtol=1e-6, atol=1e-6)
+    assert (out - multichannel_wiener(est, stereo, iterations=2)).abs().max() > 1e-3  # not the power filter
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="exponent"):
+            multichannel_wiener(est, stereo, 1, exponent=bad)
+
+
 def test_zero_iterations_and_silence_and_bad_shapes():
     est = _spec(2, 2, 5, 6).to(torch.complex64)
     mix = est.sum(1)

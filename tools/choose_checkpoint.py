@@ -2,14 +2,16 @@
 
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/best.pt runs/solo/last.pt
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/last.pt --wiener 0 1 2
+    python -m tools.choose_checkpoint --data demo-data/musdb/valid --models m.pt --wiener-exponent 0.5 0.75 1
 
 For each checkpoint, with the Separator's defaults (what ``chimera predict`` runs), on every
 validation track: the SI-SDR improvement of each source on the mixture (whole tracks, both
 channels as one signal), and the leak of each stem played alone, the energy of the output
 that should stay silent (the other source's) over the input's. Prints the medians over
 tracks as a Markdown table, so that a checkpoint can be chosen on separation and on how well
-a source alone stays alone without looking at held-out data. ``--wiener`` compares numbers
-of Wiener iterations the same way (one row per checkpoint and number).
+a source alone stays alone without looking at held-out data. ``--wiener`` and
+``--wiener-exponent`` compare numbers of Wiener iterations and the filter's exponent the same
+way (one row per checkpoint and setting).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from chimera.evaluate import find_tracks, load_track
 from chimera.pretrained import load
-from chimera.separate import DEFAULT_WIENER_ITERS, Separator
+from chimera.separate import DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, Separator
 from tools.choose_segment import improvement
 from tools.eval_goals import db
 
@@ -38,12 +40,13 @@ def two_source_model(model_path: str):
     return model
 
 
-def scores(model, data: str, wiener_iters: int = DEFAULT_WIENER_ITERS) -> dict[str, float]:
+def scores(model, data: str, wiener_iters: int = DEFAULT_WIENER_ITERS,
+           wiener_exponent: float = DEFAULT_WIENER_EXPONENT) -> dict[str, float]:
     """Medians over the tracks of ``data`` for ``model`` (a loaded model or a checkpoint's path)."""
     if isinstance(model, str):
         model = two_source_model(model)
     names = list(model.source_names)
-    sep = Separator(model, device="cpu", wiener_iters=wiener_iters)
+    sep = Separator(model, device="cpu", wiener_iters=wiener_iters, wiener_exponent=wiener_exponent)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
     for name in find_tracks(data, names):
         t = load_track(data, name, names)
@@ -61,17 +64,21 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", required=True, help="checkpoints to compare")
     ap.add_argument("--wiener", nargs="+", type=int, default=[DEFAULT_WIENER_ITERS],
                     help="Wiener iterations to compare (default: the Separator's)")
+    ap.add_argument("--wiener-exponent", nargs="+", type=float, default=[DEFAULT_WIENER_EXPONENT],
+                    help="exponents of the Wiener filter to compare (default: the Separator's)")
     args = ap.parse_args(argv)
     header = None
     for path in args.models:
         model = two_source_model(path)
         for iters in args.wiener:
-            row = scores(model, args.data, iters)
-            if header is None:
-                header = list(row)
-                print("| checkpoint | Wiener | " + " | ".join(f"{k} (dB)" for k in header) + " |")
-                print("| --- | --- |" + " --- |" * len(header))
-            print(f"| {path} | {iters} | " + " | ".join(f"{row[k]:.2f}" for k in header) + " |", flush=True)
+            for exponent in args.wiener_exponent:
+                row = scores(model, args.data, iters, exponent)
+                if header is None:
+                    header = list(row)
+                    print("| checkpoint | Wiener | exponent | " + " | ".join(f"{k} (dB)" for k in header) + " |")
+                    print("| --- | --- | --- |" + " --- |" * len(header))
+                print(f"| {path} | {iters} | {exponent:g} | " + " | ".join(f"{row[k]:.2f}" for k in header) + " |",
+                      flush=True)
     return 0
 
 
