@@ -63,7 +63,7 @@ test-cuda: ## on a GPU machine: build in place against the installed torch, run 
 # numpy, tqdm, pytest, pytest-benchmark; nothing can be downloaded there), as wheels for its
 # Python, into .whl/ (ignored by git), for tools/gpu_session.sh: run(..., carry=[".whl"]).
 GPU_PYTHON_VERSION ?= 3.12
-GPU_WHEELS ?= soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12
+GPU_WHEELS ?= soundfile==0.14.0 soxr==1.1.0 cffi==2.1.1 pycparser==3.12 expecttest==0.3.0
 GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
 
 .PHONY: gpu-wheels

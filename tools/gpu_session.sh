@@ -11,10 +11,13 @@
 #   build.log      the extension built in place against that machine's torch, for its GPU
 #   test-cuda.log  every CUDA test against the float64 references (pytest -m cuda tests:
 #                  kernels, gradcheck, opcheck, models, AMP training, NCCL DDP on >= 2 GPUs)
-#   bench.log      the CUDA benchmarks (pytest -m cuda benchmarks) and their bytes-moved floors
+#   bench.log      the CUDA benchmarks (pytest -m cuda benchmarks): kernels against their
+#                  bytes-moved floors, and training steps per second by model width and batch
+#                  (float32 and bf16), to plan a GPU training
 #   bench.json     pytest-benchmark's figures, for benchmarks/RESULTS.md
 #   summary.txt    one line per step: its exit status and seconds
-# A step that fails or runs out of time does not stop the next ones.
+# A step that fails or runs out of time does not stop the next ones; the limits add up to
+# 540 s, inside one call's 600.
 set -u
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
@@ -39,9 +42,9 @@ fi
 
 # Only this GPU's architecture: a third of the compile time of CUDA_ARCH_LIST's two.
 arch=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || echo 9.0)
-step build 240 build.log env CHIMERA_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+step build 200 build.log env CHIMERA_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
     $PY setup.py -q build_ext --inplace || { echo "build failed: see build.log" | tee -a "$OUT/summary.txt"; exit 1; }
-step test-cuda 200 test-cuda.log env CHIMERA_REQUIRE_EXT=1 $PY -m pytest -m cuda tests -q -p no:cacheprovider -rs
-step bench 120 bench.log env CHIMERA_REQUIRE_EXT=1 $PY -m pytest -m cuda benchmarks -q -s -p no:cacheprovider \
+step test-cuda 180 test-cuda.log env CHIMERA_REQUIRE_EXT=1 $PY -m pytest -m cuda tests -q -p no:cacheprovider -rs
+step bench 160 bench.log env CHIMERA_REQUIRE_EXT=1 $PY -m pytest -m cuda benchmarks -q -s -p no:cacheprovider \
     --benchmark-json="$OUT/bench.json"
 cat "$OUT/summary.txt"
