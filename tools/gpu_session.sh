@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one call of a lent GPU machine (the device tool), where
 # nothing can be downloaded and the image has torch, pytest and pytest-benchmark but not
-# soundfile or soxr:
+# soundfile, soxr or expecttest:
 #
 #   make gpu-wheels                                   # here: the missing wheels into .whl/
 #   run(command="bash tools/gpu_session.sh", carry=[".whl"], timeout_s=560)
@@ -16,8 +16,9 @@
 #                  (float32 and bf16), to plan a GPU training
 #   bench.json     pytest-benchmark's figures, for benchmarks/RESULTS.md
 #   summary.txt    one line per step: its exit status and seconds
-# A step that fails or runs out of time does not stop the next ones; the limits add up to
-# 540 s, inside one call's 600.
+# A test or benchmark step that fails or runs out of time does not stop the next one (a
+# failed build ends the script: nothing else can run); the limits add up to 540 s, inside
+# one call's 600.
 set -u
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
