@@ -27,7 +27,7 @@ from .cluster import kmeans_masks
 from .losses import voice_activity_weights
 from .models import SeparationModel, apply_masks, flatten_bins
 from .stream import SegmentPlan, SeparationStream
-from .wiener import multichannel_wiener
+from .wiener import check_exponent, multichannel_wiener
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,8 @@ class Separator:
             raise ValueError(f"misi_iters must be >= 0, got {misi_iters}")
         if wiener_iters < 0:
             raise ValueError(f"wiener_iters must be >= 0, got {wiener_iters}")
-        if not (isinstance(wiener_exponent, numbers.Real) and np.isfinite(wiener_exponent) and wiener_exponent > 0):
-            raise ValueError(f"wiener_exponent must be a finite number > 0, got {wiener_exponent!r}")
-        self.wiener_exponent = float(wiener_exponent)
+        # checked here too: mono input never reaches the filter
+        self.wiener_exponent = check_exponent(wiener_exponent, "wiener_exponent")
         self.misi_iters = int(misi_iters)
         self.wiener_iters = int(wiener_iters)
         self.high_band = bandext.check_mode(high_band)

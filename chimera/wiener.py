@@ -16,15 +16,23 @@ softer (p = 0.5 weighs the sources by magnitude, not power), above 1 harder.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-__all__ = ["multichannel_wiener"]
+__all__ = ["check_exponent", "multichannel_wiener"]
 
 # Regularisation of the mixture covariance, relative to its mean power, so silent bins and
 # rank-deficient covariances invert stably; small enough not to bias audible bins.
 _RIDGE = 1e-9
 _FLOOR = 1e-30  # absolute, for all-silent segments (its square must not underflow)
+
+
+def check_exponent(exponent, name: str = "exponent") -> float:
+    """``exponent`` as a float if it is a finite number > 0; a ValueError naming ``name`` otherwise."""
+    if not (isinstance(exponent, numbers.Real) and math.isfinite(exponent) and exponent > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {exponent!r}")
+    return float(exponent)
 
 
 def _solve_small(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -114,8 +122,7 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
     """
     if iterations < 0:
         raise ValueError(f"multichannel_wiener: iterations must be >= 0, got {iterations}")
-    if not (math.isfinite(exponent) and exponent > 0):
-        raise ValueError(f"multichannel_wiener: exponent must be a finite number > 0, got {exponent}")
+    exponent = check_exponent(exponent, "multichannel_wiener: exponent")
     if estimates.dim() < 4 or mixture.shape != estimates.shape[:-3] + estimates.shape[-2:]:
         raise ValueError(f"multichannel_wiener: estimates (..., I, C, F, T) {tuple(estimates.shape)} and "
                          f"mixture (..., I, F, T) {tuple(mixture.shape)} do not match")
