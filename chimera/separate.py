@@ -33,23 +33,23 @@ log = logging.getLogger(__name__)
 
 # The Separator's defaults, which the command line uses too (one place for both).
 #: Seconds per segment (the BLSTM sees this much context). Chosen on the demo data's validation
-#: split with the bundled model (tools/choose_segment.py; its model card): 6 / 10 / 15 / 20 / 30 s
-#: gave 5.28 / 5.20 / 4.91 / 5.02 / 5.04 dB vocals and 5.73 / 5.78 / 5.85 / 5.77 / 5.81 dB
-#: accompaniment SI-SDR improvement on 45 s tracks; 10 s is the best vocals above 6 s, where
-#: the 1 s overlaps start to cost time.
+#: split (tools/choose_segment.py; the model card): with step 4's weights 6 / 10 / 15 / 20 s gave
+#: 5.02 / 5.32 / 5.08 / 4.76 dB vocals and 5.77 / 5.97 / 5.88 / 5.70 dB accompaniment SI-SDR
+#: improvement on 45 s tracks; with the bundled step 5, 5.35 / 5.13 / 5.14 / 5.07 and
+#: 5.78 / 5.90 / 6.01 / 5.76 dB, the mean of both within 0.06 dB from 6 to 15 s, so 10 s stays.
 DEFAULT_SEGMENT = 10.0
 #: Seconds of cross-fade between segments.
 DEFAULT_OVERLAP = 1.0
 #: Segments (x channels) per forward pass.
 DEFAULT_BATCH_SIZE = 4
 #: Multichannel Wiener iterations across the channels of a recording (chimera.wiener; 0 = each
-#: channel's own masks): one iteration gains 0.5 dB vocals SDR on the bundled model's stereo
+#: channel's own masks): one iteration gains 0.5 dB vocals SDR on an earlier bundled model's stereo
 #: held-out test (its model card). Mono recordings are left as the masks give them: with one
 #: channel the filter is only a power-ratio mask, which cost 0.03 dB vocals and 0.23 dB
 #: accompaniment SI-SDR improvement on the mono demo stems (10.69/7.04 vs 10.72/7.27 dB).
 DEFAULT_WIENER_ITERS = 1
 #: Exponent of the sources' powers in that filter (chimera.wiener). On the demo data's validation
-#: split with the bundled model (its model card) 0.5 / 0.75 / 1 / 1.5 gave 5.43 / 5.38 / 5.32 /
+#: split with step 4's weights (the model card) 0.5 / 0.75 / 1 / 1.5 gave 5.43 / 5.38 / 5.32 /
 #: 5.24 dB vocals and 6.23 / 6.23 / 5.97 / 5.66 dB accompaniment SI-SDR improvement, an
 #: instrumental alone leaking -22.41 / -23.06 / -23.23 / -23.17 dB into the vocals and a voice
 #: alone -37.19 / -42.84 / -47.01 / -53.80 dB into the accompaniment.

@@ -90,6 +90,29 @@ def test_musdb_track_selection_and_default_targets(tmp_path):
         MUSDB18(tmp_path, "nope", sample_rate=44100)
 
 
+
+def test_musdb_pools_the_tracks_of_several_roots(tmp_path):
+    first = _musdb(tmp_path / "one", names=("a", "b"), seed=0)
+    second = _musdb(tmp_path / "two", names=("a", "c"), seed=1)  # "a" in both: two tracks
+    ds = MUSDB18([tmp_path / "one", str(tmp_path / "two")], "train", targets=GROUPS, sample_rate=44100,
+                 train=False)
+    assert [t.name for t in ds.tracks] == ["0/a", "0/b", "1/a", "1/c"] and len(ds) == 4
+    for i, stems in ((0, first["a"]), (2, second["a"])):  # each name reads its own root's files
+        item = ds[i]
+        torch.testing.assert_close(item["sources"][0], torch.from_numpy(stems["vocals"].mean(axis=1)),
+                                   atol=1e-6, rtol=0)
+    # selection by the plain name in every root; a name missing from one root is refused
+    assert [t.name for t in MUSDB18([tmp_path / "one", tmp_path / "two"], "train", exclude=["a"],
+                                    sample_rate=44100).tracks] == ["0/b", "1/c"]
+    with pytest.raises(ValueError, match="unknown track"):
+        MUSDB18([tmp_path / "one", tmp_path / "two"], "train", tracks=["b"], sample_rate=44100)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        MUSDB18([tmp_path / "one", tmp_path / "nope"], "train", sample_rate=44100)
+    with pytest.raises(ValueError, match="empty"):
+        MUSDB18([], "train", sample_rate=44100)
+    # one root keeps the plain names (older recipes and logs unchanged)
+    assert [t.name for t in MUSDB18(tmp_path / "two", "train", sample_rate=44100).tracks] == ["a", "c"]
+
 def test_dsd100_layout(tmp_path):
     rng = np.random.default_rng(1)
     for name in ("001 - x", "002 - y"):

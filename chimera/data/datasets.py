@@ -415,7 +415,10 @@ class MUSDB18(SegmentDataset):
     ``targets`` groups stems into outputs, e.g. ``{"vocals": ["vocals"], "accompaniment":
     ["drums", "bass", "other"]}`` (each output is the sum of its stems); default: one output
     per name in ``sources``. ``split=None`` means ``root`` itself holds the track folders.
-    ``tracks``/``exclude`` select track names (e.g. a validation subset of ``train``)."""
+    ``tracks``/``exclude`` select track names (e.g. a validation subset of ``train``).
+    ``root`` may be a list of such folders (e.g. the demo data and a second draw of training
+    tracks): their tracks are pooled, named ``<index of the root>/<track>``, and ``tracks`` /
+    ``exclude`` select by the plain track name in every root."""
 
     DEFAULT_SOURCES = ("vocals", "drums", "bass", "other")
 
@@ -432,16 +435,20 @@ class MUSDB18(SegmentDataset):
         ext: str = ".wav",
         **kwargs,
     ):
-        base = Path(root) if split is None else Path(root) / split
-        if not base.is_dir():
-            raise FileNotFoundError(f"{type(self).__name__}: no such directory {base}")
+        roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
+        if not roots:
+            raise ValueError(f"{type(self).__name__}: root is an empty list")
         groups = _groups(targets, sources or self.DEFAULT_SOURCES)
-        names = _select((p.name for p in base.iterdir() if p.is_dir()), tracks, exclude)
         found = []
-        for name in names:
-            d = base / name
-            mix = None if mixture_name is None else str(d / f"{mixture_name}{ext}")
-            found.append(Track(name, [[str(d / f"{s}{ext}") for s in g] for g in groups.values()], mix))
+        for i, r in enumerate(roots):
+            base = Path(r) if split is None else Path(r) / split
+            if not base.is_dir():
+                raise FileNotFoundError(f"{type(self).__name__}: no such directory {base}")
+            for name in _select((p.name for p in base.iterdir() if p.is_dir()), tracks, exclude):
+                d = base / name
+                mix = None if mixture_name is None else str(d / f"{mixture_name}{ext}")
+                found.append(Track(name if len(roots) == 1 else f"{i}/{name}",
+                                   [[str(d / f"{s}{ext}") for s in g] for g in groups.values()], mix))
         super().__init__(found, list(groups), **kwargs)
 
 
