@@ -2,6 +2,7 @@
 # packages. Included from the main Makefile, which provides $(PY) (the venv python), $(SUDO) and `venv`.
 #   make demo-data     # 720 train (20 s) + 12 valid + 7 held-out splits x 8 (45 s), wsj0-2mix 200/40/40
 #   make demo-data-more  # 1,440 more training tracks (seed 1, training material only): recipes/demo-more.toml
+#   make demo-data-more DEMO_DATA_MORE_SEED=2 DEMO_DATA_MORE_DIR=demo-data-more2   # a third draw: recipes/demo-more2.toml
 #   make demo-data DEMO_DATA_ARGS="--train 4 --valid 1 --test 1 --solo 1 --seconds 5 --test-seconds 8 --speakers 10 2 2"
 DEMO_DATA_DIR ?= demo-data
 DEMO_DATA_ARGS ?= --seed 0
@@ -9,6 +10,7 @@ DEMO_DATA_ARGS ?= --seed 0
 DEMO_DATA_DEBS := $(shell python3 tools/demodata/packages.py)
 
 DEMO_DATA_MORE_DIR ?= demo-data-more
+DEMO_DATA_MORE_SEED ?= 1
 
 .PHONY: demo-data demo-data-more demo-data-debs
 
@@ -32,5 +34,5 @@ demo-data: venv demo-data-debs ## make the training and held-out data in $(DEMO_
 # utterances and mixes; held-out material stays out by the same hash split). It shares the
 # demo data's utterance cache.
 demo-data-more: venv demo-data-debs ## make 1,440 more training tracks in $(DEMO_DATA_MORE_DIR)/ (recipes/demo-more.toml)
-	$(PY) -m tools.demodata --out $(DEMO_DATA_MORE_DIR) --seed 1 --train 1440 --valid 0 --test 0 --solo 0 \
+	$(PY) -m tools.demodata --out $(DEMO_DATA_MORE_DIR) --seed $(DEMO_DATA_MORE_SEED) --train 1440 --valid 0 --test 0 --solo 0 \
 	  --speakers 0 0 0 --cache $(DEMO_DATA_DIR)/.cache/utterances
