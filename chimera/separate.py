@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 #: split (tools/choose_segment.py; the model card): with step 4's weights 6 / 10 / 15 / 20 s gave
 #: 5.02 / 5.32 / 5.08 / 4.76 dB vocals and 5.77 / 5.97 / 5.88 / 5.70 dB accompaniment SI-SDR
 #: improvement on 45 s tracks; with step 5, 5.35 / 5.13 / 5.14 / 5.07 and 5.78 / 5.90 / 6.01 /
-#: 5.76 dB; with the bundled step 6, 5.26 / 5.29 / 5.24 / 5.30 and 5.85 / 5.80 / 5.87 / 5.79 dB,
-#: the mean of both within 0.01 dB from 6 to 20 s, so 10 s stays.
+#: 5.76 dB; with step 6, 5.26 / 5.29 / 5.24 / 5.30 and 5.85 / 5.80 / 5.87 / 5.79 dB, the mean of
+#: both within 0.01 dB from 6 to 20 s; with the bundled step 7, 4.92 / 5.14 / 4.25 / 4.71 and
+#: 5.47 / 5.58 / 5.42 / 5.26 dB: 10 s stays.
 DEFAULT_SEGMENT = 10.0
 #: Seconds of cross-fade between segments.
 DEFAULT_OVERLAP = 1.0

@@ -3,6 +3,7 @@
 #   make demo-data     # 720 train (20 s) + 12 valid + 7 held-out splits x 8 (45 s), wsj0-2mix 200/40/40
 #   make demo-data-more  # 1,440 more training tracks (seed 1, training material only): recipes/demo-more.toml
 #   make demo-data-more DEMO_DATA_MORE_SEED=2 DEMO_DATA_MORE_DIR=demo-data-more2   # a third draw: recipes/demo-more2.toml
+#   make demo-data-formants   # 1,440 more (seed 4): half sung, 70 % of sung/recorded voices given other formants
 #   make demo-data DEMO_DATA_ARGS="--train 4 --valid 1 --test 1 --solo 1 --seconds 5 --test-seconds 8 --speakers 10 2 2"
 DEMO_DATA_DIR ?= demo-data
 DEMO_DATA_ARGS ?= --seed 0
@@ -12,7 +13,7 @@ DEMO_DATA_DEBS := $(shell python3 tools/demodata/packages.py)
 DEMO_DATA_MORE_DIR ?= demo-data-more
 DEMO_DATA_MORE_SEED ?= 1
 
-.PHONY: demo-data demo-data-more demo-data-debs
+.PHONY: demo-data demo-data-more demo-data-formants demo-data-debs
 
 demo-data-debs: ## install the Debian packages the demo data is made from (music, speech synthesis)
 	@missing=""; \
@@ -36,3 +37,11 @@ demo-data: venv demo-data-debs ## make the training and held-out data in $(DEMO_
 demo-data-more: venv demo-data-debs ## make 1,440 more training tracks in $(DEMO_DATA_MORE_DIR)/ (recipes/demo-more.toml)
 	$(PY) -m tools.demodata --out $(DEMO_DATA_MORE_DIR) --seed $(DEMO_DATA_MORE_SEED) --train 1440 --valid 0 --test 0 --solo 0 \
 	  --speakers 0 0 0 --cache $(DEMO_DATA_DIR)/.cache/utterances
+
+# A fourth draw for recipes/demo-formants.toml: half the tracks sung, and 70 % of the sung
+# phrases and recorded clips given other formants (other vowels, other singers' and speakers'
+# vocal tracts), since the held-out choir preset and speakers differ from training by timbre.
+demo-data-formants: venv demo-data-debs ## make 1,440 training tracks with more sung and warped formants in demo-data-more3/
+	$(PY) -m tools.demodata --out demo-data-more3 --seed 4 --train 1440 --valid 0 --test 0 --solo 0 \
+	  --speakers 0 0 0 --train-kinds sung=0.5,speech=0.25,recorded=0.25 --formant-share 0.7 \
+	  --cache $(DEMO_DATA_DIR)/.cache/utterances

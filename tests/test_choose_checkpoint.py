@@ -1,5 +1,7 @@
 """tools/choose_checkpoint.py: its leak figure, and one run over a small validation folder
 comparing numbers of Wiener iterations and exponents."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +54,26 @@ def test_a_model_with_other_than_two_sources_is_refused(tmp_path):
     save_checkpoint(model, SeparationModel(cfg))
     with pytest.raises(SystemExit, match="two-source model"):
         choose_checkpoint.main(["--data", str(tmp_path), "--models", str(model)])
+
+
+def test_folders_pool_their_tracks_and_kinds_group_them(folder, tmp_path, capsys):
+    data, model = folder
+    other = tmp_path / "valid48"
+    noise_tracks(other, seed=5)
+    for d, kind in ((data, "speech"), (other, "sung")):
+        (d / "metadata.json").write_text(json.dumps([{"name": "t0", "kind": kind}, {"name": "t1", "kind": kind}]))
+    alone = {d: choose_checkpoint.scores(str(model), str(d)) for d in (data, other)}
+    pooled = choose_checkpoint.scores(str(model), [str(data), str(other)], by_kind=True)
+    for s in ("vocals", "accompaniment"):
+        # each kind's column is its folder's own median; the pooled one lies between them
+        assert pooled[f"{s} SI-SDRi (speech)"] == pytest.approx(alone[data][f"{s} SI-SDRi"])
+        assert pooled[f"{s} SI-SDRi (sung)"] == pytest.approx(alone[other][f"{s} SI-SDRi"])
+        lo, hi = sorted(alone[d][f"{s} SI-SDRi"] for d in (data, other))
+        assert lo - 1e-9 <= pooled[f"{s} SI-SDRi"] <= hi + 1e-9
+    assert list(pooled)[:4] == list(alone[data])  # the usual columns first, then the kinds
+    assert choose_checkpoint.main(["--data", str(data), str(other), "--by-kind", "--models", str(model)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "vocals SI-SDRi (sung) (dB)" in header and "accompaniment SI-SDRi (speech) (dB)" in header
+    (other / "metadata.json").unlink()
+    with pytest.raises(SystemExit, match="metadata.json: no track kinds"):
+        choose_checkpoint.scores(str(model), [str(data), str(other)], by_kind=True)

@@ -12,7 +12,8 @@ import soundfile as sf
 from chimera.data import DemoTracks, resample
 from tools.demodata import material, packages, singing, speech
 from tools.demodata.build import make
-from tools.demodata.dsp import bandwidth_extend, quantise_pair, tilt, vibrato
+from tools.demodata.__main__ import main as demodata_main
+from tools.demodata.dsp import bandwidth_extend, formant_frames, formant_warp, quantise_pair, tilt, vibrato
 from tools.demodata.tracks import HELD_OUT_SPLITS, SONG_SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,58 @@ def test_tilt_vibrato_and_exact_quantisation():
     b = rng.uniform(-0.45, 0.45, (100, 2)).astype(np.float32)
     qa, qb, qm = quantise_pair(a, b)
     assert qm.dtype == np.int16 and np.array_equal(qm.astype(np.int32), qa.astype(np.int32) + qb)
+
+
+def _vowel(sr, f0, seconds=2.0):
+    """A harmonic tone on ``f0`` through two formants (700 Hz and 2 kHz): a sung vowel."""
+    t = np.arange(int(seconds * sr)) / sr
+    k = np.arange(1, int(8000 / f0))[:, None]
+    amp = np.exp(-((f0 * k - 700) / 150) ** 2) + 0.5 * np.exp(-((f0 * k - 2000) / 300) ** 2) + 1e-3
+    return (amp * np.sin(2 * np.pi * f0 * k * t)).sum(axis=0).astype(np.float32)
+
+
+def _harmonics(x, sr, f0, top=8000.0):
+    """Frequencies and powers of the harmonics of ``f0`` below ``top`` in half a second of ``x``."""
+    p = _power(x[len(x) // 4: len(x) // 4 + sr // 2])  # bins every 2 Hz: harmonics on bins
+    f = np.arange(1, int(top / f0)) * f0
+    return f, p[np.round(f / 2).astype(int)], p
+
+
+def _f1_centroid(f, p):
+    band = (f > 300) & (f < 1300)
+    return np.sum(f[band] * p[band]) / np.sum(p[band])
+
+
+@pytest.mark.parametrize("f0", [110.0, 150.0, 220.0])
+def test_formant_warp_moves_formants_and_keeps_the_pitch(f0):
+    sr = 44100
+    x = _vowel(sr, f0)
+    n_frames = formant_frames(np.random.default_rng(0), len(x))[0].shape[0]
+    same = formant_warp(x, sr, np.ones(n_frames), np.ones(n_frames))
+    assert np.max(np.abs(same - x)) < 1e-4 * np.max(np.abs(x))  # no warp: the input back
+    f, before, _ = _harmonics(x, sr, f0)
+    for factor in (0.8, 1.25):
+        y = formant_warp(x, sr, np.full(n_frames, factor), np.full(n_frames, factor))
+        _, after, p = _harmonics(y, sr, f0)
+        assert after.sum() > 0.99 * p.sum()  # the pitch stays: the harmonics keep the energy
+        # The first formant moves with the factor (measured 0.78-0.89 and 1.18-1.29 over f0).
+        ratio = _f1_centroid(f, after) / _f1_centroid(f, before)
+        assert (ratio < 0.92) if factor < 1 else (ratio > 1.08)
+    with pytest.raises(ValueError, match="frames"):
+        formant_warp(x, sr, np.ones(n_frames - 1), np.ones(n_frames))
+
+
+def test_formant_frames_stay_in_their_range_and_glide():
+    low, high = formant_frames(np.random.default_rng(3), 44100 * 5, spread=1.25)
+    for a in (low, high):
+        assert a.min() >= 1 / 1.25 - 1e-9 and a.max() <= 1.25 + 1e-9 and a.max() / a.min() > 1.2
+        assert np.max(np.abs(np.diff(np.log(a)))) < 0.1  # glides, no jumps frame to frame
+
+
+def test_train_kinds_option_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        demodata_main(["--out", "unused", "--train-kinds", "choir=1"])
+    assert "unknown vocal kind 'choir'" in capsys.readouterr().err
 
 
 def test_training_voices_are_the_allowed_ones_and_test_speakers_are_new():
@@ -201,5 +254,17 @@ def test_tiny_build(tmp_path):
     make(tmp_path / "twin", speakers=(0, 0, 0), **{**kw, "valid": 0, "test": 0, "solo": 0})
     name = "train/train-000/mixture.wav"
     assert (tmp_path / "twin" / "musdb" / name).read_bytes() == (musdb / name).read_bytes()
+    # Later options: the defaults leave them out of the stamps (older data stays up to date);
+    # formants and kinds apply to the train split only.
+    stamp = json.loads((musdb / "train" / ".complete.json").read_text())
+    assert "formant_share" not in stamp["options"] and "train_kinds" not in stamp["options"]
+    make(tmp_path / "formants", speakers=(0, 0, 0), formant_share=1.0, train_kinds=(("sung", 1.0),),
+         **{**kw, "test": 0, "solo": 0})
+    later = {s: json.loads((tmp_path / "formants" / "musdb" / s / "metadata.json").read_text())
+             for s in ("train", "valid")}
+    train_pieces = [u for m in later["train"] for u in m["utterances"]]
+    assert train_pieces and all(u["kind"] == "sung" and "formant_low" in u for u in train_pieces)
+    assert all("formant_low" not in u for m in later["valid"] for u in m["utterances"])
+    assert later["valid"] == meta["valid"]
     ds = DemoTracks(musdb, "test-real", sample_rate=44100, segment_seconds=1.0, seed=0)
     assert ds[0]["sources"].shape == (2, 44100)

@@ -3,6 +3,7 @@
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/best.pt runs/solo/last.pt
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/last.pt --wiener 0 1 2
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models m.pt --wiener-exponent 0.5 0.75 1
+    python -m tools.choose_checkpoint --data demo-data/musdb/valid demo-data-valid48/musdb/valid --by-kind --models ...
 
 For each checkpoint, with the Separator's defaults (what ``chimera predict`` runs), on every
 validation track: the SI-SDR improvement of each source on the mixture (whole tracks, both
@@ -11,12 +12,16 @@ that should stay silent (the other source's) over the input's. Prints the median
 tracks as a Markdown table, so that a checkpoint can be chosen on separation and on how well
 a source alone stays alone without looking at held-out data. ``--wiener`` and
 ``--wiener-exponent`` compare numbers of Wiener iterations and the filter's exponent the same
-way (one row per checkpoint and setting).
+way (one row per checkpoint and setting). Several ``--data`` folders pool their tracks;
+``--by-kind`` adds each source's SI-SDRi over the tracks of each vocal kind (speech, recorded,
+sung), read from the folders' ``metadata.json`` (what ``tools.demodata`` writes).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -40,27 +45,47 @@ def two_source_model(model_path: str):
     return model
 
 
-def scores(model, data: str, wiener_iters: int = DEFAULT_WIENER_ITERS,
-           wiener_exponent: float = DEFAULT_WIENER_EXPONENT) -> dict[str, float]:
-    """Medians over the tracks of ``data`` for ``model`` (a loaded model or a checkpoint's path)."""
+def track_kinds(data: str) -> dict[str, str]:
+    """Track name -> vocal kind, from ``data/metadata.json`` (instrumentals have none)."""
+    path = Path(data) / "metadata.json"
+    try:
+        meta = json.loads(path.read_text())
+        return {m["name"]: m["kind"] for m in meta if m.get("kind")}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise SystemExit(f"choose_checkpoint: {path}: no track kinds to group by ({exc})") from None
+
+
+def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITERS,
+           wiener_exponent: float = DEFAULT_WIENER_EXPONENT, by_kind: bool = False) -> dict[str, float]:
+    """Medians over the tracks of ``data`` (a folder or several, pooled) for ``model`` (a loaded
+    model or a checkpoint's path); ``by_kind`` adds "<source> SI-SDRi (<kind>)" medians."""
     if isinstance(model, str):
         model = two_source_model(model)
+    folders = [data] if isinstance(data, str) else list(data)
     names = list(model.source_names)
     sep = Separator(model, device="cpu", wiener_iters=wiener_iters, wiener_exponent=wiener_exponent)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
-    for name in find_tracks(data, names):
-        t = load_track(data, name, names)
-        est = sep.separate(t.mixture, t.rate).numpy()
-        for i, s in enumerate(names):
-            rows[f"{s} SI-SDRi"].append(improvement(est[i], t.references[i], t.mixture))
-            alone = sep.separate(t.references[i], t.rate).numpy()
-            rows[f"{s} alone: leak"].append(leak_db(alone, 1 - i, t.references[i]))
-    return {k: float(np.median(v)) for k, v in rows.items()}
+    for folder in folders:
+        kinds = track_kinds(folder) if by_kind else {}
+        for name in find_tracks(folder, names):
+            t = load_track(folder, name, names)
+            est = sep.separate(t.mixture, t.rate).numpy()
+            for i, s in enumerate(names):
+                gain = improvement(est[i], t.references[i], t.mixture)
+                rows[f"{s} SI-SDRi"].append(gain)
+                if name in kinds:
+                    rows.setdefault(f"{s} SI-SDRi ({kinds[name]})", []).append(gain)
+                alone = sep.separate(t.references[i], t.rate).numpy()
+                rows[f"{s} alone: leak"].append(leak_db(alone, 1 - i, t.references[i]))
+    return {k: float(np.median(v)) for k, v in sorted(rows.items(), key=lambda kv: "(" in kv[0])}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="a folder of <track>/{mixture,<source>...}.wav")
+    ap.add_argument("--data", required=True, nargs="+",
+                    help="folders of <track>/{mixture,<source>...}.wav (several: their tracks pooled)")
+    ap.add_argument("--by-kind", action="store_true",
+                    help="also each source's SI-SDRi per vocal kind (from each folder's metadata.json)")
     ap.add_argument("--models", nargs="+", required=True, help="checkpoints to compare")
     ap.add_argument("--wiener", nargs="+", type=int, default=[DEFAULT_WIENER_ITERS],
                     help="Wiener iterations to compare (default: the Separator's)")
@@ -72,7 +97,7 @@ def main(argv=None) -> int:
         model = two_source_model(path)
         for iters in args.wiener:
             for exponent in args.wiener_exponent:
-                row = scores(model, args.data, iters, exponent)
+                row = scores(model, args.data, iters, exponent, by_kind=args.by_kind)
                 if header is None:
                     header = list(row)
                     print("| checkpoint | Wiener | exponent | " + " | ".join(f"{k} (dB)" for k in header) + " |")

@@ -19,6 +19,12 @@ Splits (``tracks.SONG_SPLITS``)
   ``test-sung`` (another choir preset, other registers, other melodies), and the solos
   ``solo-instrumental``, ``solo-synthetic``, ``solo-real``, ``solo-sung`` (one source silent).
   Music, texts and recorded clips are split by a fixed hash of their names, whatever the seed.
+  ``--train-kinds`` re-weights the vocal kinds of ``train`` (e.g. ``sung=0.5,speech=0.25,
+  recorded=0.25``); ``--formant-share`` gives that share of the training sung phrases and
+  recorded clips other formants (``dsp.formant_warp``: the spectral envelope warped by
+  0.8-1.25, separately below and above 1 kHz, gliding every 0.3-1.2 s; the pitch kept), so a
+  few presets and speakers stand for many vowels and vocal tracts. Held-out and validation
+  material is never warped; both options at their defaults leave older data bit for bit.
 
 Material (``packages.PACKAGES`` is the one list; ``make demo-data`` installs it)
   Accompaniment: the music of warzone2100-music, wesnoth-1.16-music, supertux-data,

@@ -8,6 +8,26 @@ import sys
 from . import __doc__ as overview
 from .build import make
 from .external import DataError
+from .tracks import KINDS
+
+
+def _kinds(text: str) -> tuple:
+    """``sung=0.5,speech=0.25`` -> (("speech", 0.25), ("sung", 0.5)), kinds checked."""
+    pairs = []
+    for item in text.split(","):
+        kind, _, weight = item.partition("=")
+        if kind.strip() not in KINDS:
+            raise argparse.ArgumentTypeError(f"unknown vocal kind {kind.strip()!r} (known: {', '.join(KINDS)})")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KIND=WEIGHT") from None
+        if not w >= 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: weights are non-negative numbers")
+        pairs.append((kind.strip(), w))
+    if sum(w for _, w in pairs) <= 0:
+        raise argparse.ArgumentTypeError("at least one weight must be positive")
+    return tuple(sorted(pairs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lowpass-share", type=float, default=0.35)
     ap.add_argument("--bwe-share", type=float, default=0.5)
     ap.add_argument("--sung-share", type=float, default=0.3)
+    ap.add_argument("--formant-share", type=float, default=0.0,
+                    help="share of training sung phrases and recorded clips given other formants (vowels, singers)")
+    ap.add_argument("--train-kinds", type=_kinds, default=(), metavar="KIND=W,...",
+                    help="weights of the vocal kinds in the train split, e.g. sung=0.5,speech=0.25,recorded=0.25 "
+                         "(default: speech 0.4, recorded 0.3, sung 0.3)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--cache", default=None, help="utterance cache (default OUT/.cache/utterances)")
     ap.add_argument("--quiet", action="store_true")
@@ -34,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         r = make(a.out, seed=a.seed, train=a.train, valid=a.valid, test=a.test, solo=a.solo, seconds=a.seconds,
                  test_seconds=a.test_seconds, speakers=tuple(a.speakers), jobs=a.jobs, cache=a.cache,
-                 quiet=a.quiet, lowpass_share=a.lowpass_share, bwe_share=a.bwe_share, sung_share=a.sung_share)
+                 quiet=a.quiet, lowpass_share=a.lowpass_share, bwe_share=a.bwe_share, sung_share=a.sung_share,
+                 formant_share=a.formant_share, train_kinds=a.train_kinds)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

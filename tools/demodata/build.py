@@ -14,7 +14,7 @@ from pathlib import Path
 from . import singing, speech
 from .external import DataError
 from .packages import PACKAGES, missing_packages, package_version
-from .tracks import HELD_OUT_SPLITS, SONG_SPLITS, WSJ_SPLITS, Options, build_song, build_speaker_mix
+from .tracks import HELD_OUT_SPLITS, LATER_OPTIONS, SONG_SPLITS, WSJ_SPLITS, Options, build_song, build_speaker_mix
 
 VERSION = 3  # bump when the same options would give other tracks
 
@@ -82,7 +82,8 @@ def write_licences(out_dir: Path) -> Path:
 
 
 def _split_config(kind: str, split: str, count: int, seconds: float, opts: Options) -> dict:
-    cfg = {"kind": kind, "count": count, "seconds": seconds, "options": asdict(opts), "version": VERSION}
+    options = {k: v for k, v in asdict(opts).items() if k not in LATER_OPTIONS or v != LATER_OPTIONS[k]}
+    cfg = {"kind": kind, "count": count, "seconds": seconds, "options": options, "version": VERSION}
     if kind == "song":
         spec = SONG_SPLITS[split]
         held_out = spec.material == "test"

@@ -110,3 +110,77 @@ def quantise_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     if np.abs(qm).max() > 32767:
         raise AssertionError("mixture would clip; normalisation failed")
     return qa.astype(np.int16), qb.astype(np.int16), qm.astype(np.int16)
+
+
+def _stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """Frames of a periodic-Hann STFT (frames, bins); ``x`` padded by ``n_fft`` at both ends."""
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    xp = np.pad(x.astype(np.float64), (n_fft, n_fft + hop))
+    n_frames = 1 + (xp.shape[0] - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
+    return np.fft.rfft(xp[idx] * w, axis=1)
+
+
+def _istft(X: np.ndarray, n_fft: int, hop: int, n: int) -> np.ndarray:
+    """Weighted overlap-add inverse of ``_stft`` (Hann analysis and synthesis)."""
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    frames = np.fft.irfft(X, n=n_fft, axis=1) * w
+    length = hop * (X.shape[0] - 1) + n_fft
+    y = np.zeros(length)
+    norm = np.zeros(length)
+    for i, f in enumerate(frames):
+        y[i * hop: i * hop + n_fft] += f
+        norm[i * hop: i * hop + n_fft] += w * w
+    return (y / np.maximum(norm, 1e-8))[n_fft: n_fft + n]
+
+
+def spectral_envelope(log_mag: np.ndarray, lifter: int) -> np.ndarray:
+    """Cepstrally smoothed log magnitude (frames, bins): the first ``lifter`` quefrencies."""
+    n_fft = 2 * (log_mag.shape[1] - 1)
+    c = np.fft.irfft(log_mag, n=n_fft, axis=1)
+    c[:, lifter: n_fft - lifter + 1] = 0.0
+    return np.fft.rfft(c, axis=1).real
+
+
+def formant_warp(x: np.ndarray, sr: int, low: np.ndarray, high: np.ndarray, pivot_hz: float = 1000.0,
+                 n_fft: int = 2048, max_gain_db: float = 24.0) -> np.ndarray:
+    """Move the formants of a voice without moving its pitch: another vowel or singer.
+
+    The spectral envelope (cepstrum liftered below the period of a 600 Hz pitch: the training
+    registers reach 660 Hz, harmonies lie below) is warped
+    along frequency, by ``low[t]`` below ``pivot_hz`` (the first formant) and ``high[t]`` above
+    it (the second and higher), per STFT frame ``t`` (arrays of the frame count, see
+    ``formant_frames``), and the fine structure (the harmonics) is kept: each bin is scaled
+    by new envelope / old envelope, limited to ``max_gain_db``."""
+    hop = n_fft // 4
+    X = _stft(x, n_fft, hop)
+    if low.shape[0] != X.shape[0] or high.shape[0] != X.shape[0]:
+        raise ValueError(f"formant_warp: {X.shape[0]} frames, factors for {low.shape[0]} and {high.shape[0]}")
+    f = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    env = spectral_envelope(np.log(np.abs(X) + 1e-7), lifter=int(sr / 600))
+    gain = np.empty_like(env)
+    for t in range(X.shape[0]):
+        # Output frequency -> source frequency: pivot_hz moves to low*pivot_hz, above it by high.
+        out_knots = [0.0, low[t] * pivot_hz, low[t] * pivot_hz + high[t] * (f[-1] - pivot_hz)]
+        src = np.interp(f, out_knots, [0.0, pivot_hz, f[-1]])
+        gain[t] = np.interp(src, f, env[t]) - env[t]
+    gain = np.clip(gain, -max_gain_db / 8.686, max_gain_db / 8.686)  # dB -> nepers
+    y = _istft(X * np.exp(gain), n_fft, hop, x.shape[0])
+    return (y * rms(x) / rms(y)).astype(np.float32)
+
+
+def formant_frames(rng: np.random.Generator, n: int, n_fft: int = 2048, spread: float = 1.25,
+                   seconds: tuple[float, float] = (0.3, 1.2), sr: int = 44100) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame warp factors for ``formant_warp`` of ``n`` samples: a new (low, high) pair,
+    log-uniform in [1/spread, spread], every 0.3-1.2 s, glided between (vowels change)."""
+    hop = n_fft // 4
+    frames = 1 + (n + 2 * n_fft + hop - n_fft) // hop
+    t_knots, t = [0.0], 0.0
+    while t < frames:
+        t += rng.uniform(*seconds) * sr / hop
+        t_knots.append(t)
+    k = len(t_knots)
+    lo = np.exp(rng.uniform(-np.log(spread), np.log(spread), k))
+    hi = np.exp(rng.uniform(-np.log(spread), np.log(spread), k))
+    grid = np.arange(frames)
+    return np.interp(grid, t_knots, lo), np.interp(grid, t_knots, hi)

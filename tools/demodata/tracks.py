@@ -13,7 +13,7 @@ import soundfile as sf
 
 from . import material, singing, speech
 from chimera.audio import read_audio, resample, write_audio
-from .dsp import bandwidth_extend, fade, fft_filter, quantise_pair, rms, tilt, vibrato
+from .dsp import bandwidth_extend, fade, fft_filter, formant_frames, formant_warp, quantise_pair, rms, tilt, vibrato
 from .external import DataError, run
 
 MUSIC_RATE = 44100
@@ -65,6 +65,12 @@ class Options:
     sung_share: float = 0.3
     second_voice_share: float = 0.25
     speaker_seconds_max: float = 6.0
+    # Options older data was made without: left out of a split's stamp at these defaults.
+    formant_share: float = 0.0   # training sung phrases and recorded clips given other formants
+    train_kinds: tuple = ()      # (kind, weight) pairs replacing MIXED for the train split
+
+
+LATER_OPTIONS = {"formant_share": 0.0, "train_kinds": ()}
 
 
 # --------------------------------------------------------------------------- vocal pieces
@@ -114,15 +120,29 @@ def speech_piece(rng, cache, voice, texts, out_rate: int, sung_share: float, bwe
     return y
 
 
-def recorded_piece(rng, clips: list, opts: Options, log: list) -> np.ndarray:
+def recorded_piece(rng, clips: list, opts: Options, log: list, warp: bool = False) -> np.ndarray:
     clip = clips[int(rng.integers(len(clips)))]
     x, sr = material.load_clip(clip.name)
     # Few recorded minutes: vary their colour too (a random tilt of up to +-3 dB per octave).
     colour = float(rng.uniform(-3.0, 3.0))
     entry = {"kind": "recorded", "clip": clip.name, "speaker": clip.speaker, "tilt_db_per_octave": round(colour, 2)}
     y = _to_rate(rng, tilt(x, sr, colour), sr, sr / 2, MUSIC_RATE, opts.bwe_share, entry)
+    if warp:
+        y = _maybe_warp(rng, y, opts, entry)
     log.append(entry)
     return y
+
+
+def _maybe_warp(rng, y: np.ndarray, opts: Options, entry: dict) -> np.ndarray:
+    """``opts.formant_share`` of the time, other vowels and another singer's formants.
+    Called for training material only; draws nothing when the share is 0 (older data stays
+    bit for bit)."""
+    if opts.formant_share <= 0 or rng.random() >= opts.formant_share:
+        return y
+    low, high = formant_frames(rng, y.shape[0], sr=MUSIC_RATE)
+    entry.update(formant_low=[round(float(low.min()), 3), round(float(low.max()), 3)],
+                 formant_high=[round(float(high.min()), 3), round(float(high.max()), 3)])
+    return formant_warp(y, MUSIC_RATE, low, high)
 
 
 def sung_piece(rng, cache, split_material: str, opts: Options, log: list) -> np.ndarray:
@@ -130,6 +150,8 @@ def sung_piece(rng, cache, split_material: str, opts: Options, log: list) -> np.
     x, sr = singing.render_phrase(cache, p)
     entry = {"kind": "sung", "program": p["program"], "notes": p["parts"][0], "lines": len(p["parts"])}
     y = _to_rate(rng, x, sr, sr / 2, MUSIC_RATE, opts.bwe_share, entry, shift=False)
+    if split_material == "train":
+        y = _maybe_warp(rng, y, opts, entry)
     log.append(entry)
     return y
 
@@ -197,7 +219,8 @@ def vocal_line(rng, spec: SongSplit, n: int, opts: Options, cache: Path, log: di
     voices = speech.voices_of(held_out)
     texts = material.fortune_texts()[spec.material]
     clips = material.recorded_clips()[spec.material]
-    main_kind = _draw(rng, spec.kinds)
+    kinds = dict(opts.train_kinds) if spec.name == "train" and opts.train_kinds else spec.kinds
+    main_kind = _draw(rng, kinds)
     main = speech.pick_voice(rng, voices)
     second = speech.pick_voice(rng, voices) if rng.random() < opts.second_voice_share else None
     log.update(kind=main_kind, voices=[":".join(main)] + ([":".join(second)] if second else []))
@@ -205,12 +228,12 @@ def vocal_line(rng, spec: SongSplit, n: int, opts: Options, cache: Path, log: di
     vocal = np.zeros(n, np.float32)
     t = int(rng.uniform(0, 1.5) * MUSIC_RATE)
     while t < n - MUSIC_RATE // 2:
-        kind = main_kind if rng.random() < 0.8 else _draw(rng, spec.kinds)
+        kind = main_kind if rng.random() < 0.8 else _draw(rng, kinds)
         if kind == "speech":
             v = second if second is not None and rng.random() < 0.35 else main
             y = speech_piece(rng, cache, v, texts, MUSIC_RATE, opts.sung_share, opts.bwe_share, pieces)
         elif kind == "recorded":
-            y = recorded_piece(rng, clips, opts, pieces)
+            y = recorded_piece(rng, clips, opts, pieces, warp=spec.material == "train")
         else:
             y = sung_piece(rng, cache, spec.material, opts, pieces)
         y = y / (rms(y) + 1e-9) * 10 ** (rng.uniform(-3, 3) / 20)
