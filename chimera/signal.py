@@ -225,10 +225,13 @@ class StreamingISTFT:
 
 
 def _phasor(z):
-    """z / |z| (1 where z = 0), differentiable everywhere."""
+    """z / |z| (1 where z = 0), differentiable everywhere. Real and imaginary parts are
+    divided separately: torch's complex-by-real division squares the divisor, which
+    underflows for subnormal magnitudes (|z| ~ 1e-39 in float32, met in near-silent bins of
+    MISI's STFTs) and gave inf and NaN."""
     mag = z.abs()
     safe = torch.where(mag > 0, mag, torch.ones_like(mag))
-    return torch.where(mag > 0, z / safe, torch.ones_like(z))
+    return torch.where(mag > 0, torch.complex(z.real / safe, z.imag / safe), torch.ones_like(z))
 
 
 def misi(mixture, estimates, n_iter, n_fft, hop_length=None, window=None, center=True, *,

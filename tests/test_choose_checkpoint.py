@@ -30,19 +30,21 @@ def folder(tmp_path):
 def test_a_row_per_wiener_iteration_count_and_exponent(folder, capsys):
     data, model = folder
     assert choose_checkpoint.main(["--data", str(data), "--models", str(model), "--wiener", "0", "1",
-                                   "--wiener-exponent", "1", "0.5"]) == 0
+                                   "--wiener-exponent", "1", "0.5", "--misi", "0", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {model} |")]
-    assert len(rows) == 4
+    assert len(rows) == 8
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
-    settings = [(0, 1.0), (0, 0.5), (1, 1.0), (1, 0.5)]
-    assert [(int(c[1]), float(c[2])) for c in cells] == settings
-    for c, (iters, exponent) in zip(cells, settings):
+    settings = [(w, e, m) for w in (0, 1) for e in (1.0, 0.5) for m in (0, 2)]
+    assert [(int(c[1]), float(c[2]), int(c[3])) for c in cells] == settings
+    values = {setting: c[4:] for setting, c in zip(settings, cells)}
+    for (iters, exponent, misi), v in values.items():
         # each row is what scores() gives for that setting, on the same model
-        expected = choose_checkpoint.scores(str(model), str(data), iters, exponent)
-        assert [float(v) for v in c[3:]] == pytest.approx([round(v, 2) for v in expected.values()], abs=0.006)
-    assert cells[0][3:] == cells[1][3:]  # without the Wiener step the exponent does nothing
-    assert cells[0][3:] != cells[2][3:]  # the Wiener step changes the estimates
-    assert cells[2][3:] != cells[3][3:]  # and so does its exponent
+        expected = choose_checkpoint.scores(str(model), str(data), iters, exponent, misi_iters=misi)
+        assert [float(x) for x in v] == pytest.approx([round(x, 2) for x in expected.values()], abs=0.006)
+    assert values[0, 1.0, 0] == values[0, 0.5, 0]  # without the Wiener step the exponent does nothing
+    assert values[0, 1.0, 0] != values[1, 1.0, 0]  # the Wiener step changes the estimates
+    assert values[1, 1.0, 0] != values[1, 0.5, 0]  # and so does its exponent
+    assert values[1, 1.0, 0] != values[1, 1.0, 2]  # and MISI
 
 
 def test_a_model_with_other_than_two_sources_is_refused(tmp_path):

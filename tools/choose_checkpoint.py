@@ -12,13 +12,15 @@ that should stay silent (the other source's) over the input's. Prints the median
 tracks as a Markdown table, so that a checkpoint can be chosen on separation and on how well
 a source alone stays alone without looking at held-out data. ``--wiener`` and
 ``--wiener-exponent`` compare numbers of Wiener iterations and the filter's exponent the same
-way (one row per checkpoint and setting). Several ``--data`` folders pool their tracks;
+way, ``--misi`` numbers of MISI phase-reconstruction iterations (one row per checkpoint and
+setting). Several ``--data`` folders pool their tracks;
 ``--by-kind`` adds each source's SI-SDRi over the tracks of each vocal kind (speech, recorded,
 sung), read from the folders' ``metadata.json`` (what ``tools.demodata`` writes).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -27,7 +29,7 @@ import numpy as np
 
 from chimera.evaluate import find_tracks, load_track
 from chimera.pretrained import load
-from chimera.separate import DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, Separator
+from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, Separator
 from tools.choose_segment import improvement
 from tools.eval_goals import db
 
@@ -56,14 +58,16 @@ def track_kinds(data: str) -> dict[str, str]:
 
 
 def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITERS,
-           wiener_exponent: float = DEFAULT_WIENER_EXPONENT, by_kind: bool = False) -> dict[str, float]:
+           wiener_exponent: float = DEFAULT_WIENER_EXPONENT, by_kind: bool = False,
+           misi_iters: int = DEFAULT_MISI_ITERS) -> dict[str, float]:
     """Medians over the tracks of ``data`` (a folder or several, pooled) for ``model`` (a loaded
     model or a checkpoint's path); ``by_kind`` adds "<source> SI-SDRi (<kind>)" medians."""
     if isinstance(model, str):
         model = two_source_model(model)
     folders = [data] if isinstance(data, str) else list(data)
     names = list(model.source_names)
-    sep = Separator(model, device="cpu", wiener_iters=wiener_iters, wiener_exponent=wiener_exponent)
+    sep = Separator(model, device="cpu", wiener_iters=wiener_iters, wiener_exponent=wiener_exponent,
+                    misi_iters=misi_iters)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
     for folder in folders:
         kinds = track_kinds(folder) if by_kind else {}
@@ -91,19 +95,20 @@ def main(argv=None) -> int:
                     help="Wiener iterations to compare (default: the Separator's)")
     ap.add_argument("--wiener-exponent", nargs="+", type=float, default=[DEFAULT_WIENER_EXPONENT],
                     help="exponents of the Wiener filter to compare (default: the Separator's)")
+    ap.add_argument("--misi", nargs="+", type=int, default=[DEFAULT_MISI_ITERS],
+                    help="MISI iterations to compare (default: the Separator's)")
     args = ap.parse_args(argv)
     header = None
     for path in args.models:
         model = two_source_model(path)
-        for iters in args.wiener:
-            for exponent in args.wiener_exponent:
-                row = scores(model, args.data, iters, exponent, by_kind=args.by_kind)
-                if header is None:
-                    header = list(row)
-                    print("| checkpoint | Wiener | exponent | " + " | ".join(f"{k} (dB)" for k in header) + " |")
-                    print("| --- | --- | --- |" + " --- |" * len(header))
-                print(f"| {path} | {iters} | {exponent:g} | " + " | ".join(f"{row[k]:.2f}" for k in header) + " |",
-                      flush=True)
+        for iters, exponent, misi in itertools.product(args.wiener, args.wiener_exponent, args.misi):
+            row = scores(model, args.data, iters, exponent, by_kind=args.by_kind, misi_iters=misi)
+            if header is None:
+                header = list(row)
+                print("| checkpoint | Wiener | exponent | MISI | " + " | ".join(f"{k} (dB)" for k in header) + " |")
+                print("| --- | --- | --- | --- |" + " --- |" * len(header))
+            print(f"| {path} | {iters} | {exponent:g} | {misi} | " + " | ".join(f"{row[k]:.2f}" for k in header)
+                  + " |", flush=True)
     return 0
 
 
