@@ -38,7 +38,8 @@ def _kmeans_pp(x, w, k, generator):
 def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, tol=1e-6):
     """Weighted k-means on each item of a batch, on the embedding's device.
 
-    embedding: (B, N, D); weight: (B, N) or None. k-means++ initialisation from `seed`.
+    embedding: (B, N, D); weight: (B, N) or None (an item whose weights are all 0 counts
+    every point alike). k-means++ initialisation from `seed`.
     `whiten=True` first whitens each item's embeddings with (VᵀWV)^{-1/2}, the metric
     that DC-W training optimises. Returns (labels (B, N) int64, centres (B, K, D)) —
     centres in the (possibly whitened) space the clustering ran in.
@@ -50,6 +51,9 @@ def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, 
     if N < n_clusters:
         raise ValueError(f"cannot form {n_clusters} clusters from {N} points")
     w = torch.ones(B, N, dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+    # An item with no weight at all (a silent segment, or one silent channel of it, whose
+    # bins are all below the activity threshold) clusters with every bin counted alike.
+    w = torch.where(w.sum(-1, keepdim=True) > 0, w, torch.ones_like(w))
     if whiten:
         cov = (x * w.unsqueeze(-1)).transpose(1, 2) @ x / w.sum(-1).clamp_min(1e-30)[:, None, None]
         evals, evecs = torch.linalg.eigh(cov + 1e-6 * torch.eye(D, dtype=x.dtype, device=x.device))

@@ -36,6 +36,20 @@ def test_weights_steer_centres():
     assert sorted(centres[0, :, 0].tolist()) == pytest.approx([0.75, 10.5])
 
 
+def test_an_item_without_weight_clusters_as_if_unweighted():
+    # a silent segment (or channel) gives all-zero activity weights: no error, and the item
+    # clusters as with no weights while the others keep theirs
+    x, truth = blobs(B=2)
+    w = torch.rand(2, x.shape[1], generator=torch.Generator().manual_seed(4)) + 0.5
+    w[1] = 0.0
+    labels, centres = cluster.kmeans(x, 3, weight=w, seed=1)
+    alone, alone_centres = cluster.kmeans(x[1:], 3, seed=1)
+    assert same_partition(labels[1:], alone) and same_partition(labels, truth)
+    assert torch.isfinite(centres).all()
+    masks = cluster.kmeans_masks(x, 3, weight=torch.zeros(2, x.shape[1]))
+    assert masks.shape == (2, 3, x.shape[1]) and torch.equal(masks.sum(1), torch.ones(2, x.shape[1]))
+
+
 def test_masks_from_labels():
     labels = torch.tensor([[0, 1, 1, 0, 2, 2]])
     masks = cluster.masks_from_labels(labels, 3, shape=(2, 3))

@@ -115,6 +115,23 @@ def test_single_segment_equals_separate_batch(method):
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+@pytest.mark.parametrize("method", ["mask", "kmeans"])
+@pytest.mark.parametrize("misi", [0, 1])
+def test_silent_and_subnormal_stretches_separate_to_finite_sources(method, misi):
+    # a stereo file whose second channel goes silent for a whole segment, and a stretch of
+    # subnormal samples: k-means once failed on the silent channel's segment (no bin
+    # active), MISI turned subnormal bins into NaN
+    model = tiny_model()
+    x = noise(2, 8000 * 4, seed=5)
+    x[:, 4000:12000] = 1e-41
+    x[1, 16000:] = 0.0
+    y = Separator(model, segment=1.0, overlap=0.25, device="cpu", method=method, misi_iters=misi).separate(x, 8000)
+    assert y.shape == (2, 2, x.shape[1]) and torch.isfinite(y).all()
+    # past the segment that still saw it active (the Wiener filter's spatial model is per
+    # segment), the silent channel stays silent
+    assert y[:, 1, 20000:].abs().max() < 1e-4 * np.abs(x).max()
+
+
 TINY = dict(hidden=16, layers=2, stft=dict(sample_rate=8000, n_fft=128, hop_length=32))
 
 
