@@ -213,7 +213,8 @@ def build_parser():
     depth.add_argument("--int24", action="store_true", help="24-bit integer output")
     depth.add_argument("--float32", action="store_true", help="32-bit float output")
     p.add_argument("--clip-mode", choices=["clamp", "none"], default="clamp",
-                   help="clamp samples to [-1, 1] (default) or leave them (use with --float32)")
+                   help="clamp samples to [-1, 1] (default; a warning says how many were clipped) "
+                        "or leave them (use with --float32)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_separator_options(p)
     _add_output_options(p)

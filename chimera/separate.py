@@ -299,8 +299,8 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     channel count and sample rate, except where the output format cannot hold that rate
     (opus, mp3: :func:`chimera.audio.output_rate`, the next rate up that it can). Existing
     outputs are kept unless `force`; on any error nothing is written. `clip`: "clamp"
-    limits integer formats to [-1, 1]; "none" leaves samples as they are (only sensible
-    with a float subtype). `targets`: the output paths when already computed with
+    limits the samples to [-1, 1] (and says how many it clipped, a warning once the file is
+    written); "none" leaves samples as they are (only sensible with a float subtype). `targets`: the output paths when already computed with
     :func:`output_paths` (else from the naming options). `progress`: a bar in seconds of
     audio on stderr. Returns the output paths. A problem with the input or an output
     raises :class:`~chimera.audio.AudioError`.
@@ -324,13 +324,17 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
             for _ in read_blocks(source, block):
                 pass
             seconds = source.frames / source.samplerate
-        _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress)
+        clipped = _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress)
     except BaseException:
         for folder in created:  # leave no empty folders behind for a failed input
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
         raise
     elapsed = time.perf_counter() - start
+    if clipped["samples"]:  # said once the progress bar has cleared its line
+        log.warning("%s: %d output samples beyond full scale (peak %.2f, %+.1f dBFS) were clipped to [-1, 1]; "
+                    "--float32 --clip-mode none keeps them", path, clipped["samples"], clipped["peak"],
+                    20 * np.log10(clipped["peak"]))
     log.info("%s: %.1f s of audio in %.1f s (%.1fx real time) -> %s", path, seconds, elapsed,
              seconds / max(elapsed, 1e-9), ", ".join(targets))
     return targets
@@ -366,10 +370,15 @@ def _separate_open_file(separator, path, targets, ext, subtype, clip, force, blo
             raise AudioError.at(targets[0], f"cannot be written as {ext} ({exc})") from None
         bar = outputs.enter_context(_seconds_bar(frames / rate, os.path.basename(os.fspath(path)), progress))
         stream = separator.stream(channels, rate, frames, out_rate=out_rate)
+        clipped = {"samples": 0, "peak": 0.0}
 
         def write(out):  # out: (n, channels, C)
             if clip == "clamp":
-                out = np.clip(out, -1.0, 1.0)
+                over = np.abs(out) > 1.0
+                if over.any():  # counted, so that a loud input's clipping is said, not silent
+                    clipped["samples"] += int(over.sum())
+                    clipped["peak"] = max(clipped["peak"], float(np.abs(out).max()))
+                    out = np.clip(out, -1.0, 1.0)
             for c, w in enumerate(writers):
                 w.write(np.ascontiguousarray(out[:, :, c]))
 
@@ -379,6 +388,7 @@ def _separate_open_file(separator, path, targets, ext, subtype, clip, force, blo
             bar.update(data.shape[0] / rate)
         for out in stream.finish():
             write(out)
+    return clipped
 
 
 # What libsndfile raises for an output it refuses (e.g. a rate or channel count the format

@@ -176,6 +176,23 @@ def test_file_equals_in_memory_and_blocks_do_not_matter(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_clipping_a_loud_input_is_said_not_silent(tmp_path, caplog):
+    model = tiny_model()
+    sep = Separator(model, segment=0.5, overlap=0.1, device="cpu")
+    for name, gain in (("quiet.wav", 1.0), ("loud.wav", 30.0)):
+        sf.write(tmp_path / name, (gain * noise(2, 8000)).T, 8000, subtype="FLOAT")
+    caplog.set_level("WARNING", logger="chimera.separate")
+    kept = sep.separate_file(tmp_path / "loud.wav", tmp_path / "a", subtype="FLOAT", clip="none")
+    beyond = sum(int((np.abs(sf.read(p)[0]) > 1.0).sum()) for p in kept)
+    assert beyond > 0 and not caplog.records  # kept as they are: nothing to say
+    sep.separate_file(tmp_path / "quiet.wav", tmp_path / "b")
+    assert not caplog.records
+    loud = sep.separate_file(tmp_path / "loud.wav", tmp_path / "c")  # PCM_16, clamped
+    assert len(caplog.records) == 1 and max(np.abs(sf.read(p)[0]).max() for p in loud) <= 1.0
+    message = caplog.records[0].getMessage()
+    assert "loud.wav" in message and f" {beyond} output samples" in message and "--clip-mode none" in message
+
+
 def predict(*args, cwd=None, timeout=300):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_REQUIRE")}
     return subprocess.run([sys.executable, "-m", "chimera", "predict", *map(str, args)], capture_output=True,
