@@ -95,7 +95,10 @@ def test_save_is_atomic_and_overwrites(tmp_path):
 def _expect_refusal(path, match):
     with pytest.raises(CheckpointError, match=match) as info:
         load_checkpoint(path)
-    assert str(path) in str(info.value)
+    message = str(info.value)
+    assert str(path) in message
+    # one short line: torch.load's own messages run to paragraphs of advice
+    assert "\n" not in message and len(message) < len(str(path)) + 400, message
 
 
 def test_refuses_truncated_corrupt_and_foreign_files(tmp_path):
@@ -122,7 +125,15 @@ def test_refuses_truncated_corrupt_and_foreign_files(tmp_path):
 
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    _expect_refusal(text, "cannot be read")
+    _expect_refusal(text, "cannot be read as a checkpoint \\(not a torch file\\)")
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    _expect_refusal(empty, "empty or truncated")
+
+    pickled = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole module: code, which is never unpickled
+    _expect_refusal(pickled, "Python objects besides tensors")
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": raw["state_dict"]}, foreign)

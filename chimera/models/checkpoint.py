@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 
 import torch
 
@@ -89,6 +91,20 @@ def save_checkpoint(path, model: SeparationModel, training_state: dict | None = 
         torch.save(payload, f)
 
 
+def _load_failure(exc: Exception) -> str:
+    """torch.load's error in a few words (its messages run to paragraphs of advice)."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in text:
+        return "it holds Python objects besides tensors: not a chimera checkpoint, and chimera never unpickles code"
+    if isinstance(exc, (pickle.UnpicklingError, KeyError)):  # the unpickler's answers to bytes it cannot read
+        return "not a torch file"
+    if isinstance(exc, EOFError) or not text.strip():
+        return "empty or truncated"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0]
+    sentence = first.split(". ")[0].rstrip(".")
+    return f"corrupt, truncated or not a torch file: {sentence[:160]}"
+
+
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -106,7 +122,7 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle/EOF errors differ by torch version
-        raise fail(f"cannot be read as a checkpoint (corrupt, truncated or not a torch file): {e}") from e
+        raise fail(f"cannot be read as a checkpoint ({_load_failure(e)})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         what = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise fail(f"not a chimera checkpoint (format {what!r}, expected {FORMAT!r})")
@@ -136,7 +152,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise fail(f"weights do not fit the configured model: {e}") from e
+        problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise fail(f"weights do not fit the configured model: {problems[0].rstrip('.') if problems else e}{more}") from e
     if map_location is not None and isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.eval()
