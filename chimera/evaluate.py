@@ -302,9 +302,18 @@ def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, 
         for path, x in zip(estimate_paths(estimates_dir, files.name, source_names), est):
             with atomic_write(path, force=force) as f:
                 sf.write(f, x.T, track.rate, format="WAV", subtype="FLOAT")
-    windows = bss_eval(track, est)
+    silent = [s for s, ref in zip(source_names, track.references) if not np.any(ref)]
+    if silent:
+        # BSS Eval needs every reference to sound (museval refuses the track otherwise): an
+        # instrumental's silent vocals leave its BSS Eval figures undefined, not the run.
+        windows = {m: np.full((len(source_names), 0), np.nan) for m in BSS_METRICS}
+    else:
+        windows = bss_eval(track, est)
     scores = score_track(track, est, windows)
-    return {"track": files.name, "subset": files.subset, "scores": dict(zip(source_names, scores)),
+    for s, row in zip(source_names, scores):
+        if s in silent:
+            row["SI-SDR"] = float("nan")
+    return {"track": files.name, "subset": files.subset, "silent": silent, "scores": dict(zip(source_names, scores)),
             "windows": {s: {m: windows[m][c].tolist() for m in BSS_METRICS} for c, s in enumerate(source_names)}}
 
 
@@ -347,6 +356,11 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
             bar.update()
             log.info("%s: %s", entry["track"],
                      ", ".join(f"{s} SDR {entry['scores'][s]['SDR']:.2f} dB" for s in source_names))
+    for entry in results:  # said once the progress bar has cleared its line
+        if entry["silent"]:
+            silent = " and ".join(entry["silent"])
+            log.warning("%s: %s silent: BSS Eval cannot score the track, its SDR/SIR/SAR/ISR (and the SI-SDR of "
+                        "%s) are left out of the medians and of the museval folder", entry["track"], silent, silent)
     summary = {s: {m: _nanmedian([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
     return {"data_dir": os.fspath(data_dir), "method": oracle or "model", "sources": list(source_names),
             "references": {s: str(tg) for s, tg in tracks[0].targets.items()},
@@ -386,6 +400,8 @@ def write_museval(results, folder):
     so ``museval.EvalStore().add_eval_dir(folder)`` and museval's tools read them."""
     museval = require_museval()
     for t in results["tracks"]:
+        if t.get("silent"):  # no window was scored: museval's readers refuse an empty track
+            continue
         store = museval.TrackStore(t["track"], win=1.0, hop=1.0)
         for s in results["sources"]:
             store.add_target(s, t["windows"][s])

@@ -1,6 +1,7 @@
 """`chimera evaluate`: museval BSS Eval v4 + SI-SDR, oracles, outputs, the MUSDB18-HQ and
 DSD100 layouts, references from stems, tracks in parallel, museval's own JSON."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -94,6 +95,35 @@ def test_model_mixture_and_plot(dataset, model_file, tmp_path, run_cli):
     accs = sf.read(dataset / "track0" / "accompaniment.wav")[0].T
     snr = 10 * np.log10((refs ** 2).sum(-1) / (accs ** 2).sum(-1)).mean()
     assert mixture["tracks"][0]["scores"]["vocals"]["SI-SDR"] == pytest.approx(snr, abs=0.1)
+
+
+def test_an_instrumental_track_is_left_out_of_bss_eval_not_the_run(dataset, model_file, tmp_path, run_cli):
+    # a track whose vocals are silent: museval refuses it (every reference must sound), so its
+    # BSS Eval figures and the silent source's SI-SDR are undefined; the other tracks are
+    # scored as without it, and the museval folder holds only what museval can read
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    acc = sf.read(data / "track1" / "accompaniment.wav", dtype="float32")[0]
+    sf.write(data / "track1" / "vocals.wav", np.zeros_like(acc), RATE, subtype="FLOAT")
+    sf.write(data / "track1" / "mixture.wav", acc, RATE, subtype="FLOAT")
+    out = run_cli(data, "--model", model_file, "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "track1: vocals silent" in warnings[0], out.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    shutil.copytree(dataset / "track0", tmp_path / "only0" / "track0")
+    assert run_cli(tmp_path / "only0", "--model", model_file, "--out", tmp_path / "one.json", "--quiet").returncode == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    track1 = results["tracks"][1]["scores"]
+    assert all(v is None for v in track1["vocals"].values())
+    assert all(track1["accompaniment"][m] is None for m in ("SDR", "SIR", "SAR", "ISR"))
+    assert np.isfinite(track1["accompaniment"]["SI-SDR"])  # the sounding source keeps its SI-SDR
+    for s in ("vocals", "accompaniment"):
+        for m in ("SDR", "SIR", "SAR", "ISR"):  # the medians are track0's alone
+            assert results["summary"][s][m] == pytest.approx(one["summary"][s][m], abs=1e-6)
+    store = museval.EvalStore()
+    store.add_eval_dir(tmp_path / "r.museval")
+    assert sorted(store.df["track"].unique()) == ["track0"]
 
 
 def test_bad_data_dir_is_one_line(tmp_path, model_file, run_cli):
