@@ -151,8 +151,9 @@ def _add_separator_options(parser):
                    help="exponent of the sources' powers in that filter: below 1 softer shares, above 1 harder "
                         f"(default {DEFAULT_WIENER_EXPONENT:g})")
     g.add_argument("--high-band", choices=HIGH_BAND_MODES, default=DEFAULT_HIGH_BAND,
-                   help="the band of an input above the model's Nyquist frequency: split among the sources "
-                        f"by their share of the model's top octave, or drop it (default {DEFAULT_HIGH_BAND})")
+                   help="the band of an input above the model's Nyquist frequency (below the model's rate: "
+                        "what the resampling round trip loses): split among the sources by their share of the "
+                        f"model's top octave, or drop it (default {DEFAULT_HIGH_BAND})")
     g.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="worker processes on this machine, sharing the CPU threads (default 1)")
 
