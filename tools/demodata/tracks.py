@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,7 @@ class Options:
     train_kinds: tuple = ()      # (kind, weight) pairs replacing MIXED for the train split
 
 
-LATER_OPTIONS = {"formant_share": 0.0, "train_kinds": ()}
+LATER_OPTIONS = {f.name: f.default for f in fields(Options) if f.name in ("formant_share", "train_kinds")}
 
 
 # --------------------------------------------------------------------------- vocal pieces
