@@ -61,9 +61,10 @@ DEFAULT_WIENER_EXPONENT = 1.0
 #: vocals and 5.64 / 5.51 / 5.44 dB accompaniment SI-SDR improvement: the model was not
 #: trained through MISI, and its mixture phase serves it better.
 DEFAULT_MISI_ITERS = 0
-#: The band above the model's Nyquist frequency (an input at a higher rate than the model's):
-#: "split" among the sources by their share of the model's top octave (chimera.bandext), or
-#: "drop". Split, the bundled model's outputs carry the whole band and add up to the input.
+#: The band above the model's Nyquist frequency (an input at a higher rate than the model's;
+#: at a lower one, the top of its band that the resampling round trip loses): "split" among
+#: the sources by their share of the model's top octave (chimera.bandext), or "drop". Split,
+#: the bundled model's outputs carry the whole band and add up to the input.
 DEFAULT_HIGH_BAND = "split"
 HIGH_BAND_MODES = bandext.HIGH_BAND_MODES
 METHODS = ("mask", "kmeans")
@@ -300,8 +301,9 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     (opus, mp3: :func:`chimera.audio.output_rate`, the next rate up that it can). Existing
     outputs are kept unless `force`; on any error nothing is written. `clip`: "clamp"
     limits the samples to [-1, 1] (and says how many it clipped, a warning once the file is
-    written); "none" leaves samples as they are (only sensible with a float subtype). `targets`: the output paths when already computed with
-    :func:`output_paths` (else from the naming options). `progress`: a bar in seconds of
+    written); "none" leaves samples as they are (only sensible with a float subtype).
+    `targets`: the output paths when already computed with :func:`output_paths` (else from
+    the naming options). `progress`: a bar in seconds of
     audio on stderr. Returns the output paths. A problem with the input or an output
     raises :class:`~chimera.audio.AudioError`.
     """
