@@ -303,8 +303,7 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     limits the samples to [-1, 1] (and says how many it clipped, a warning once the file is
     written); "none" leaves samples as they are (only sensible with a float subtype).
     `targets`: the output paths when already computed with :func:`output_paths` (else from
-    the naming options). `progress`: a bar in seconds of
-    audio on stderr. Returns the output paths. A problem with the input or an output
+    the naming options). `progress`: a bar in seconds of audio on stderr. Returns the output paths. A problem with the input or an output
     raises :class:`~chimera.audio.AudioError`.
     """
     _, subtype = check_output_format(ext, subtype)
@@ -376,10 +375,11 @@ def _separate_open_file(separator, path, targets, ext, subtype, clip, force, blo
 
         def write(out):  # out: (n, channels, C)
             if clip == "clamp":
-                over = np.abs(out) > 1.0
+                level = np.abs(out)
+                over = level > 1.0
                 if over.any():  # counted, so that a loud input's clipping is said, not silent
                     clipped["samples"] += int(over.sum())
-                    clipped["peak"] = max(clipped["peak"], float(np.abs(out).max()))
+                    clipped["peak"] = max(clipped["peak"], float(level.max()))
                     out = np.clip(out, -1.0, 1.0)
             for c, w in enumerate(writers):
                 w.write(np.ascontiguousarray(out[:, :, c]))

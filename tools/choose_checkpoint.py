@@ -69,6 +69,7 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
     sep = Separator(model, device="cpu", wiener_iters=wiener_iters, wiener_exponent=wiener_exponent,
                     misi_iters=misi_iters)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
+    by_kind_rows = {}
     for folder in folders:
         kinds = track_kinds(folder) if by_kind else {}
         for name in find_tracks(folder, names):
@@ -78,10 +79,10 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
                 gain = improvement(est[i], t.references[i], t.mixture)
                 rows[f"{s} SI-SDRi"].append(gain)
                 if name in kinds:
-                    rows.setdefault(f"{s} SI-SDRi ({kinds[name]})", []).append(gain)
+                    by_kind_rows.setdefault(f"{s} SI-SDRi ({kinds[name]})", []).append(gain)
                 alone = sep.separate(t.references[i], t.rate).numpy()
                 rows[f"{s} alone: leak"].append(leak_db(alone, 1 - i, t.references[i]))
-    return {k: float(np.median(v)) for k, v in sorted(rows.items(), key=lambda kv: "(" in kv[0])}
+    return {k: float(np.median(v)) for k, v in (rows | by_kind_rows).items()}  # the usual columns first
 
 
 def main(argv=None) -> int:

@@ -112,18 +112,25 @@ def quantise_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return qa.astype(np.int16), qb.astype(np.int16), qm.astype(np.int16)
 
 
+def _hann(n_fft: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+
+
+def _frame_count(n: int, n_fft: int, hop: int) -> int:
+    """Frames ``_stft`` gives for ``n`` samples (padded by ``n_fft`` before, ``n_fft + hop`` after)."""
+    return 1 + (n + n_fft + hop) // hop
+
+
 def _stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """Frames of a periodic-Hann STFT (frames, bins); ``x`` padded by ``n_fft`` at both ends."""
-    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
     xp = np.pad(x.astype(np.float64), (n_fft, n_fft + hop))
-    n_frames = 1 + (xp.shape[0] - n_fft) // hop
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
-    return np.fft.rfft(xp[idx] * w, axis=1)
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(_frame_count(x.shape[0], n_fft, hop))[:, None]
+    return np.fft.rfft(xp[idx] * _hann(n_fft), axis=1)
 
 
 def _istft(X: np.ndarray, n_fft: int, hop: int, n: int) -> np.ndarray:
     """Weighted overlap-add inverse of ``_stft`` (Hann analysis and synthesis)."""
-    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    w = _hann(n_fft)
     frames = np.fft.irfft(X, n=n_fft, axis=1) * w
     length = hop * (X.shape[0] - 1) + n_fft
     y = np.zeros(length)
@@ -174,7 +181,7 @@ def formant_frames(rng: np.random.Generator, n: int, n_fft: int = 2048, spread: 
     """Per-frame warp factors for ``formant_warp`` of ``n`` samples: a new (low, high) pair,
     log-uniform in [1/spread, spread], every 0.3-1.2 s, glided between (vowels change)."""
     hop = n_fft // 4
-    frames = 1 + (n + 2 * n_fft + hop - n_fft) // hop
+    frames = _frame_count(n, n_fft, hop)
     t_knots, t = [0.0], 0.0
     while t < frames:
         t += rng.uniform(*seconds) * sr / hop
