@@ -1,5 +1,5 @@
 """tools/choose_checkpoint.py: its leak figure, and one run over a small validation folder
-comparing numbers of Wiener iterations and exponents."""
+comparing numbers of Wiener iterations and exponents, and inference methods."""
 import json
 
 import numpy as np
@@ -35,8 +35,9 @@ def test_a_row_per_wiener_iteration_count_and_exponent(folder, capsys):
     assert len(rows) == 8
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
     settings = [(w, e, m) for w in (0, 1) for e in (1.0, 0.5) for m in (0, 2)]
-    assert [(int(c[1]), float(c[2]), int(c[3])) for c in cells] == settings
-    values = {setting: c[4:] for setting, c in zip(settings, cells)}
+    assert all(c[1] == "default" for c in cells)
+    assert [(int(c[2]), float(c[3]), int(c[4])) for c in cells] == settings
+    values = {setting: c[5:] for setting, c in zip(settings, cells)}
     for (iters, exponent, misi), v in values.items():
         # each row is what scores() gives for that setting, on the same model
         expected = choose_checkpoint.scores(str(model), str(data), iters, exponent, misi_iters=misi)
@@ -45,6 +46,18 @@ def test_a_row_per_wiener_iteration_count_and_exponent(folder, capsys):
     assert values[0, 1.0, 0] != values[1, 1.0, 0]  # the Wiener step changes the estimates
     assert values[1, 1.0, 0] != values[1, 0.5, 0]  # and so does its exponent
     assert values[1, 1.0, 0] != values[1, 1.0, 2]  # and MISI
+
+
+def test_a_row_per_method(folder, capsys):
+    data, model = folder
+    assert choose_checkpoint.main(["--data", str(data), "--models", str(model), "--method", "mask", "kmeans"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {model} |")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert [c[1] for c in cells] == ["mask", "kmeans"]
+    for c in cells:
+        expected = choose_checkpoint.scores(str(model), str(data), method=c[1])
+        assert [float(x) for x in c[5:]] == pytest.approx([round(x, 2) for x in expected.values()], abs=0.006)
+    assert cells[0][5:] != cells[1][5:]
 
 
 def test_a_model_with_other_than_two_sources_is_refused(tmp_path):

@@ -84,3 +84,37 @@ def test_align_masks_finds_the_best_of_all_permutations():
     perms = [torch.randperm(4, generator=g) for _ in range(4)]
     shuffled = torch.stack([reference[b, p] for b, p in enumerate(perms)])
     torch.testing.assert_close(cluster.align_masks(shuffled, reference), reference, rtol=0, atol=0)
+
+
+def test_stops_when_the_centres_stand_still_though_labels_keep_swapping(monkeypatch):
+    # On real embeddings a few boundary points swap clusters back and forth by float
+    # rounding while the centres do not move: k-means must stop there, not run n_iter.
+    # Here one point of no weight (it cannot move a centre) is made to swap every call.
+    x, truth = blobs(B=2, per=200)
+    w = torch.ones(x.shape[:2])
+    w[:, 0] = 0.0
+    nearest = cluster._nearest
+    calls = []
+
+    def swapping(points, centres):
+        labels = nearest(points, centres)
+        labels[:, 0] = len(calls) % centres.shape[1]
+        calls.append(1)
+        return labels
+
+    monkeypatch.setattr(cluster, "_nearest", swapping)
+    labels, _ = cluster.kmeans(x, 3, weight=w, seed=1, n_iter=50)
+    assert len(calls) <= 5
+    assert same_partition(labels[:, 1:], truth[:, 1:])
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_tolerance_is_relative_to_the_spread(scale):
+    # overlapping blobs that take several iterations: the same answer at any scale, and
+    # within a few bins of running to a fixed point (tol=0)
+    x, _ = blobs(B=2, per=2000, K=2, D=3, spread=3.0, seed=2)
+    base, _ = cluster.kmeans(x, 2, seed=0)
+    labels, centres = cluster.kmeans(x * scale, 2, seed=0)
+    assert torch.equal(labels, base)
+    exact, _ = cluster.kmeans(x * scale, 2, seed=0, tol=0.0, n_iter=500)
+    assert (labels != exact).float().mean() < 0.01

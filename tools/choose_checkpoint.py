@@ -3,6 +3,7 @@
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/best.pt runs/solo/last.pt
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models runs/solo/last.pt --wiener 0 1 2
     python -m tools.choose_checkpoint --data demo-data/musdb/valid --models m.pt --wiener-exponent 0.5 0.75 1
+    python -m tools.choose_checkpoint --data demo-data/musdb/valid --models m.pt --method mask kmeans
     python -m tools.choose_checkpoint --data demo-data/musdb/valid demo-data-valid48/musdb/valid --by-kind --models ...
 
 For each checkpoint, with the Separator's defaults (what ``chimera predict`` runs), on every
@@ -12,8 +13,8 @@ that should stay silent (the other source's) over the input's. Prints the median
 tracks as a Markdown table, so that a checkpoint can be chosen on separation and on how well
 a source alone stays alone without looking at held-out data. ``--wiener`` and
 ``--wiener-exponent`` compare numbers of Wiener iterations and the filter's exponent the same
-way, ``--misi`` numbers of MISI phase-reconstruction iterations (one row per checkpoint and
-setting). Several ``--data`` folders pool their tracks;
+way, ``--misi`` numbers of MISI phase-reconstruction iterations, ``--method`` the mask head
+against k-means on the embeddings (one row per checkpoint and setting). Several ``--data`` folders pool their tracks;
 ``--by-kind`` adds each source's SI-SDRi over the tracks of each vocal kind (speech, recorded,
 sung), read from the folders' ``metadata.json`` (what ``tools.demodata`` writes).
 """
@@ -29,7 +30,7 @@ import numpy as np
 
 from chimera.evaluate import find_tracks, load_track
 from chimera.pretrained import load
-from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, Separator
+from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, METHODS, Separator
 from tools.choose_segment import improvement
 from tools.eval_goals import db
 
@@ -59,7 +60,7 @@ def track_kinds(data: str) -> dict[str, str]:
 
 def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITERS,
            wiener_exponent: float = DEFAULT_WIENER_EXPONENT, by_kind: bool = False,
-           misi_iters: int = DEFAULT_MISI_ITERS) -> dict[str, float]:
+           misi_iters: int = DEFAULT_MISI_ITERS, method: str | None = None) -> dict[str, float]:
     """Medians over the tracks of ``data`` (a folder or several, pooled) for ``model`` (a loaded
     model or a checkpoint's path); ``by_kind`` adds "<source> SI-SDRi (<kind>)" medians."""
     if isinstance(model, str):
@@ -67,7 +68,7 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
     folders = [data] if isinstance(data, str) else list(data)
     names = list(model.source_names)
     sep = Separator(model, device="cpu", wiener_iters=wiener_iters, wiener_exponent=wiener_exponent,
-                    misi_iters=misi_iters)
+                    misi_iters=misi_iters, method=method)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
     by_kind_rows = {}
     for folder in folders:
@@ -98,18 +99,22 @@ def main(argv=None) -> int:
                     help="exponents of the Wiener filter to compare (default: the Separator's)")
     ap.add_argument("--misi", nargs="+", type=int, default=[DEFAULT_MISI_ITERS],
                     help="MISI iterations to compare (default: the Separator's)")
+    ap.add_argument("--method", nargs="+", choices=METHODS, default=[None],
+                    help="inference methods to compare (default: the model's, as predict)")
     args = ap.parse_args(argv)
     header = None
     for path in args.models:
         model = two_source_model(path)
-        for iters, exponent, misi in itertools.product(args.wiener, args.wiener_exponent, args.misi):
-            row = scores(model, args.data, iters, exponent, by_kind=args.by_kind, misi_iters=misi)
+        for method, iters, exponent, misi in itertools.product(args.method, args.wiener, args.wiener_exponent,
+                                                               args.misi):
+            row = scores(model, args.data, iters, exponent, by_kind=args.by_kind, misi_iters=misi, method=method)
             if header is None:
                 header = list(row)
-                print("| checkpoint | Wiener | exponent | MISI | " + " | ".join(f"{k} (dB)" for k in header) + " |")
-                print("| --- | --- | --- | --- |" + " --- |" * len(header))
-            print(f"| {path} | {iters} | {exponent:g} | {misi} | " + " | ".join(f"{row[k]:.2f}" for k in header)
-                  + " |", flush=True)
+                print("| checkpoint | method | Wiener | exponent | MISI | "
+                      + " | ".join(f"{k} (dB)" for k in header) + " |")
+                print("| --- | --- | --- | --- | --- |" + " --- |" * len(header))
+            print(f"| {path} | {method or 'default'} | {iters} | {exponent:g} | {misi} | "
+                  + " | ".join(f"{row[k]:.2f}" for k in header) + " |", flush=True)
     return 0
 
 
