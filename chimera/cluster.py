@@ -9,10 +9,17 @@ import itertools
 import torch
 
 
+def _sq_norms(x):
+    # ‖x‖² (B, N, 1) as a reduction: x.square() would first make a copy of the embeddings
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()
+
+
 def _pairwise_sq_dist(x, centres, x_sq=None):
     # ‖x‖² − 2 x·c + ‖c‖², clamped: (B, N, K); x_sq: ‖x‖² (B, N, 1) when already known
-    x_sq = x.square().sum(-1, keepdim=True) if x_sq is None else x_sq
-    return (x_sq - 2 * x @ centres.transpose(1, 2) + centres.square().sum(-1).unsqueeze(1)).clamp_min(0)
+    x_sq = _sq_norms(x) if x_sq is None else x_sq
+    # baddbmm, not `2 * x @ c`: that would scale a copy of all the embeddings first
+    return torch.baddbmm(x_sq + centres.square().sum(-1).unsqueeze(1), x, centres.transpose(1, 2),
+                         alpha=-2).clamp_min_(0)
 
 
 def _nearest(x, centres):
@@ -23,7 +30,7 @@ def _nearest(x, centres):
 def _kmeans_pp(x, w, k, generator, x_sq=None):
     """k-means++ seeding, batched: each next centre drawn with probability ∝ w·d²."""
     B, N, _ = x.shape
-    x_sq = x.square().sum(-1, keepdim=True) if x_sq is None else x_sq
+    x_sq = _sq_norms(x) if x_sq is None else x_sq
     batch = torch.arange(B, device=x.device)
     probs = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
     first = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(x.device)
@@ -71,7 +78,7 @@ def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, 
         cov = (x * w.unsqueeze(-1)).transpose(1, 2) @ x / total.clamp_min(1e-30)[:, None, None]
         evals, evecs = torch.linalg.eigh(cov + 1e-6 * torch.eye(D, dtype=x.dtype, device=x.device))
         x = x @ (evecs * evals.clamp_min(1e-12).rsqrt().unsqueeze(1)) @ evecs.transpose(1, 2)
-    x_sq = x.square().sum(-1, keepdim=True)                          # (B, N, 1)
+    x_sq = _sq_norms(x)                                              # (B, N, 1)
     mean = (w.unsqueeze(1) @ x).squeeze(1) / total.unsqueeze(-1)     # (B, D)
     # weighted variance Σ w‖x − μ‖² / Σ w, the scale the centres' moves are judged on
     spread = ((w * x_sq.squeeze(-1)).sum(-1) / total - mean.square().sum(-1)).clamp_min(0)

@@ -137,6 +137,26 @@ def test_embedding_head_activations():
         EmbeddingHead(8, 3, 4, "relu")
 
 
+@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
+def test_embedding_head_inference_path_matches_training_path(act):
+    # without autograd the head works in place; it must give what the autograd path gives,
+    # zero rows (floored norm) and NaN included
+    torch.manual_seed(0)
+    head = EmbeddingHead(8, 3, 4, act)
+    x = torch.randn(2, 5, 8)
+    x[0, 1] = float("nan")
+    with torch.no_grad():
+        head.linear.bias[:4] = -1e4 if act == "sigmoid" else 0.0   # bin 0: sigmoid gives 0 everywhere
+        head.linear.weight[:4] = 0.0
+        fast = head(x)
+    slow = head(x)
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-7, equal_nan=True)
+    assert torch.isnan(fast[0, 3:6]).all() and torch.isfinite(fast[1]).all()
+    with torch.inference_mode():
+        torch.testing.assert_close(head(x), slow.detach(), rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
 def test_mask_head_ranges():
     x = 20 * torch.randn(2, 5, 8)
     ranges = {"sigmoid": (0, 1), "softmax": (0, 1), "doubled_sigmoid": (0, 2), "clipped_relu": (0, 2)}

@@ -47,6 +47,11 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        v = self.linear(x)
-        v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
-        return unit_norm(v.reshape(B, T * self.n_freq, self.dim))
+        v = self.linear(x).reshape(B, T * self.n_freq, self.dim)
+        if torch.is_grad_enabled() and (x.requires_grad or self.linear.weight.requires_grad):
+            v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
+            return unit_norm(v)
+        # inference: in place, one (B, T·F, D) tensor instead of three (a 10-second stereo
+        # segment pair's embeddings are 103 MB each)
+        v = v.tanh_() if self.activation == "tanh" else v.sigmoid_()
+        return v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min_(1e-8))
