@@ -140,6 +140,25 @@ def test_train_mkldnn_chooses_the_lstm_kernels(data_root, tmp_path, mkldnn):
     (lambda c: c["train"].update(scheduler="step"), "train.scheduler"),
     (lambda c: c["train"].update(mkldnn="no"), "train.mkldnn must be true or false"),
     (lambda c: c["stages"][1].update(scheduler="step"), "stages.1.scheduler"),
+    # a negative clip would scale the gradients by a negative factor: training uphill
+    (lambda c: c["train"].update(grad_clip=-1), r"train.grad_clip must be a number >= 0.0, got -1"),
+    (lambda c: c["train"].update(grad_clip=float("nan")), "train.grad_clip must be a number"),
+    (lambda c: c["train"].update(grad_clip="abc"), "train.grad_clip must be a number"),
+    (lambda c: c["stages"][0].update(grad_clip=-0.5), "stages.0.grad_clip must be a number >= 0"),
+    (lambda c: c["train"].update(weight_decay=-1), "train.weight_decay must be a number >= 0"),
+    (lambda c: c["train"].update(plateau_factor=2), r"train.plateau_factor must be a number > 0.0 and <= 1.0"),
+    (lambda c: c["train"].update(plateau_patience=1.5), "train.plateau_patience must be an integer >= 0"),
+    (lambda c: c["train"].update(checkpoint_every="x"), "train.checkpoint_every must be an integer"),
+    (lambda c: c["train"].update(valid_every=0), "train.valid_every must be an integer >= 1"),
+    (lambda c: c["train"].update(stats_batches=True), "train.stats_batches must be an integer"),
+    (lambda c: c["train"].update(max_steps_per_epoch=-1), "train.max_steps_per_epoch"),
+    (lambda c: c["train"].update(device="tpu"), "train.device must be auto, cpu, cuda or cuda:N"),
+    (lambda c: c["train"].update(init=5), "train.init must be a checkpoint's path"),
+    (lambda c: c["data"].update(batch_size=0), "data.batch_size must be an integer >= 1"),
+    (lambda c: c["data"].update(batch_size="eight"), "data.batch_size must be an integer"),
+    (lambda c: c["data"].update(train=5), "data.train must be a table"),
+    (lambda c: c.update(model=5), "model must be a table"),
+    (lambda c: c["stages"][0].update(lr=float("inf")), "stages.0.lr must be a number > 0"),
 ])
 def test_config_errors_name_the_problem(data_root, mutate, match):
     cfg = config(data_root)
@@ -259,11 +278,62 @@ def test_cli_with_overrides_and_one_line_errors(data_root, tmp_path, capsys):
     assert rc == 2 and "unknown [train] key(s) ['nope']" in err and "Traceback" not in err
     rc = main(["train", str(tmp_path / "missing.toml"), "--quiet"])
     assert rc == 2 and "missing.toml: no such config file" in capsys.readouterr().err
+    # a value out of range: one line that names the recipe and the key, before anything runs
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run4"), "--set", "train.grad_clip=-1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{path}: train.grad_clip must be a number >= 0.0, got -1 (after --set)" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "run4").exists()
     # Without --quiet the progress lines (the chimera.train log) reach stderr too.
     rc = main(["train", str(path), "--run-dir", str(tmp_path / "run3"), "--set", "stages.0.epochs=0",
                "--set", "stages.1.epochs=0", "--threads", "1"])
     err = capsys.readouterr().err
     assert rc == 0 and "stage 0 (chimera)" in err and "trained 0 steps" in err, err
+
+
+def test_resume_warns_of_another_seed_or_recipe_and_needs_no_init_file(data_root, tmp_path, caplog):
+    # A run started from train.init resumes after the init file is gone (the rate comes from
+    # the checkpoint resumed); a resume with another seed, or with a recipe that differs,
+    # says so (the data order, or the training, then differs from the original run).
+    torch.set_num_threads(1)
+    cfg = config(data_root)
+    cfg["stages"] = cfg["stages"][:1]
+    tr.Trainer(cfg, tmp_path / "first", quiet=True).run()
+    init = tmp_path / "init.pt"
+    init.write_bytes((tmp_path / "first" / "last.pt").read_bytes())
+    cfg["train"]["init"] = str(init)
+    cfg["stages"][0]["epochs"] = 1
+    run = tmp_path / "run"
+    tr.Trainer(cfg, run, quiet=True).run()
+    init.unlink()
+    more = {**cfg, "stages": [{**cfg["stages"][0], "epochs": 2}]}
+    with caplog.at_level("WARNING", logger="chimera.train"):
+        result = tr.Trainer(more, run, resume="last", quiet=True).run()
+    assert result["steps"] == 4  # the stage had ended: nothing more runs, but it loads
+    assert "differs from the run's in stages.0.epochs" in caplog.text and "seed" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="chimera.train"):
+        tr.Trainer({**cfg, "seed": 4}, run, resume="last", quiet=True).run()
+    assert "trained with seed 3 with seed 4" in caplog.text and "--seed 3 continues it exactly" in caplog.text
+    assert "differs from the run's" not in caplog.text
+
+
+def test_best_checkpoint_is_written_before_last(data_root, tmp_path, monkeypatch):
+    # last.pt records the best score so far: were it written first, a run stopped between the
+    # two writes would resume believing best.pt held that epoch's weights
+    torch.set_num_threads(1)
+    saved = []
+    original = solver.Trainer._save
+
+    def recording(self, name, model, state):
+        saved.append((name, state["global_step"]))
+        return original(self, name, model, state)
+
+    monkeypatch.setattr(solver.Trainer, "_save", recording)
+    tr.Trainer(config(data_root), tmp_path / "run", quiet=True).run()
+    bests = [i for i, (name, _) in enumerate(saved) if name == "best.pt"]
+    assert bests
+    for i in bests:
+        assert saved[i + 1] == ("last.pt", saved[i][1]), saved
 
 
 def probe_cmd(*probe_args):

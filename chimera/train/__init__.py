@@ -30,9 +30,10 @@ Design choices:
 
 - A fresh Adam per stage (the objectives' scales differ, so old moment estimates mislead),
   with that stage's learning rate; gradients clipped by global norm (``grad_clip``).
-- Learning-rate schedule per stage, ``train.scheduler``: ``"plateau"`` (default; halve the
-  rate when the validation loss has not improved for ``plateau_patience`` epochs — what the
-  Chimera++/torch-chimera recipes do), ``"cosine"`` (per step down to ``lr·min_lr_ratio`` over
+- Learning-rate schedule per stage, ``train.scheduler``: ``"plateau"`` (default; multiply the
+  rate by ``plateau_factor`` once ``plateau_patience`` + 1 validations in a row have not
+  bettered the best validation loss, PyTorch's ``ReduceLROnPlateau`` with that patience; a
+  validation every ``valid_every`` epochs — what the Chimera++/torch-chimera recipes do), ``"cosine"`` (per step down to ``lr·min_lr_ratio`` over
   the stage) or ``"constant"``.
 - The data order is a pure function of ``(seed, stage, epoch)``: a DistributedSampler
   permutation (``num_replicas=1`` without DDP) seeded with ``seed + 1000·stage`` and
@@ -68,12 +69,13 @@ __all__ = ["DATASETS", "TRAIN_DEFAULTS", "TrainError", "Trainer", "apply_overrid
 
 def _config(args) -> dict:
     if args.config is not None:
+        source = args.config
         config = load_config(args.config)
     elif args.resume is not None:
-        path = Path(args.run_dir or ".") / "config.json"
-        if not path.is_file():
-            raise TrainError(f"--resume without CONFIG needs {path}")
-        config = json.loads(path.read_text())
+        source = Path(args.run_dir or ".") / "config.json"
+        if not source.is_file():
+            raise TrainError(f"--resume without CONFIG needs {source}")
+        config = json.loads(source.read_text())
     else:
         raise TrainError("a CONFIG file is required (unless resuming a run with --run-dir)")
     for item in args.set or []:
@@ -82,6 +84,11 @@ def _config(args) -> dict:
         config["seed"] = args.seed
     if args.threads:
         config.setdefault("train", {})["threads"] = args.threads
+    try:  # here, so that a mistake names the recipe (the Trainer validates again, for API users)
+        validate_config(config)
+    except TrainError as e:
+        raise TrainError(f"{source}: {str(e).removeprefix('config: ')}"
+                         + (" (after --set)" if args.set else "")) from None
     return config
 
 

@@ -7,6 +7,8 @@ the choices ``SCHEDULERS`` and ``AMP_MODES``; data sets in :data:`.data.DATASETS
 from __future__ import annotations
 
 import copy
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +28,8 @@ TRAIN_DEFAULTS = {
     "weight_decay": 0.0,
     "scheduler": "plateau",  # one of SCHEDULERS
     "plateau_factor": 0.5,
+    # PyTorch's ReduceLROnPlateau patience: the rate drops once plateau_patience + 1
+    # validations in a row have not bettered the best validation loss
     "plateau_patience": 2,
     "min_lr_ratio": 0.01,  # cosine: final lr = lr * min_lr_ratio
     "checkpoint_every": 0,  # also write last.pt every N optimiser steps (0: only at epoch ends)
@@ -111,6 +115,34 @@ def apply_override(config: dict, item: str) -> None:
             raise TrainError(f"override {item!r}: {'.'.join(parts[:i])} is a value, not a table")
 
 
+# [train] numbers: key -> (integer?, lowest, highest, lowest allowed itself?)
+_TRAIN_NUMBERS = {
+    "grad_clip": (False, 0.0, None, True),
+    "weight_decay": (False, 0.0, None, True),
+    "plateau_factor": (False, 0.0, 1.0, False),
+    "plateau_patience": (True, 0, None, True),
+    "min_lr_ratio": (False, 0.0, 1.0, True),
+    "checkpoint_every": (True, 0, None, True),
+    "stats_batches": (True, 1, None, True),
+    "max_steps_per_epoch": (True, 0, None, True),
+    "valid_every": (True, 1, None, True),
+    "threads": (True, 0, None, True),
+}
+
+
+def _check_number(where: str, value, integer: bool, low, high=None, low_ok: bool = True) -> None:
+    """A finite number (an integer if ``integer``; booleans are not numbers here) within
+    [low, high] (or (low, high] when not ``low_ok``)."""
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value >= low if low_ok else value > low) and (high is None or value <= high)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bounds = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        raise TrainError(f"config: {where} must be {kind} {bounds}, got {value!r}")
+
+
 def _check_choice(where: str, value, choices) -> None:
     if value not in choices:
         raise TrainError(f"config: {where} must be one of {choices}, got {value!r}")
@@ -130,8 +162,9 @@ def validate_config(config: dict) -> dict:
     if not isinstance(cfg["seed"], int):
         raise TrainError(f"config: seed must be an integer, got {cfg['seed']!r}")
     model = cfg.setdefault("model", {})
-    model.setdefault("preset", "chimerapp")
-    model.setdefault("size", "small")
+    if isinstance(model, dict):
+        model.setdefault("preset", "chimerapp")
+        model.setdefault("size", "small")
     data = cfg.get("data")
     if not isinstance(data, dict) or "dataset" not in data:
         raise TrainError("config: a [data] table with a `dataset` is required")
@@ -139,16 +172,32 @@ def validate_config(config: dict) -> dict:
         raise TrainError(f"config: unknown data.dataset {data['dataset']!r}; choose one of {sorted(DATASETS)}")
     data.setdefault("batch_size", 8)
     data.setdefault("num_workers", 0)
-    data.setdefault("train", {})
-    data.setdefault("valid", {})
+    _check_number("data.batch_size", data["batch_size"], True, 1)
+    _check_number("data.num_workers", data["num_workers"], True, 0)
+    for split in ("train", "valid"):
+        if not isinstance(data.setdefault(split, {}), dict):
+            raise TrainError(f"config: data.{split} must be a table of the {split} set's options, "
+                             f"got {data[split]!r}")
+    if not isinstance(model, dict):
+        raise TrainError(f"config: model must be a table, got {model!r}")
     train = cfg.setdefault("train", {})
+    if not isinstance(train, dict):
+        raise TrainError(f"config: train must be a table, got {train!r}")
     _no_unknown_keys(train, sorted(TRAIN_DEFAULTS), "unknown [train] key(s)")
     for k, v in TRAIN_DEFAULTS.items():
         train.setdefault(k, v)
     _check_choice("train.scheduler", train["scheduler"], SCHEDULERS)
     _check_choice("train.amp", train["amp"], AMP_MODES)
+    for key, (integer, low, high, low_ok) in _TRAIN_NUMBERS.items():
+        _check_number(f"train.{key}", train[key], integer, low, high, low_ok)
     if not isinstance(train["mkldnn"], bool):
         raise TrainError(f"config: train.mkldnn must be true or false, got {train['mkldnn']!r}")
+    if train["pit_metric"] is not None and not isinstance(train["pit_metric"], bool):
+        raise TrainError(f"config: train.pit_metric must be true, false or absent, got {train['pit_metric']!r}")
+    if train["init"] is not None and not isinstance(train["init"], str):
+        raise TrainError(f"config: train.init must be a checkpoint's path, got {train['init']!r}")
+    if not isinstance(train["device"], str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", train["device"]):
+        raise TrainError(f"config: train.device must be auto, cpu, cuda or cuda:N, got {train['device']!r}")
     stages = cfg.get("stages")
     if not isinstance(stages, list) or not stages:
         raise TrainError("config: at least one [[stages]] table is required")
@@ -166,8 +215,9 @@ def _validate_stage(i: int, st) -> None:
             raise TrainError(f"config: stages.{i} needs `{need}`")
     if not isinstance(st["epochs"], int) or st["epochs"] < 0:
         raise TrainError(f"config: stages.{i}.epochs must be an integer >= 0, got {st['epochs']!r}")
-    if not isinstance(st["lr"], (int, float)) or st["lr"] <= 0:
-        raise TrainError(f"config: stages.{i}.lr must be positive, got {st['lr']!r}")
+    _check_number(f"stages.{i}.lr", st["lr"], False, 0, low_ok=False)
+    if "grad_clip" in st:
+        _check_number(f"stages.{i}.grad_clip", st["grad_clip"], False, 0)
     if "scheduler" in st:
         _check_choice(f"stages.{i}.scheduler", st["scheduler"], SCHEDULERS)
     st.setdefault("name", f"{i}-{st['objective']}")

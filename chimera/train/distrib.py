@@ -26,7 +26,10 @@ class Dist:
             raise TrainError(f"device {device_arg!r}: CUDA is not available")
         if self.world > 1 and want == "cuda":
             want = f"cuda:{self.local_rank}"
-        self.device = torch.device(want)
+        try:
+            self.device = torch.device(want)
+        except RuntimeError:
+            raise TrainError(f"device {device_arg!r}: not a device (auto, cpu, cuda or cuda:N)") from None
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.enabled = self.world > 1

@@ -84,6 +84,22 @@ def make_optimizer(model, stage: dict, tcfg: dict, steps_per_epoch: int):
     return opt, sched, kind
 
 
+# settings that say where and how fast a run goes, not what it computes
+_RUN_ONLY = {"seed", "train.threads", "train.device"}
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two validated recipes (seed, threads and
+    device left out: the seed has its own warning, the others do not change the result)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after), key=str)
+        return [c for k in keys for c in config_changes(before.get(k), after.get(k), f"{prefix}{k}.")]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [c for i, (b, a) in enumerate(zip(before, after)) for c in config_changes(b, a, f"{prefix}{i}.")]
+    key = prefix.rstrip(".")
+    return [] if before == after or key in _RUN_ONLY else [key]
+
+
 @torch.no_grad()
 def validate(model, objective: Objective, batches, autocast, pit_metric: bool, seed: int) -> list[float]:
     """Sums over the validation ``batches`` of (loss × items, items, SI-SDR of the estimates,
@@ -185,13 +201,15 @@ class Trainer:
         Returns the model and the resumed checkpoint's training state (None for a new run)."""
         dcfg = self.cfg["data"]
         seed_everything(self.seed)
-        sr = self._sample_rate()
+        state = None
+        if self.resume_path is not None:  # its rate, not train.init's (which may be gone by now)
+            model, state = self._resume()
+            sr = model.stft.sample_rate
+        else:
+            sr = self._sample_rate()
         self.train_ds = build_dataset(dcfg, "train", sr, self.seed)
         self.valid_ds = build_dataset(dcfg, "valid", sr, self.seed)
-        state = None
-        if self.resume_path is not None:
-            model, state = self._resume()
-        else:
+        if state is None:
             model, from_init = self._build_model()
             if not from_init:
                 self._fit_statistics(model)
@@ -273,9 +291,11 @@ class Trainer:
             progress.best = row["valid_si_sdri"]
         progress.next_epoch(stage["epochs"])
         state = self._state(run, progress, fresh=last_of_stage)
-        self._save("last.pt", model, state)
+        # best.pt first: last.pt records the new best, so a run stopped between the two
+        # writes would resume believing best.pt already held it
         if improved:
             self._save("best.pt", model, state)
+        self._save("last.pt", model, state)
         self.last_row = row
         self.dist.barrier()
 
@@ -344,6 +364,12 @@ class Trainer:
         if state.get("world_size", 1) != self.dist.world:
             log.warning(f"resuming a {state['world_size']}-process run with {self.dist.world} processes: "
                         "the data order differs from the original run")
+        if state.get("seed", self.seed) != self.seed:
+            log.warning(f"resuming a run trained with seed {state['seed']} with seed {self.seed}: the data order "
+                        f"differs from the original run (--seed {state['seed']} continues it exactly)")
+        changed = config_changes(json.loads(state.get("config_json", "{}")), self.cfg)
+        if changed:
+            log.warning(f"resuming with a recipe that differs from the run's in {', '.join(changed)}")
         self.metrics.trim(state["global_step"])
         self._info(f"resuming from {self.resume_path} at step {state['global_step']}: stage {state['stage']}, "
                    f"epoch {state['epoch']}, batch {state['batch']}")
@@ -371,7 +397,10 @@ class Trainer:
 
     def _sample_rate(self):
         if self.cfg["train"]["init"]:
-            return load_checkpoint(self.cfg["train"]["init"])[0].stft.sample_rate
+            try:
+                return load_checkpoint(self.cfg["train"]["init"])[0].stft.sample_rate
+            except Exception as e:
+                raise TrainError(f"train.init: {e}") from None
         return int(self.cfg["model"].get("stft", {}).get("sample_rate", StftConfig().sample_rate))
 
     def _fit_statistics(self, model):
