@@ -146,9 +146,11 @@ def _add_separator_options(parser):
                    help=f"MISI phase-reconstruction iterations (default {DEFAULT_MISI_ITERS})")
     g.add_argument("--wiener", type=int, default=DEFAULT_WIENER_ITERS, metavar="N",
                    help=f"multichannel Wiener filter iterations across channels (default {DEFAULT_WIENER_ITERS}; "
-                        "0: off)")
+                        "0: off; on a mono file: share each bin among the sources by magnitude, so that they "
+                        "add up to the input)")
     g.add_argument("--wiener-exponent", type=float, default=DEFAULT_WIENER_EXPONENT, metavar="P",
-                   help="exponent of the sources' powers in that filter: below 1 softer shares, above 1 harder "
+                   help="exponent of the sources' powers in that filter across channels: below 1 softer "
+                        "shares, above 1 harder "
                         f"(default {DEFAULT_WIENER_EXPONENT:g})")
     g.add_argument("--high-band", choices=HIGH_BAND_MODES, default=DEFAULT_HIGH_BAND,
                    help="the band of an input above the model's Nyquist frequency (below the model's rate: "

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import pretrained
-from .audio import AUDIO_EXTENSIONS, AudioError
+from .audio import AUDIO_EXTENSIONS, AudioError, check_output_format
 from .models import CheckpointError
 from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
 from .separate import Separator, output_paths, resolve_device, separate_file
@@ -82,6 +82,7 @@ def run(args, separator_options, init=None) -> int:
         out_dir = os.path.join(args.out, pretrained.model_name(model_spec)) if args.model_subfolder else args.out
         inputs, clashes = plan_outputs(inputs, model.source_names, out_dir, args.filename, args.format,
                                        args.output_files)
+        check_output_format(args.format, _subtype(args))  # a bad --subtype: once, before any work
         device = device_for(args.device, rank.local)
         resolve_device(device)
         # here, or only to check the options before any work when -j workers build their own
@@ -112,6 +113,11 @@ def run(args, separator_options, init=None) -> int:
     return 1 if failed else 0
 
 
+def _subtype(args):
+    """The output subtype the options ask for (None: the format's default)."""
+    return "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
+
+
 def _size(path):
     try:
         return os.path.getsize(path) + 1   # + 1: empty and missing files still spread out
@@ -131,7 +137,7 @@ def _worker(args, separator_options, inputs, local_rank) -> int:
 def _separate_all(separator, args, inputs, progress, tag="") -> int:
     """Separate `inputs` with `separator`; returns how many failed (each reported on one
     line). `tag` begins each output line (which process wrote it)."""
-    subtype = "PCM_24" if args.int24 else "FLOAT" if args.float32 else args.subtype
+    subtype = _subtype(args)
     failed = 0
     for item in inputs:
         try:

@@ -46,10 +46,15 @@ DEFAULT_OVERLAP = 1.0
 DEFAULT_BATCH_SIZE = 4
 #: Multichannel Wiener iterations across the channels of a recording (chimera.wiener; 0 = each
 #: channel's own masks): one iteration gains 0.5 dB vocals SDR on an earlier bundled model's stereo
-#: held-out test (its model card). Mono recordings are left as the masks give them: with one
-#: channel the filter is only a power-ratio mask, which cost 0.03 dB vocals and 0.23 dB
-#: accompaniment SI-SDR improvement on the mono demo stems (10.69/7.04 vs 10.72/7.27 dB).
+#: held-out test (its model card).
 DEFAULT_WIENER_ITERS = 1
+#: With one channel the filter has no spatial model: it only shares each bin of the mixture
+#: among the sources, so that they add up to it (the model's masks alone do not: on the 60
+#: validation tracks downmixed to mono, step 7's sources missed the mixture by -20.8 dB, median).
+#: Shares by magnitude (this exponent) kept the masks' scores there: vocals / accompaniment
+#: SI-SDR improvement 5.16 / 6.05 dB against 5.24 / 5.97 unshared and 4.74 / 5.81 by power
+#: (exponent 1), every source alone still below -29 dB in the other output (benchmarks/RESULTS.md).
+MONO_WIENER_EXPONENT = 0.5
 #: Exponent of the sources' powers in that filter (chimera.wiener). On the demo data's validation
 #: split with step 4's weights (the model card) 0.5 / 0.75 / 1 / 1.5 gave 5.43 / 5.38 / 5.32 /
 #: 5.24 dB vocals and 6.23 / 6.23 / 5.97 / 5.66 dB accompaniment SI-SDR improvement, an
@@ -95,16 +100,30 @@ def resolve_method(model: SeparationModel, method: str | None) -> str:
     return method
 
 
+#: A (rows, columns) array with more rows than columns is taken for (samples, channels), the
+#: transpose of what separate() wants, once it has more rows than this: fewer may be a very
+#: short recording with that many channels (a 1-sample stereo signal is (2, 1)).
+MAX_CHANNELS_GUESS = 8
+
+
 def _as_waveform(waveform) -> torch.Tensor:
     """`waveform` as a float32 CPU tensor of shape (channels, L) or (L,), detached; a
     ValueError/TypeError saying what is wrong with it otherwise."""
-    x = waveform.detach() if isinstance(waveform, torch.Tensor) else torch.as_tensor(np.asarray(waveform))
-    if not x.is_floating_point():  # integer PCM, bool, complex
-        raise TypeError(f"separate: expected float samples in [-1, 1], got {x.dtype} (divide integer PCM by its "
-                        "full scale, e.g. 32768 for int16)")
+    if isinstance(waveform, torch.Tensor):
+        x = waveform.detach()
+    else:
+        a = np.asarray(waveform)
+        if a.dtype.kind == "f":  # any NumPy layout: reversed views, big-endian files' arrays
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+        x = torch.as_tensor(a) if a.dtype.kind in "fiub" else None
+    if x is None or not x.is_floating_point():  # integer PCM, bool, complex, objects
+        raise TypeError(f"separate: expected float samples in [-1, 1], got {x.dtype if x is not None else a.dtype} "
+                        "(divide integer PCM by its full scale, e.g. 32768 for int16)")
     if x.dim() not in (1, 2):
         raise ValueError(f"separate: expected (channels, samples) or (samples,), got shape {tuple(x.shape)}")
-    if x.dim() == 2 and x.shape[0] > x.shape[1]:
+    if x.shape[-1] == 0:
+        raise ValueError(f"separate: the input has no samples (shape {tuple(x.shape)})")
+    if x.dim() == 2 and x.shape[0] > max(x.shape[1], MAX_CHANNELS_GUESS):
         raise ValueError(f"separate: shape {tuple(x.shape)} has more channels than samples; expected "
                          "(channels, samples); soundfile.read gives (samples, channels): pass its transpose (x.T)")
     return x.to("cpu", torch.float32)
@@ -127,11 +146,12 @@ class Separator:
     pass (each channel counts as one); method: "mask" or "kmeans" (None: the mask head
     when the model has one); wiener_iters: multichannel Wiener filter iterations across
     the channels of each segment of a multichannel recording (:mod:`chimera.wiener`; 0
-    keeps each channel's own estimates; mono is never filtered); misi_iters: MISI
+    keeps each channel's own estimates; on a mono recording any number > 0 shares each bin
+    among the sources by magnitude, :data:`MONO_WIENER_EXPONENT`); misi_iters: MISI
     phase-reconstruction iterations per segment (after the Wiener filter); seed: of the
     k-means initialisation; high_band: "split" or "drop" the band of an input above the
     model's Nyquist frequency (:mod:`chimera.bandext`); wiener_exponent: of the sources'
-    powers in the Wiener filter (below 1 softer shares, above 1 harder). The model is moved
+    powers in the Wiener filter across channels (below 1 softer shares, above 1 harder). The model is moved
     to `device`.
     """
 
@@ -189,12 +209,13 @@ class Separator:
         est = out.estimates if self.method == "mask" else self._kmeans_estimates(out)
         spec = out.mixture_spec
         del out  # the masks (and embeddings): not needed from here on
-        if self.wiener_iters > 0 and channels > 1:  # with one channel it is only a power-ratio mask
+        if self.wiener_iters > 0:
             B, C, F, T = est.shape
             est = multichannel_wiener(est.reshape(B // channels, channels, C, F, T),
                                       spec.reshape(B // channels, channels, F, T),
                                       self.wiener_iters, inplace=True,
-                                      exponent=self.wiener_exponent).reshape(B, C, F, T)
+                                      exponent=self.wiener_exponent if channels > 1 else MONO_WIENER_EXPONENT
+                                      ).reshape(B, C, F, T)
         if self.misi_iters > 0:
             st = model.stft
             _, est = signal.misi(x, est, self.misi_iters, st.n_fft, st.hop_length,

@@ -70,6 +70,13 @@ def test_trackext_field_and_model_subfolder(tmp_path, model_file, capsys, one_th
     assert out.returncode == 2 and "'name'" in out.stderr and "{relpath}" in out.stderr
 
 
+def test_a_bad_subtype_is_refused_once_before_any_work(tmp_path, model_file, capsys, one_thread):
+    a, b = write(tmp_path / "a.wav", noise(1, 2000)), write(tmp_path / "b.wav", noise(1, 2000, seed=2))
+    out = run_cli(capsys, "predict", a, b, "-n", model_file, "-o", tmp_path / "sep", "--subtype", "FOO")
+    assert out.returncode == 2 and out.stderr.count("cannot hold subtype FOO") == 1, out.stderr
+    assert not (tmp_path / "sep").exists()
+
+
 def test_flags_demucs_users_type():
     parser = build_parser()
     a = parser.parse_args(["predict", "x.wav", "-o", "o", "-d", "cpu", "-j", "3", "-v", "-n", "m.pt"])

@@ -18,6 +18,7 @@ from chimera import signal
 from chimera.cli import build_parser, main
 from chimera.models import SeparationModel, preset, save_checkpoint
 from chimera.separate import Separator
+from chimera.stream import SegmentPlan
 from testutil import cuda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,10 @@ def separate_in_memory_reference(model, x, segment, overlap):
     st = model.stft
     hop = st.hop_length
     seg = int(round(segment * st.sample_rate / hop)) * hop
-    ovl = int(round(overlap * st.sample_rate / hop)) * hop
+    # the frames within n_fft/2 of a segment's ends see its padding: weight 0 there, and the
+    # overlap is at least those of both segments (0 asked: n_fft's worth)
+    edge = -(-st.n_fft // (2 * hop))
+    ovl = max(int(round(overlap * st.sample_rate / hop)), 2 * edge) * hop
     step = seg - ovl
     L = x.shape[-1]
     n_seg = 1 + int(np.ceil(max(0, L - seg) / step))
@@ -59,13 +63,9 @@ def separate_in_memory_reference(model, x, segment, overlap):
     acc = None
     weight = torch.zeros(frames, dtype=torch.float64)
     shared = ovl // hop + 1
-    # the frames within n_fft/2 of a segment's ends see its padding: weight 0 there
-    # (a plain ramp when the overlap is too short to leave them out)
-    edge = -(-st.n_fft // (2 * hop))
-    inner = shared - 2 * edge if shared > 2 * edge else shared
+    inner = shared - 2 * edge
     ramp = torch.linspace(0.5 / inner, 1 - 0.5 / inner, inner, dtype=torch.float64)
-    if inner < shared:
-        ramp = torch.cat([torch.zeros(edge, dtype=torch.float64), ramp, torch.ones(edge, dtype=torch.float64)])
+    ramp = torch.cat([torch.zeros(edge, dtype=torch.float64), ramp, torch.ones(edge, dtype=torch.float64)])
     for k in range(n_seg):
         with torch.no_grad():
             est = model(padded[:, k * step:k * step + seg]).estimates.to(torch.complex128)
@@ -94,14 +94,27 @@ def test_streamed_engine_equals_segments_in_memory(overlap):
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("overlap", [0.0, 0.01, 0.25])
 @pytest.mark.parametrize("wiener", [0, 1])
-def test_segment_joins_are_exact_when_the_masks_add_up_to_one(wiener):
+def test_segment_joins_are_exact_when_the_masks_add_up_to_one(wiener, overlap):
     # softmax masks (chimera preset), or any masks after the Wiener filter, partition the
     # mixture's STFT: the sources then add up to the input across segment joins too
     model = tiny_model(name="chimera" if wiener == 0 else "chimerapp")
     x = noise(2, 8000 * 3 + 123, seed=3)
-    y = Separator(model, segment=1.0, overlap=0.25, device="cpu", wiener_iters=wiener).separate(x, 8000)
+    # (an overlap shorter than n_fft, 0 included, is planned as n_fft: shorter ones clicked)
+    y = Separator(model, segment=1.0, overlap=overlap, device="cpu", wiener_iters=wiener).separate(x, 8000)
     np.testing.assert_allclose(y.sum(0).numpy(), x, atol=2e-5, rtol=0)
+
+
+def test_segment_plan_refuses_what_it_cannot_plan():
+    st = tiny_model().stft
+    for segment in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="segment must be a positive number of seconds"):
+            SegmentPlan.from_seconds(st, segment, 0.0, 1)
+    with pytest.raises(ValueError, match="overlap .* must be between 0 and half the segment"):
+        SegmentPlan.from_seconds(st, 1.0, 0.6, 1)
+    plan = SegmentPlan.from_seconds(st, 1.0, 0.0, 1)
+    assert plan.shared > 2 * plan.edge and plan.segment - plan.step == st.n_fft
 
 
 @pytest.mark.parametrize("method", ["mask", "kmeans"])
@@ -436,6 +449,22 @@ def test_separate_refuses_what_it_would_misread():
         sep.separate(8000, x)
     with pytest.raises(ValueError, match="NaN or Inf"):
         sep.separate(np.full((1, 100), np.inf, np.float32), 8000)
+    for empty in (np.zeros((2, 0), np.float32), np.zeros(0, np.float32)):
+        with pytest.raises(ValueError, match="has no samples"):
+            sep.separate(empty, 8000)
+
+
+def test_separate_takes_any_numpy_layout_and_very_short_multichannel_input():
+    # reversed views and big-endian arrays (as read from some files) are samples like any
+    # other; a stereo signal of one sample is (2, 1), not a transposed mono one
+    sep = Separator(tiny_model(), device="cpu", wiener_iters=0)
+    x = noise(2, 4000, seed=8)
+    want = sep.separate(x, 8000)
+    torch.testing.assert_close(sep.separate(x.astype(">f4"), 8000), want, rtol=0, atol=0)
+    flipped = np.ascontiguousarray(x[:, ::-1])
+    torch.testing.assert_close(sep.separate(x[:, ::-1], 8000), sep.separate(flipped, 8000), rtol=0, atol=0)
+    for shape in ((2, 1), (3, 2), (8, 5)):
+        assert sep.separate(noise(*shape), 8000).shape == (2, *shape)
 
 
 @cuda
@@ -497,11 +526,23 @@ def test_python_and_command_line_defaults_are_the_same():
     assert separator_options(args)["wiener_exponent"] == 0.75
 
 
-def test_the_wiener_filter_works_across_channels_and_leaves_mono_alone():
+def test_the_wiener_filter_works_across_channels_and_shares_mono_bins_by_magnitude():
     model = tiny_model()
     x = noise(1, 6000, seed=4)
+    xt = torch.as_tensor(x)
     plain = Separator(model, device="cpu", wiener_iters=0).separate(x, 8000)
-    assert torch.equal(Separator(model, device="cpu", wiener_iters=2).separate(x, 8000), plain)
+    assert float(((plain.sum(0) - xt) ** 2).sum() / (xt ** 2).sum()) > 1e-3  # the masks alone do not add up
+    # one channel: each bin of the mixture shared among the sources by their magnitudes, so
+    # that they add up to the input, whatever the iterations (the shares do not move)
+    raw = Separator(model, device="cpu", wiener_iters=0).source_spectra(xt, 1)        # (1, C, F, T)
+    with torch.no_grad():
+        mix = model(xt, need_embedding=False).mixture_spec                             # (1, F, T)
+    want = raw.abs() / raw.abs().sum(1, keepdim=True).clamp_min(1e-30) * mix.unsqueeze(1)
+    for iters in (1, 2):
+        got = Separator(model, device="cpu", wiener_iters=iters).source_spectra(xt, 1)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(mix.abs().max()))
+        shared = Separator(model, device="cpu", wiener_iters=iters).separate(x, 8000)
+        torch.testing.assert_close(shared.sum(0), xt, rtol=0, atol=1e-5)
     stereo = np.concatenate([x, 0.5 * x + noise(1, 6000, seed=5)])
     filtered = Separator(model, device="cpu", wiener_iters=1).separate(stereo, 8000)
     assert (filtered - Separator(model, device="cpu", wiener_iters=0).separate(stereo, 8000)).abs().max() > 1e-3
