@@ -215,6 +215,40 @@ def test_gain_remix_and_random_channel_keep_mixture_the_sum(tmp_path):
     assert not torch.equal(plain[0]["sources"], aug[0]["sources"])
 
 
+def test_remix_alone_keeps_the_mixture_the_sum_of_its_sources(tmp_path):
+    # remixing without gains: a source drawn from the item's own track at another offset
+    # must not pair with the mixture file read at the item's offset
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        stems = _stems(rng, 2 * 8000)
+        for stem, x in zip(STEMS, stems):
+            _write(tmp_path / "train" / name / f"{stem}.wav", x, 8000)
+        _write(tmp_path / "train" / name / "mixture.wav", np.sum(stems, 0), 8000)
+    ds = MUSDB18(tmp_path, "train", sample_rate=8000, segment_seconds=0.25, remix=0.5, seed=0, segments_per_track=10)
+    for i in range(len(ds)):
+        item = ds[i]
+        torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-5, rtol=0)
+
+
+def test_a_bad_remix_partner_is_excluded_not_the_track_it_was_drawn_for(tmp_path):
+    # track c fails only when read (a NaN sample): drawn as a partner, it alone is excluded
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        for k, stem in enumerate(STEMS):
+            x = _stems(rng, 8000, k=1)[0]
+            if name == "c" and stem == "bass":
+                x[::50, 0] = np.nan
+            _write(tmp_path / "train" / name / f"{stem}.wav", x, 8000)
+    ds = MUSDB18(tmp_path, "train", sample_rate=8000, segment_seconds=0.25, remix=1.0, seed=0, mixture_name=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for epoch in range(10):
+            ds.set_epoch(epoch)
+            names = [ds[i]["name"] for i in range(len(ds))]
+    assert sorted(ds.tracks[k].name for k in ds._bad) == ["c"]
+    assert {"a", "b"} <= set(names)
+
+
 def test_solo_silences_all_but_one_source_at_its_rate(tmp_path):
     _musdb(tmp_path)
     kw = dict(targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=5, segments_per_track=40)

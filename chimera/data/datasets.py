@@ -38,6 +38,10 @@ __all__ = [
 _MAX_SKIPS = 32  # give up after this many unreadable items in a row
 
 
+class _PartnerError(AudioError):
+    """A remix partner's file could not be read (that track is excluded, not the item's)."""
+
+
 @dataclass
 class Track:
     """One example: files summed per output source, an optional mixture file, shared header."""
@@ -332,13 +336,15 @@ class SegmentDataset(_Base):
                 src_t = self.tracks[self._other_track(rng)]
                 src_group = src_t.sources[k]
                 src_start = self._start(rng, src_t, float(speeds[k]))
-                augmented = augmented or src_t is not t
+                # its own track drawn again is read elsewhere: the mixture file no longer fits
+                augmented = augmented or src_t is not t or src_start != start
             ch = None if channel is None else min(channel, src_t.channels - 1)
             try:
                 s = sum(self._read(f, src_t.sample_rate, src_start, n, ch, float(speeds[k])) for f in src_group)
-            except AudioError:
-                if src_t is not t:
+            except AudioError as err:
+                if src_t is not t:  # the remix partner is bad, not this track: draw another
                     self._bad.add(self.tracks.index(src_t))
+                    raise _PartnerError(str(err), path=err.path) from None
                 raise
             sources.append(np.asarray(s, dtype=np.float32))
         if n is None:  # whole tracks: stems may differ by a frame or two after resampling
@@ -375,6 +381,9 @@ class SegmentDataset(_Base):
             if i % len(self.tracks) not in self._bad:
                 try:
                     return self._load(i)
+                except _PartnerError as err:
+                    self._handle(err)
+                    continue  # the same item again, with another partner
                 except AudioError as err:
                     self._handle(err)
                     self._bad.add(i % len(self.tracks))
