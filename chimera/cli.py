@@ -100,8 +100,43 @@ def _predict(args):
     return predict.run(args, separator_options(args), init=_worker_init(args))
 
 
+def _evaluate_outputs(args):
+    """(json, csv, museval folder, plot) paths, checked before any scoring: a mistake there
+    used to surface only after every track had been scored, and lose the results."""
+    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
+    museval_dir = args.museval_dir or (os.path.splitext(args.out)[0] + ".museval" if args.out else None)
+    if args.out and os.path.abspath(csv_path) == os.path.abspath(args.out):
+        raise ValueError(f"--out {args.out}: the per-track CSV would replace the results JSON; "
+                         "name the JSON .json (the CSV goes beside it) or give --csv")
+    for path in (args.out, csv_path, args.plot):
+        if path and os.path.isdir(path):
+            raise ValueError(f"{path}: is a folder, not a file name")
+    for path in (args.out, csv_path, museval_dir, args.plot):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            while not os.path.exists(folder):  # the first folder that exists must be one
+                folder = os.path.dirname(folder)
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise ValueError(f"{path}: cannot be written ({folder} is not a writable folder)")
+    if args.plot:
+        ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        try:
+            formats = ev.plot_formats()
+        except ImportError:
+            raise ValueError("--plot needs matplotlib (the [eval] extra)") from None
+        if ext not in formats:
+            raise ValueError(f"--plot {args.plot}: unknown image format {ext!r}; use one of "
+                             f"{', '.join(sorted(formats))}")
+    return args.out, csv_path, museval_dir, args.plot
+
+
 def _evaluate(args):
     return_large_blocks()
+    try:
+        outputs = _evaluate_outputs(args)
+    except ValueError as exc:
+        log.error(str(exc))
+        return 2
     try:
         ev.require_museval()
         model = pretrained.load(args.model or pretrained.DEFAULT)
@@ -116,12 +151,11 @@ def _evaluate(args):
         log.error(str(exc))
         return 1
     print(ev.summary_table(results))
-    csv_path = args.csv or (os.path.splitext(args.out)[0] + ".csv" if args.out else None)
-    museval_dir = args.museval_dir or (os.path.splitext(args.out)[0] + ".museval" if args.out else None)
-    ev.write_results(results, args.out, csv_path, museval_dir)
-    if args.plot:
-        ev.plot_histogram(results, args.plot)
-    for p in (args.out, csv_path, museval_dir, args.plot):
+    out, csv_path, museval_dir, plot = outputs
+    ev.write_results(results, out, csv_path, museval_dir)
+    if plot:
+        ev.plot_histogram(results, plot)
+    for p in outputs:
         if p and not args.quiet:
             print(f"wrote {p}")
     return 0

@@ -242,7 +242,11 @@ def oracle_estimates(track, kind, stft):
         return np.repeat(track.mixture[None], track.references.shape[0], 0)
     C, ch, L = track.references.shape
     refs = torch.from_numpy(resample(track.references, track.rate, stft.sample_rate, axis=-1)).double()
-    mix = refs.sum(0)
+    # the masks go on the mixture, which the references need not add up to (--targets
+    # naming some stems only): on their sum the "upper bound" was overstated
+    mix = torch.from_numpy(resample(track.mixture, track.rate, stft.sample_rate, axis=-1)).double()
+    n = min(mix.shape[-1], refs.shape[-1])
+    refs, mix = refs[..., :n], mix[..., :n]
     window = stft.window_tensor(dtype=torch.float64)
     S = signal.stft(refs, stft.n_fft, stft.hop_length, window)           # (C, ch, F, T)
     X = signal.stft(mix, stft.n_fft, stft.hop_length, window)
@@ -276,7 +280,11 @@ def score_track(track, estimates, windows=None):
     windows that are defined) and SI-SDR over the whole track (mean over channels).
     `windows`: the :func:`bss_eval` result when already computed."""
     windows = bss_eval(track, estimates) if windows is None else windows
-    si = si_sdr(torch.from_numpy(estimates), torch.from_numpy(track.references)).mean(-1).numpy()
+    per_channel = si_sdr(torch.from_numpy(estimates), torch.from_numpy(track.references))   # (C, channels)
+    # a channel where the reference is silent (a hard-panned source) has no SI-SDR (-inf):
+    # the mean is over the channels where it sounds (none: NaN, a silent source)
+    sounds = torch.from_numpy(np.any(track.references != 0, axis=-1))
+    si = (torch.where(sounds, per_channel, 0.0).sum(-1) / sounds.sum(-1)).numpy()
     return [{**{m: _nanmedian(windows[m][c]) for m in BSS_METRICS}, "SI-SDR": float(si[c])}
             for c in range(track.references.shape[0])]
 
@@ -291,6 +299,12 @@ def estimate_paths(estimates_dir, track, source_names):
     return [os.path.join(estimates_dir, track, f"{s}.wav") for s in source_names]
 
 
+def _museval_silent(x):
+    """museval's test of a source it refuses (x: (channels, L)): the sum over channels is 0 at
+    every sample (silence, or a stem whose channels cancel, L = -R)."""
+    return not np.any(np.sum(x, axis=0, dtype=np.float64) != 0)
+
+
 def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, force):
     """One track's result entry (scores, per-window values), its estimates saved if asked."""
     track = read_track(files)
@@ -302,18 +316,18 @@ def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, 
         for path, x in zip(estimate_paths(estimates_dir, files.name, source_names), est):
             with atomic_write(path, force=force) as f:
                 sf.write(f, x.T, track.rate, format="WAV", subtype="FLOAT")
-    silent = [s for s, ref in zip(source_names, track.references) if not np.any(ref)]
-    if silent:
-        # BSS Eval needs every reference to sound (museval refuses the track otherwise): an
-        # instrumental's silent vocals leave its BSS Eval figures undefined, not the run.
+    silent = [s for s, ref in zip(source_names, track.references) if _museval_silent(ref)]
+    silent_est = [s for s, x in zip(source_names, est) if _museval_silent(x)]
+    if silent or silent_est:
+        # BSS Eval needs every reference and estimate to sound (museval refuses the track
+        # otherwise): an instrumental's silent vocals leave its BSS Eval figures undefined,
+        # not the run.
         windows = {m: np.full((len(source_names), 0), np.nan) for m in BSS_METRICS}
     else:
         windows = bss_eval(track, est)
-    scores = score_track(track, est, windows)
-    for s, row in zip(source_names, scores):
-        if s in silent:
-            row["SI-SDR"] = float("nan")
-    return {"track": files.name, "subset": files.subset, "silent": silent, "scores": dict(zip(source_names, scores)),
+    scores = score_track(track, est, windows)  # SI-SDR: NaN for an all-silent reference
+    return {"track": files.name, "subset": files.subset, "silent": silent, "silent_estimates": silent_est,
+            "scores": dict(zip(source_names, scores)),
             "windows": {s: {m: windows[m][c].tolist() for m in BSS_METRICS} for c, s in enumerate(source_names)}}
 
 
@@ -361,6 +375,10 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
             silent = " and ".join(entry["silent"])
             log.warning("%s: %s silent: BSS Eval cannot score the track, its SDR/SIR/SAR/ISR (and the SI-SDR of "
                         "%s) are left out of the medians and of the museval folder", entry["track"], silent, silent)
+        elif entry.get("silent_estimates"):
+            log.warning("%s: the %s estimate is silent: BSS Eval cannot score the track, its SDR/SIR/SAR/ISR are "
+                        "left out of the medians and of the museval folder", entry["track"],
+                        " and ".join(entry["silent_estimates"]))
     summary = {s: {m: _nanmedian([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
     return {"data_dir": os.fspath(data_dir), "method": oracle or "model", "sources": list(source_names),
             "references": {s: str(tg) for s, tg in tracks[0].targets.items()},
@@ -400,7 +418,11 @@ def write_museval(results, folder):
     so ``museval.EvalStore().add_eval_dir(folder)`` and museval's tools read them."""
     museval = require_museval()
     for t in results["tracks"]:
-        if t.get("silent"):  # no window was scored: museval's readers refuse an empty track
+        if t.get("silent") or t.get("silent_estimates"):
+            # no window was scored (museval's readers refuse an empty track): no file, and
+            # none left from an earlier run to contradict this one
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, t["subset"], f"{t['track']}.json"))
             continue
         store = museval.TrackStore(t["track"], win=1.0, hop=1.0)
         for s in results["sources"]:
@@ -418,6 +440,13 @@ def _finite(obj):
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
+
+
+def plot_formats():
+    """The image formats --plot can write (matplotlib's, by file extension)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional (the [eval] extra)
+    from matplotlib.figure import Figure
+    return set(FigureCanvasAgg(Figure()).get_supported_filetypes())
 
 
 def plot_histogram(results, path, metric="SDR"):

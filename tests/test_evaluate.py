@@ -126,6 +126,73 @@ def test_an_instrumental_track_is_left_out_of_bss_eval_not_the_run(dataset, mode
     assert sorted(store.df["track"].unique()) == ["track0"]
 
 
+def test_silent_estimates_panned_and_cancelling_stems_and_stale_museval_files(dataset, model_file, tmp_path,
+                                                                                 run_cli):
+    # museval refuses a source whose channels sum to zero at every sample, reference or
+    # estimate: such a track is left out of BSS Eval with a warning (not the run), and a
+    # museval file an earlier run wrote for it is removed; SI-SDR averages the channels
+    # where the reference sounds (a hard-panned voice has one)
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    assert run_cli(data, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "r.json",
+                   "--quiet").returncode == 0
+    assert list((tmp_path / "r.museval").rglob("track1.json"))
+    voc = sf.read(data / "track1" / "vocals.wav", dtype="float32")[0]
+    acc = sf.read(data / "track1" / "accompaniment.wav", dtype="float32")[0]
+    voc[:, 1] = -voc[:, 0]                                        # L = -R: museval's "silent"
+    sf.write(data / "track1" / "vocals.wav", voc, RATE, subtype="FLOAT")
+    sf.write(data / "track1" / "mixture.wav", voc + acc, RATE, subtype="FLOAT")
+    panned = sf.read(data / "track0" / "vocals.wav", dtype="float32")[0]
+    panned[:, 1] = 0                                              # hard left
+    acc0 = sf.read(data / "track0" / "accompaniment.wav", dtype="float32")[0]
+    sf.write(data / "track0" / "vocals.wav", panned, RATE, subtype="FLOAT")
+    sf.write(data / "track0" / "mixture.wav", panned + acc0, RATE, subtype="FLOAT")
+    out = run_cli(data, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    assert "track1: vocals silent" in out.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    t0, t1 = (t["scores"] for t in results["tracks"])
+    assert all(t1["vocals"][m] is None for m in ("SDR", "SIR", "SAR", "ISR"))
+    assert np.isfinite(t1["vocals"]["SI-SDR"])                    # its channels each sound
+    assert all(np.isfinite(v) for v in t0["vocals"].values())     # panned: every figure finite
+    assert not list((tmp_path / "r.museval").rglob("track1.json"))
+    # an all-zero estimate: the IBM oracle gives a source that never wins a bin nothing
+    quiet = tmp_path / "quiet"
+    shutil.copytree(dataset, quiet)
+    acc = sf.read(quiet / "track0" / "accompaniment.wav", dtype="float32")[0]
+    sf.write(quiet / "track0" / "vocals.wav", 1e-3 * acc, RATE, subtype="FLOAT")
+    sf.write(quiet / "track0" / "mixture.wav", 1.001 * acc, RATE, subtype="FLOAT")
+    ibm = run_cli(quiet, "--model", model_file, "--oracle", "ibm", "--out", tmp_path / "ibm.json")
+    assert ibm.returncode == 0, ibm.stderr
+    assert "track0: the vocals estimate is silent" in ibm.stderr
+    scores = json.loads((tmp_path / "ibm.json").read_text())["tracks"][0]["scores"]
+    assert scores["vocals"]["SDR"] is None and scores["vocals"]["SI-SDR"] is None   # -inf: nothing recovered
+
+
+def test_the_irm_oracle_masks_the_mixture_not_the_sum_of_the_references(tmp_path, model_file):
+    # references that do not add up to the mixture (a target naming some stems only): the
+    # oracle's estimates still add up to the mixture
+    from chimera.evaluate import Track, oracle_estimates
+    from chimera.models import StftConfig
+    rng = np.random.default_rng(3)
+    mixture = (0.1 * rng.standard_normal((2, 2 * RATE))).astype(np.float32)
+    refs = np.stack([0.3 * mixture, 0.2 * mixture]).astype(np.float32)       # half of it missing
+    est = oracle_estimates(Track("t", mixture, refs, RATE), "irm",
+                           StftConfig(sample_rate=RATE, n_fft=256, hop_length=64, window="sqrt_hann"))
+    np.testing.assert_allclose(est.sum(0), mixture, atol=1e-5)
+
+
+def test_output_paths_are_checked_before_any_scoring(dataset, model_file, tmp_path, run_cli):
+    (tmp_path / "afile").write_text("")
+    for args, problem in ((["--out", tmp_path / "r.csv"], "would replace the results JSON"),
+                          (["--out", tmp_path / "afile" / "r.json"], "is not a writable folder"),
+                          (["--plot", tmp_path / "h.jpgx"], "unknown image format 'jpgx'"),
+                          (["--out", tmp_path], "is a folder, not a file name")):
+        out = run_cli(dataset, "--model", model_file, "--oracle", "irm", *args)
+        assert out.returncode == 2 and problem in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_bad_data_dir_is_one_line(tmp_path, model_file, run_cli):
     out = run_cli(tmp_path / "nothing", "--model", model_file)
     assert out.returncode != 0 and "no such folder" in out.stderr and "Traceback" not in out.stderr

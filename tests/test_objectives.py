@@ -75,7 +75,10 @@ def test_si_sdr_edge_cases():
     assert si_sdr(3 * s, s).item() > 120  # float32 rounding of 3·s only
     assert si_sdr(torch.randn(100), torch.zeros(100)).item() == -math.inf  # silent target
     assert si_sdr(torch.zeros(100), s).item() == -math.inf  # silent estimate
-    assert si_sdr(torch.zeros(100), torch.zeros(100)).item() == -math.inf  # never NaN
+    assert si_sdr(torch.zeros(100), torch.zeros(100)).item() == -math.inf  # silent both: not NaN
+    bad = s.clone()
+    bad[3] = math.nan
+    assert math.isnan(si_sdr(bad, s).item()) and math.isnan(si_sdr(s, bad).item())  # a NaN propagates
     x = torch.tensor([1.0, 0.0])
     assert si_sdr(torch.tensor([0.0, 1.0]), x).item() == -math.inf  # orthogonal estimate
 

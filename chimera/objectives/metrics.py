@@ -36,11 +36,12 @@ def si_sdr(estimate: torch.Tensor, reference: torch.Tensor, zero_mean: bool = Fa
 
     SI-SDR = 10 log10(‖α s‖² / ‖α s − ŝ‖²) with α = ⟨ŝ, s⟩ / ‖s‖². Edge cases: a perfect
     estimate gives +inf; a silent reference or an estimate orthogonal to (or silent
-    against) the reference gives −inf (nothing of the target is recovered), never NaN.
+    against) the reference gives −inf (nothing of the target is recovered); NaN only where
+    either input holds a NaN (a corrupt estimate must not look like a merely poor one).
     """
     num, den = _si_sdr_parts(estimate.to(torch.float64), reference.to(torch.float64), zero_mean)
     out = 10 * torch.log10(num) - 10 * torch.log10(den)
-    return torch.where(num > 0, out, -math.inf)
+    return torch.where((num > 0) | num.isnan() | den.isnan(), out, -math.inf)
 
 
 def si_sdr_loss(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8, zero_mean: bool = False,
