@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import _deps, signal
 from .atomic import atomic_write
-from .audio import AudioError, read_audio, resample
+from .audio import AudioError, audio_info, read_audio, resample
 from .objectives import si_sdr
 from .parallel import process_pool
 
@@ -151,6 +151,10 @@ def _find_files(data_dir, split=None):
             if os.path.isdir(folder) else []
 
     names = track_names(base)
+    if names:  # a track folder without its mixture is not scored: say so, not silently
+        for d in sorted(os.listdir(base)):
+            if d not in names and os.path.isdir(os.path.join(base, d)) and _stems(os.path.join(base, d), None):
+                log.warning("%s: no mixture.wav or mixture.flac: not scored", os.path.join(base, d))
     if not names and not split and track_names(os.path.join(data_dir, "test")):  # MUSDB18-HQ's root
         base = os.path.join(data_dir, "test")
         log.info("%s: MUSDB18-HQ layout, scoring its test split (--split train for the other)", data_dir)
@@ -196,6 +200,7 @@ def list_tracks(data_dir, source_names, split=None, targets=None):
     tracks = _find_files(data_dir, split)
     for t in tracks:
         t.targets = resolve_targets(t, source_names, explicit)
+        _check_headers(t)
     derived = {s: str(tg) for s, tg in tracks[0].targets.items() if tg != Target((s,))}
     if derived:
         log.info("references: %s", ", ".join(f"{s} = {d}" for s, d in derived.items()))
@@ -205,6 +210,23 @@ def list_tracks(data_dir, source_names, split=None, targets=None):
 def find_tracks(data_dir, source_names):
     """The names of the tracks of `data_dir` (sorted); see :func:`list_tracks`."""
     return [t.name for t in list_tracks(data_dir, source_names)]
+
+
+def _mismatch(path, channels, frames, rate, mixture) -> AudioError:
+    """A stem that does not fit the mixture ((channels, frames, rate) of each)."""
+    return AudioError.at(path, f"{channels} channels x {frames} samples at {rate} Hz, but the mixture has "
+                               f"{mixture[0]} x {mixture[1]} at {mixture[2]} Hz")
+
+
+def _check_headers(files: TrackFiles) -> None:
+    """The stems a track's references use fit its mixture (from the file headers, before any
+    work: a bad stem found while scoring left the earlier tracks' estimates written)."""
+    mix = audio_info(files.mixture)
+    want = (mix.channels, mix.frames, mix.sample_rate)
+    for name in sorted({m for t in files.targets.values() for m in t.stems}):
+        info = audio_info(files.stems[name])
+        if (info.channels, info.frames, info.sample_rate) != want:
+            raise _mismatch(info.path, info.channels, info.frames, info.sample_rate, want)
 
 
 def read_track(files: TrackFiles) -> Track:
@@ -217,8 +239,7 @@ def read_track(files: TrackFiles) -> Track:
             path = files.stems[name]
             x, r = read_audio(path)
             if r != rate or x.shape != mixture.shape:
-                raise AudioError.at(path, f"{x.shape[1]} channels x {x.shape[0]} samples at {r} Hz, but the mixture "
-                                          f"has {mixture.shape[1]} x {mixture.shape[0]} at {rate} Hz")
+                raise _mismatch(path, x.shape[1], x.shape[0], r, (mixture.shape[1], mixture.shape[0], rate))
             cache[name] = x
         return cache[name]
 

@@ -193,6 +193,24 @@ def test_output_paths_are_checked_before_any_scoring(dataset, model_file, tmp_pa
         assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_a_bad_stem_stops_the_run_before_any_estimate_and_a_folder_without_mixture_is_named(dataset, model_file,
+                                                                                             tmp_path, run_cli):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    acc = sf.read(data / "track1" / "accompaniment.wav", dtype="float32")[0]
+    sf.write(data / "track1" / "accompaniment.wav", acc[:-100], RATE, subtype="FLOAT")   # 100 samples short
+    out = run_cli(data, "--model", model_file, "--oracle", "irm", "--save-estimates", tmp_path / "est",
+                  "--out", tmp_path / "r.json")
+    assert out.returncode != 0 and "track1/accompaniment.wav: 2 channels x 23900 samples" in out.stderr, out.stderr
+    assert not (tmp_path / "est").exists() and not (tmp_path / "r.json").exists()
+    sf.write(data / "track1" / "accompaniment.wav", acc, RATE, subtype="FLOAT")
+    (data / "track1" / "mixture.wav").unlink()
+    out = run_cli(data, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    assert "track1: no mixture.wav or mixture.flac: not scored" in out.stderr
+    assert [t["track"] for t in json.loads((tmp_path / "r.json").read_text())["tracks"]] == ["track0"]
+
+
 def test_bad_data_dir_is_one_line(tmp_path, model_file, run_cli):
     out = run_cli(tmp_path / "nothing", "--model", model_file)
     assert out.returncode != 0 and "no such folder" in out.stderr and "Traceback" not in out.stderr
