@@ -465,6 +465,25 @@ def test_ddp_gradients_are_the_mean_over_ranks_of_one_process_on_the_concatenate
 
 # ------------------------------------------------------------------ unreadable files
 
+def test_ddp_a_nan_loss_on_one_rank_stops_every_rank(data_root, tmp_path):
+    # rank 1's loss turns NaN at its second step: both ranks must stop with the one-line
+    # error (the other rank went on into the gradients' all-reduce, where gloo ended it with
+    # a traceback once rank 1 had gone; a collective that waits would hang there)
+    cfg = config(data_root)
+    cfg["stages"] = cfg["stages"][:1]
+    path = write_toml(tmp_path / "r.toml", cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                        "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+                        *probe_cmd("--nan-rank", "1")[1:], "train", str(path), "--run-dir", str(tmp_path / "ddp"),
+                        "--threads", "1", "--device", "cpu"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "batch 1: loss is nan" in p.stderr, p.stderr[-3000:]
+    assert "batch 1: the loss is not finite on another rank" in p.stderr, p.stderr[-3000:]
+
+
 def test_unreadable_file_is_skipped_with_its_path(data_root, tmp_path):
     root = tmp_path / "data"
     make_tracks(root / "train", 3)

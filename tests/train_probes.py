@@ -5,7 +5,8 @@ train ...`` runs ``chimera train ...`` with the probes in place). The trainer ca
 - ``--slow S``: reading a training item takes S more seconds (so a test can kill a run mid-epoch);
 - ``--count FILE``: FILE receives the number of training items read (an independent step count);
 - ``--sgd FILE``: plain SGD replaces Adam, and the gradients of the first step, as the optimiser
-  sees them (after DDP's reduction), go to FILE.<rank>.
+  sees them (after DDP's reduction), go to FILE.<rank>;
+- ``--nan-rank R``: the training loss is NaN on rank R (DDP) from its second step on.
 """
 import argparse
 import os
@@ -57,17 +58,36 @@ def sgd_optimizer(path):
     return make
 
 
+def nan_on_rank(rank: int):
+    """Wrap the trainer's loss module: NaN on `rank` from the second call in training on."""
+    base = solver._LossModule.forward
+    calls = [0]
+
+    def forward(self, mixture, sources):
+        loss = base(self, mixture, sources)
+        if self.training and int(os.environ.get("RANK", "0")) == rank:
+            calls[0] += 1
+            if calls[0] >= 2:
+                return loss * float("nan")
+        return loss
+
+    solver._LossModule.forward = forward
+
+
 def main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--slow", type=float, default=0.0)
     p.add_argument("--count")
     p.add_argument("--sgd")
+    p.add_argument("--nan-rank", type=int)
     p.add_argument("chimera_args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     counter = [0]
     train_data.DATASETS["demo"] = slow_and_counted(args.slow, counter)
     if args.sgd:
         solver.make_optimizer = sgd_optimizer(args.sgd)
+    if args.nan_rank is not None:
+        nan_on_rank(args.nan_rank)
     rest = args.chimera_args[1:] if args.chimera_args[:1] == ["--"] else args.chimera_args
     rc = chimera_main(rest)
     if args.count:

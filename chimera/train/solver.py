@@ -307,9 +307,15 @@ class Trainer:
         run.opt.zero_grad(set_to_none=True)
         with mkldnn_enabled(self.cfg["train"]["mkldnn"]):  # the backward follows the forward's kernels
             loss = run.net(mix, src)
-        if not torch.isfinite(loss):
-            raise TrainError(f"stage {run.cfg['name']} epoch {progress.epoch + 1} batch {b}: loss is {float(loss)} "
-                             f"(items {batch['name']}); lower the learning rate or check the data")
+        finite = bool(torch.isfinite(loss))
+        # every rank stops together, with this error: one rank raising alone left the others
+        # in the gradients' all-reduce (a traceback from gloo when it went, or a wait)
+        everywhere = self.dist.sum([float(not finite)])[0] == 0 if self.dist.enabled else finite
+        if not everywhere:
+            where = (f"loss is {float(loss)} (items {batch['name']})" if not finite
+                     else "the loss is not finite on another rank")
+            raise TrainError(f"stage {run.cfg['name']} epoch {progress.epoch + 1} batch {b}: {where}; "
+                             "lower the learning rate or check the data")
         run.scaler.scale(loss).backward()
         if run.clip:
             run.scaler.unscale_(run.opt)
