@@ -465,6 +465,22 @@ def test_ddp_gradients_are_the_mean_over_ranks_of_one_process_on_the_concatenate
 
 # ------------------------------------------------------------------ unreadable files
 
+def test_a_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(data_root, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    cfg = config(data_root, checkpoint_every=1)
+    base, calls = solver._LossModule.forward, [0]
+
+    def nan_from_the_third(self, mixture, sources):
+        loss = base(self, mixture, sources)
+        calls[0] += self.training
+        return loss * float("nan") if self.training and calls[0] >= 3 else loss
+
+    monkeypatch.setattr(solver._LossModule, "forward", nan_from_the_third)
+    with pytest.raises(tr.TrainError, match=r"stage chimera epoch 1 batch 2: loss is nan \(items .*\); lower"):
+        tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")[1]["global_step"] == 2
+
+
 def test_ddp_a_nan_loss_on_one_rank_stops_every_rank(data_root, tmp_path):
     # rank 1's loss turns NaN at its second step: both ranks must stop with the one-line
     # error (the other rank went on into the gradients' all-reduce, where gloo ended it with

@@ -201,17 +201,19 @@ class Trainer:
         Returns the model and the resumed checkpoint's training state (None for a new run)."""
         dcfg = self.cfg["data"]
         seed_everything(self.seed)
-        state = None
+        state = init = None
         if self.resume_path is not None:  # its rate, not train.init's (which may be gone by now)
             model, state = self._resume()
             sr = model.stft.sample_rate
         else:
-            sr = self._sample_rate()
+            init = self._load_init()
+            sr = init.stft.sample_rate if init is not None else \
+                int(self.cfg["model"].get("stft", {}).get("sample_rate", StftConfig().sample_rate))
         self.train_ds = build_dataset(dcfg, "train", sr, self.seed)
         self.valid_ds = build_dataset(dcfg, "valid", sr, self.seed)
         if state is None:
-            model, from_init = self._build_model()
-            if not from_init:
+            model = init if init is not None else self._build_model()
+            if init is None:
                 self._fit_statistics(model)
         model.to(self.device).train()
         if self.dist.main:
@@ -310,9 +312,9 @@ class Trainer:
         finite = bool(torch.isfinite(loss))
         # every rank stops together, with this error: one rank raising alone left the others
         # in the gradients' all-reduce (a traceback from gloo when it went, or a wait)
-        everywhere = self.dist.sum([float(not finite)])[0] == 0 if self.dist.enabled else finite
+        everywhere = self.dist.sum([float(not finite)])[0] == 0  # (without DDP: this rank's own)
         if not everywhere:
-            where = (f"loss is {float(loss)} (items {batch['name']})" if not finite
+            where = (f"loss is {loss.item()} (items {batch['name']})" if not finite
                      else "the loss is not finite on another rank")
             raise TrainError(f"stage {run.cfg['name']} epoch {progress.epoch + 1} batch {b}: {where}; "
                              "lower the learning rate or check the data")
@@ -381,16 +383,20 @@ class Trainer:
                    f"epoch {state['epoch']}, batch {state['batch']}")
         return model, state
 
+    def _load_init(self):
+        """``train.init``'s model (weights and feature statistics), read once; None without it."""
+        init = self.cfg["train"]["init"]
+        if not init:
+            return None
+        try:
+            return load_checkpoint(init)[0]
+        except Exception as e:
+            raise TrainError(f"train.init: {e}") from None
+
     def _build_model(self):
+        """A fresh model of the recipe's [model] table."""
         mcfg = dict(self.cfg["model"])
         name, size = mcfg.pop("preset"), mcfg.pop("size")
-        init = self.cfg["train"]["init"]
-        if init:
-            try:
-                model, _ = load_checkpoint(init)
-            except Exception as e:
-                raise TrainError(f"train.init: {e}") from None
-            return model, True
         names = list(getattr(self.train_ds, "source_names", []))
         mcfg.setdefault("n_sources", len(names))
         if names and len(names) == mcfg["n_sources"]:
@@ -399,15 +405,7 @@ class Trainer:
             config = preset(name, size, **mcfg)
         except (ValueError, TypeError) as e:
             raise TrainError(f"model: {e}") from None
-        return SeparationModel(config), False
-
-    def _sample_rate(self):
-        if self.cfg["train"]["init"]:
-            try:
-                return load_checkpoint(self.cfg["train"]["init"])[0].stft.sample_rate
-            except Exception as e:
-                raise TrainError(f"train.init: {e}") from None
-        return int(self.cfg["model"].get("stft", {}).get("sample_rate", StftConfig().sample_rate))
+        return SeparationModel(config)
 
     def _fit_statistics(self, model):
         bs, workers = int(self.cfg["data"]["batch_size"]), int(self.cfg["data"]["num_workers"])
