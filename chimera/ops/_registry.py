@@ -65,6 +65,36 @@ def define(name, schema, reference, fake, backward=None, setup_context=None):
     return getattr(torch.ops.chimera, name).default
 
 
+def reference_vjp(fn, inputs, needs, grads):
+    """Gradients of the reference twin `fn` at `inputs` for the inputs flagged in `needs`
+    (None for the others), against the output gradients `grads`: for the rare gradients the
+    kernels do not compute (weights, double backward), by autograd through the twin. Under
+    create_graph (grad mode on in a backward) the result stays differentiable."""
+    if not any(needs):
+        return [None] * len(inputs)
+    higher = torch.is_grad_enabled()
+    with torch.enable_grad():
+        args = [_vjp_input(x, need, higher) for x, need in zip(inputs, needs)]
+        outs = fn(*args)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        # An output that does not depend on a wanted input (an unrequested, empty gradient) adds nothing.
+        pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad and g is not None]
+        wanted = [a for a, need in zip(args, needs) if need]
+        if not pairs:
+            return [None] * len(inputs)
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True,
+                                       create_graph=higher))
+    return [next(got) if need else None for need in needs]
+
+
+def _vjp_input(x, need, higher):
+    if not isinstance(x, torch.Tensor):
+        return x
+    if higher and (x.requires_grad or not need):
+        return x  # keep the link to the outer graph
+    return x.detach().requires_grad_(need)
+
+
 def _schema_from_cpp(name):
     try:
         getattr(torch.ops.chimera, name)

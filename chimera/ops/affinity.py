@@ -5,7 +5,8 @@ float64 statistics (VᵀWV, VᵀWY, YᵀWY, Σw, Vᵀw) of the embedding V (B, N
 either (B, N) int64 class indices (never expanded to one-hot: a bin adds to its label's
 column only) or (B, N, C) float, and the weights w (B, N) or None (all ones). Its backward
 is one more pass: dL/dV = W (V (G + Gᵀ) + Y Hᵀ + 1 gᵀ) for the gradients G, H, g of
-VᵀWV, VᵀWY and Vᵀw.
+VᵀWV, VᵀWY and Vᵀw. The rare gradients the kernels do not compute (to weights or a dense
+target that require grad, double backward) go by autograd through the reference twin.
 
 dtype policy (kernels and ``chimera.ops.reference`` alike, CPU and CUDA): the embedding is
 float32, float64, float16 or bfloat16; a dense target and the weights have its dtype;
@@ -30,8 +31,9 @@ def _fake_backward(grad_vv, grad_vy, embedding, target, weight, grad_vsum=None):
 
 
 def _setup_context(ctx, inputs, output):
-    embedding, target, weight, _ = inputs
+    embedding, target, weight, num_classes = inputs
     ctx.save_for_backward(embedding, target, weight)
+    ctx.num_classes = num_classes
 
 
 def _backward(ctx, grad_vv, grad_vy, grad_yy, grad_wsum, grad_vsum):
@@ -39,7 +41,22 @@ def _backward(ctx, grad_vv, grad_vy, grad_yy, grad_wsum, grad_vsum):
     grad = None
     if ctx.needs_input_grad[0]:
         grad = affinity_stats_backward(grad_vv, grad_vy, embedding, target, weight, grad_vsum)
-    return grad, None, None, None
+    # A dense target or weights that require grad (rare): by autograd through the twin.
+    needs = (False, ctx.needs_input_grad[1], ctx.needs_input_grad[2], False)
+    _, d_target, d_weight, _ = _registry.reference_vjp(
+        reference.affinity_stats, (embedding, target, weight, ctx.num_classes), needs,
+        (grad_vv, grad_vy, grad_yy, grad_wsum, grad_vsum))
+    return grad, d_target, d_weight, None
+
+
+def _setup_backward(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward_backward(ctx, grad):
+    """Double backward (gradient penalties, Hessian-vector products), through the twin."""
+    return tuple(_registry.reference_vjp(reference.affinity_stats_backward, ctx.saved_tensors,
+                                         ctx.needs_input_grad, (grad,)))
 
 
 affinity_stats_backward = _registry.define(
@@ -47,6 +64,8 @@ affinity_stats_backward = _registry.define(
     "(Tensor grad_vv, Tensor grad_vy, Tensor embedding, Tensor target, Tensor? weight, Tensor? grad_vsum=None) -> Tensor",
     reference.affinity_stats_backward,
     _fake_backward,
+    backward=_backward_backward,
+    setup_context=_setup_backward,
 )
 
 affinity_stats = _registry.define(

@@ -43,11 +43,26 @@ def _backward(ctx, grad):
     return grad_logits if want[0] else None, grad_codebook if want[1] else None, None, None
 
 
+def _setup_backward(ctx, inputs, output):
+    grad, logits, codebook, argmax, normalize, output_mask = inputs
+    ctx.save_for_backward(grad, logits, codebook)
+    ctx.flags = (argmax, normalize, output_mask)
+
+
+def _backward_backward(ctx, gg_logits, gg_codebook):
+    """Double backward (gradient penalties, Hessian-vector products), through the twin."""
+    inputs = (*ctx.saved_tensors, *ctx.flags)
+    return tuple(_registry.reference_vjp(reference.codebook_lookup_backward, inputs, ctx.needs_input_grad,
+                                         (gg_logits, gg_codebook)))
+
+
 codebook_lookup_backward = _registry.define(
     "codebook_lookup_backward",
     "(Tensor grad, Tensor logits, Tensor codebook, bool argmax, bool normalize, bool[2] output_mask) -> (Tensor, Tensor)",
     reference.codebook_lookup_backward,
     _fake_backward,
+    backward=_backward_backward,
+    setup_context=_setup_backward,
 )
 
 codebook_lookup_op = _registry.define(
@@ -101,6 +116,7 @@ def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
     reference._codebook_dtype(logits, codebook)  # raises a TypeError naming the mismatch
     argmax = mode == "argmax"
     if codebook.is_complex():
-        out = codebook_lookup_op(logits, torch.view_as_real(codebook), argmax, normalize)
+        # A conjugate view (codebook.conj()) has no real view until resolved.
+        out = codebook_lookup_op(logits, torch.view_as_real(codebook.resolve_conj()), argmax, normalize)
         return torch.view_as_complex(out)
     return codebook_lookup_op(logits, codebook, argmax, normalize)

@@ -23,11 +23,10 @@ def _fake_backward(grad, window, hop_length, center, n_frames):
 
 
 def _window_grad(fn, data, window, args, grad):
-    """Gradient for a trained window: rare, so by autograd through the reference twin."""
-    with torch.enable_grad():
-        w = window.detach().requires_grad_(True)
-        out = fn(data.detach(), w, *args)
-        return torch.autograd.grad(out, w, grad)[0]
+    """Gradient for a trained window: rare, so by autograd through the reference twin
+    (differentiable again under create_graph, for gradient penalties)."""
+    needs = (False, True) + (False,) * len(args)
+    return _registry.reference_vjp(fn, (data, window, *args), needs, (grad,))[1]
 
 
 def _setup_forward(ctx, inputs, output):

@@ -11,6 +11,12 @@ import torch
 
 # ---------------------------------------------------------------- deep clustering
 
+def _has_data(t):
+    """False for the fake tensors of torch.compile's tracing (the backward formulas run these
+    twins there): value checks are skipped, the op's kernel made them on the real data."""
+    return not torch._subclasses.fake_tensor.is_fake(t)
+
+
 _AFFINITY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -21,12 +27,14 @@ def _check_affinity_inputs(name, embedding, target, weight, num_classes):
     if embedding.dtype not in _AFFINITY_DTYPES:
         raise RuntimeError(f"{name}: embedding must be float32, float64, float16 or bfloat16, got {embedding.dtype}")
     B, N, _ = embedding.shape
+    if target.dtype != torch.long and not target.dtype.is_floating_point and not target.dtype.is_complex:
+        raise RuntimeError(f"{name}: an index target must be int64 (torch.long) class indices, got {target.dtype}")
     if target.dtype == torch.long:
         if tuple(target.shape) != (B, N):
             raise RuntimeError(f"{name}: index target must be (B, N) = ({B}, {N}), got {tuple(target.shape)}")
         if num_classes <= 0:
             raise RuntimeError(f"{name}: num_classes must be positive for an index target, got {num_classes}")
-        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+        if target.numel() and _has_data(target) and (target.min() < 0 or target.max() >= num_classes):
             raise RuntimeError(f"{name}: target label out of range [0, {num_classes})")
     else:
         if target.dim() != 3 or tuple(target.shape[:2]) != (B, N):
@@ -100,7 +108,7 @@ NOLA_TOLERANCE = 1e-11
 def check_nola(name, env, first_sample, hop_length):
     """torch.istft's NOLA check: raise when the window-sum-square envelope `env` (at output
     samples first_sample + [0, len(env))) vanishes, where the signal cannot be recovered."""
-    if env.numel() == 0:
+    if env.numel() == 0 or not _has_data(env):
         return
     lowest, where = env.abs().min(0)
     if lowest < NOLA_TOLERANCE:
@@ -246,6 +254,7 @@ def codebook_lookup(logits, codebook, mode="interpolate", normalize=False):
             f"and {tuple(codebook.shape)}"
         )
     real = _codebook_dtype(logits, codebook)
+    codebook = codebook.resolve_conj()  # view_as_real rejects a conjugate view
     if mode == "argmax":
         idx, nan_row = _argmax_pick(logits)
         nan = complex(math.nan, math.nan) if codebook.is_complex() else math.nan

@@ -11,6 +11,7 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -40,6 +41,9 @@ inline Shape check_inputs(const char* op, const at::Tensor& emb, const at::Tenso
               emb.scalar_type());
   TORCH_CHECK(target.device() == emb.device(), op, ": target is on ", target.device(), " but the embedding is on ",
               emb.device());
+  // Integer labels of another width would otherwise be taken for a dense target of the wrong rank.
+  TORCH_CHECK(target.scalar_type() == at::kLong || !at::isIntegralType(target.scalar_type(), /*includeBool=*/true), op,
+              ": an index target must be int64 (torch.long) class indices, got ", target.scalar_type());
   Shape s{emb.size(0), emb.size(1), emb.size(2), 0, target.scalar_type() == at::kLong, weight.has_value()};
   if (s.index_target) {
     TORCH_CHECK(target.dim() == 2 && target.size(0) == s.B && target.size(1) == s.N, op,
