@@ -54,14 +54,15 @@ def needed(mode: str, in_rate: int, model_rate: int, out_rate: int) -> bool:
 def band_weights(spec: torch.Tensor, n_fft: int, band=DEFAULT_BAND) -> torch.Tensor:
     """(..., C, F, T) complex source spectra → (..., C, T) weights that sum to one over C:
     each source's share of the power in `band` (fractions of the Nyquist frequency) per
-    frame; 1 / C where the band is silent in every source."""
+    frame; 1 / C where the band is silent in every source, NaN where its power is NaN."""
     half = n_fft // 2
     lo, hi = int(math.floor(band[0] * half)), int(math.ceil(band[1] * half)) + 1
     power = spec[..., lo:hi, :].abs().square_().sum(-2)
     total = power.sum(-2, keepdim=True)
     n = power.shape[-2]
     tiny = torch.finfo(power.dtype).tiny
-    return torch.where(total > tiny, power / total.clamp_min(tiny), torch.full_like(power, 1.0 / max(n, 1)))
+    # `total <= tiny`, not `not total > tiny`: a NaN total is no silence (it gave 1 / C)
+    return torch.where(total <= tiny, torch.full_like(power, 1.0 / max(n, 1)), power / total.clamp_min(tiny))
 
 
 class HighBandSplit:

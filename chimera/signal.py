@@ -34,13 +34,21 @@ def stft(x, n_fft, hop_length=None, window=None, center=True):
     """Complex onesided STFT of real signals x (..., L) -> (..., n_fft // 2 + 1, n_frames).
 
     torch.stft with its defaults (reflect padding of n_fft // 2 when `center`, not
-    normalised), for any number of leading dimensions."""
-    if x.is_complex() or x.dim() < 1:
-        raise ValueError(f"stft: x must be real (..., L), got {x.dtype} of shape {tuple(x.shape)}")
+    normalised), for any number of leading dimensions (an empty batch too). A
+    signal too short for one frame (or for the reflect padding) raises a ValueError."""
+    if not x.is_floating_point() or x.dim() < 1:
+        raise ValueError(f"stft: x must be real floating point (..., L), got {x.dtype} of shape {tuple(x.shape)}")
     hop = _hop(hop_length, n_fft)
+    L = x.shape[-1]
+    if (L <= n_fft // 2) if center else (L < n_fft):
+        raise ValueError(f"stft: a signal of {L} samples is too short for n_fft={n_fft} with center={center} (needs "
+                         f"{'more than ' + str(n_fft // 2) if center else 'at least ' + str(n_fft)})")
     w = _window(window, n_fft, x.dtype, x.device)
-    spec = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop, window=w, center=center, pad_mode="reflect",
+    rows = x.reshape(-1, L) if x.numel() else x.new_zeros(1, L)  # torch.stft refuses an empty batch
+    spec = torch.stft(rows, n_fft, hop, window=w, center=center, pad_mode="reflect",
                       normalized=False, onesided=True, return_complex=True)
+    if not x.numel():
+        spec = spec[:0]
     return spec.reshape(*x.shape[:-1], *spec.shape[-2:])
 
 
@@ -60,9 +68,16 @@ def istft(spec, n_fft, hop_length=None, window=None, center=True, length=None):
     # Along dim -2 the FFT (MKL, pocketfft) writes the frames contiguous as
     # (..., n_frames, n_fft) with no transposing copy of the spectrum, and its backward
     # reads overlap_add_backward's contiguous gradient without a copy too.
-    frames = torch.fft.irfft(spec, n=n_fft, dim=-2).transpose(-1, -2)
+    frames = _irfft_frames(spec, n_fft)
     w = _window(window, n_fft, frames.dtype, frames.device)
     return overlap_add(frames, w, hop, center, length)
+
+
+def _irfft_frames(spec, n_fft):
+    """(..., F, T) complex -> (..., T, n_fft) real frames (the FFT fails on an empty batch)."""
+    if spec.numel() == 0:
+        return spec.real.new_zeros(*spec.shape[:-2], spec.shape[-1], n_fft)
+    return torch.fft.irfft(spec, n=n_fft, dim=-2).transpose(-1, -2)
 
 
 def inconsistency(spec, n_fft, hop_length=None, window=None, center=True):
@@ -163,7 +178,7 @@ class StreamingISTFT:
         self._like = chunk.real.new_empty(*chunk.shape[:-2], 0)
         if n_new == 0:
             return self._like
-        frames = torch.fft.irfft(chunk, n=self.n_fft, dim=-2).transpose(-1, -2)  # (..., T_chunk, n_fft)
+        frames = _irfft_frames(chunk, self.n_fft)  # (..., T_chunk, n_fft)
         w = _window(self.window, self.n_fft, frames.dtype, frames.device)
         n_fft, hop = self.n_fft, self.hop
         overlap = n_fft - hop
@@ -182,10 +197,13 @@ class StreamingISTFT:
                 a, b = t * hop, min(t * hop + n_fft, head)
                 num[..., a:b] += frames[..., t, : b - a] * w[: b - a]
             parts.append(self._normalise(num, base, total, w))
-        if final > head:
+        # Samples past `length` are never returned: not computed either, so that (like the
+        # one-shot istft) their envelope is not checked and a finished stream costs nothing.
+        stop = final if self.length is None else min(final, max(head, self._start + self.length - base))
+        if stop > head:
             # Chunk-local center=True starts at n_fft // 2 <= head; positions >= overlap
             # see all their frames inside the chunk, so the local envelope is the stream's.
-            y = overlap_add(frames, w, hop, True, final - n_fft // 2)
+            y = overlap_add(frames, w, hop, True, stop - n_fft // 2)
             parts.append(y[..., head - n_fft // 2:])
         # New open samples: local [final, final + overlap).
         new_open = frames.new_zeros(*frames.shape[:-2], overlap)
@@ -199,6 +217,8 @@ class StreamingISTFT:
                 new_open[..., lo:hi] += frames[..., t, lo - a:hi - a] * w[lo - a:hi - a]
         self._open = new_open
         self._frames = total
+        if not parts:  # all past `length`
+            parts.append(frames.new_zeros(*frames.shape[:-2], 0))
         y = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
         out = self._emit(y, base)
         self._next = base + final
@@ -228,10 +248,19 @@ def _phasor(z):
     """z / |z| (1 where z = 0), differentiable everywhere. Real and imaginary parts are
     divided separately: torch's complex-by-real division squares the divisor, which
     underflows for subnormal magnitudes (|z| ~ 1e-39 in float32, met in near-silent bins of
-    MISI's STFTs) and gave inf and NaN."""
+    MISI's STFTs) and gave inf and NaN. NaN stays NaN (`mag > 0` is false for it too: a NaN
+    mixture came back finite)."""
     mag = z.abs()
-    safe = torch.where(mag > 0, mag, torch.ones_like(mag))
-    return torch.where(mag > 0, torch.complex(z.real / safe, z.imag / safe), torch.ones_like(z))
+    zero = mag == 0
+    safe = torch.where(zero, torch.ones_like(mag), mag)
+    return torch.where(zero, torch.ones_like(z), torch.complex(z.real / safe, z.imag / safe))
+
+
+def _n_frames(length, n_fft, hop_length, center):
+    """Frames of `stft` on a signal of `length` samples."""
+    hop = _hop(hop_length, n_fft)
+    padded = length + 2 * (n_fft // 2) if center else length
+    return max(0, (padded - n_fft) // hop + 1)
 
 
 def misi(mixture, estimates, n_iter, n_fft, hop_length=None, window=None, center=True, *,
@@ -261,8 +290,11 @@ def misi(mixture, estimates, n_iter, n_fft, hop_length=None, window=None, center
     else:
         mag = estimates
         phase = _phasor(stft(mixture, n_fft, hop_length, window, center)).unsqueeze(-3)
-    if phase.shape[-1] != mag.shape[-1]:
-        raise ValueError(f"misi: estimates have {mag.shape[-1]} frames but the mixture STFT has {phase.shape[-1]}")
+    # Complex estimates are checked too: more frames broke the loop with a broadcasting
+    # error, fewer were cut from every STFT after the first.
+    n_frames = phase.shape[-1] if not estimates.is_complex() else _n_frames(L, n_fft, hop_length, center)
+    if n_frames != mag.shape[-1]:
+        raise ValueError(f"misi: estimates have {mag.shape[-1]} frames but the mixture STFT has {n_frames}")
     for i in range(n_iter + 1):
         s = istft(mag * phase, n_fft, hop_length, window, center, length=L)
         delta = (y - s.sum(-2, keepdim=True)) / C

@@ -42,6 +42,18 @@ def test_band_weights_are_each_sources_share_of_the_top_band_power():
     torch.testing.assert_close(w.sum(-2), torch.ones(2, 7))
 
 
+def test_band_weights_propagate_nan():
+    # A NaN spectrum counted as a silent band: an even split, as if nothing were wrong.
+    spec = torch.ones(2, 3, 129, 4, dtype=torch.complex64)
+    spec[0, 1, 100, 2] = float("nan")
+    w = band_weights(spec, 256)
+    assert w[0, :, 2].isnan().all()
+    nan = w.isnan()
+    nan[0, :, 2] = False
+    assert not nan.any()
+    torch.testing.assert_close(w[1], torch.full((3, 4), 1 / 3))
+
+
 def test_needed_when_the_input_is_resampled_and_when_asked():
     assert needed("split", 44100, 16000, 44100)
     assert needed("split", 8000, 16000, 8000)  # the resamplers' transitions, given back

@@ -400,6 +400,45 @@ def test_streaming_nola_rejected():
         stream.push(random_spec(64, 5))
 
 
+def test_streaming_stops_at_length_like_the_one_shot():
+    # A window whose envelope vanishes at every hop (hann with hop = n_fft) where `length`
+    # ends the output before the first zero: istft returns it, the stream computed (and
+    # NOLA-checked) the samples past `length` anyway and raised.
+    n_fft = 16
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    spec = random_spec(n_fft, 6, batch=(2,), dtype=torch.complex128)
+    for length in (0, 1, 5):
+        expected = istft(spec, n_fft, n_fft, w, True, length)
+        stream = StreamingISTFT(n_fft, n_fft, w, True, length)
+        out = torch.cat([stream.push(spec[..., :4]), stream.push(spec[..., 4:]), stream.flush()], -1)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
+def test_empty_batches_give_empty_results():
+    # torch.stft and the FFT behind istft refuse an empty batch (MKL: "Inconsistent
+    # configuration parameters"): an empty batch gives an empty result of the right shape.
+    n_fft, hop = 16, 4
+    w = torch.hann_window(n_fft)
+    assert stft(torch.randn(0, 100), n_fft, hop, w).shape == (0, 9, 26)
+    assert stft(torch.randn(2, 0, 100), n_fft, hop, w).shape == (2, 0, 9, 26)
+    assert istft(torch.randn(0, 3, 9, 5, dtype=torch.complex64), n_fft, hop, w).shape == (0, 3, 16)
+    stream = StreamingISTFT(n_fft, hop, w, length=20)
+    out = torch.cat([stream.push(torch.randn(0, 9, 5, dtype=torch.complex64)), stream.flush()], -1)
+    assert out.shape == (0, 20)
+
+
+def test_stft_rejects_short_and_integer_signals_in_one_line():
+    w = torch.hann_window(16)
+    with pytest.raises(ValueError, match="8 samples is too short for n_fft=16 with center=True"):
+        stft(torch.randn(2, 8), 16, 4, w)
+    with pytest.raises(ValueError, match="15 samples is too short for n_fft=16 with center=False"):
+        stft(torch.randn(15), 16, 4, w, center=False)
+    assert stft(torch.randn(9), 16, 4, w).shape == (9, 3)  # reflect padding needs n_fft // 2 + 1
+    assert stft(torch.randn(16), 16, 4, w, center=False).shape == (9, 1)
+    with pytest.raises(ValueError, match="real floating point"):
+        stft(torch.zeros(100, dtype=torch.int16), 16, 4, w)
+
+
 # ---------------------------------------------------------------- MISI
 
 def _sources(n=3, L=4000):
@@ -458,6 +497,31 @@ def test_misi_stays_finite_on_subnormal_bins():
     wav, spectra = misi(src.sum(0), est, 2, n_fft, hop, w, return_spectra=True)
     assert torch.isfinite(wav).all() and torch.isfinite(spectra).all()
     torch.testing.assert_close(wav[:, :900], src[:, :900], rtol=0, atol=1e-4)  # the loud part unharmed
+
+
+@pytest.mark.parametrize("magnitudes", [False, True])
+def test_misi_propagates_nan_in_the_mixture(magnitudes):
+    # The phase of a NaN bin became 1 (as for a zero bin): the NaN of the mixture was
+    # dropped after one update and the waveforms came back finite, though wrong.
+    n_fft, hop = 64, 16
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    src = _sources(2, 1000)
+    mix = src.sum(0).repeat(2, 1)
+    mix[0, 500] = float("nan")
+    est = stft(src, n_fft, hop, w).expand(2, -1, -1, -1) * 0.9
+    wav = misi(mix, est.abs() if magnitudes else est, 2, n_fft, hop, w)
+    assert wav[0, :, 500].isnan().all()
+    assert wav[1].isfinite().all()  # the other item of the batch is unharmed
+
+
+def test_misi_rejects_complex_estimates_with_other_frames_than_the_mixture():
+    n_fft, hop = 64, 16
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    src = _sources(2, 1000)
+    est = stft(src, n_fft, hop, w)  # 63 frames
+    for bad in (torch.cat([est, est[..., :3]], -1), est[..., :-3]):
+        with pytest.raises(ValueError, match=f"estimates have {bad.shape[-1]} frames but the mixture STFT has 63"):
+            misi(src.sum(0), bad, 2, n_fft, hop, w)
 
 
 def test_misi_is_differentiable():
