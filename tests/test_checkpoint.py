@@ -1,5 +1,7 @@
+import datetime
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -171,6 +173,84 @@ def test_refuses_incompatible_files(tmp_path):
     missing = {k: v for k, v in raw.items() if k != "state_dict"}
     torch.save(missing, tmp_path / "missing.pt")
     _expect_refusal(tmp_path / "missing.pt", "missing")
+
+
+def _edited(tmp_path, raw, **changes):
+    """``raw`` with ``changes``, its checksum recomputed: a file that only the checks after the checksum can refuse."""
+    payload = {**raw, **changes}
+    meta = {k: payload[k] for k in ("model_config", "stft", "source_names")}
+    payload["checksum"] = ckpt._checksum(meta, payload["state_dict"])
+    out = tmp_path / "edited.pt"
+    torch.save(payload, out)
+    return out
+
+
+def test_refuses_configs_that_cannot_build_a_model(tmp_path):
+    """Each of these ended in a traceback (or, for the source names, loaded and later wrote
+    outside the output folder); the loader names the file and the problem instead."""
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model())
+    raw = torch.load(path, weights_only=True)
+    mc = raw["model_config"]
+    names = ["../../escape", "music"]
+    cases = [
+        (dict(source_names=5), "source names"),
+        (dict(model_config={**mc, "hidden": 8.0}), "hidden must be an integer"),
+        (dict(model_config={**mc, "mask_options": {"n_phases": 4}}), "takes the options"),
+        (dict(model_config={**mc, "floor_db": float("nan")}), "floor_db"),
+        (dict(model_config={**mc, "source_names": names}, source_names=names), "source name"),
+        (dict(model_config={**mc, "stft": {**raw["stft"], "sample_rate": "8000"}},
+              stft={**raw["stft"], "sample_rate": "8000"}), "sample_rate must be an integer"),
+    ]
+    for changes, match in cases:
+        _expect_refusal(_edited(tmp_path, raw, **changes), match)
+    # a config far larger than its weights: refused from the shapes, nothing allocated (was a 2.6 TB allocation)
+    _expect_refusal(_edited(tmp_path, raw, model_config={**mc, "hidden": 400_000}), "do not fit")
+    # tensor names that are not strings
+    _expect_refusal(_edited(tmp_path, raw, state_dict={**raw["state_dict"], "extra": torch.zeros(1)}), "do not fit")
+    bad_keys = {**raw, "state_dict": {**raw["state_dict"], 3: torch.zeros(1)}}
+    torch.save(bad_keys, tmp_path / "keys.pt")
+    _expect_refusal(tmp_path / "keys.pt", "mapping of names to tensors")
+    # a value JSON cannot write (a set) made the checksum itself raise
+    with_set = {**raw, "model_config": {**mc, "mask": "magbook", "mask_options": {"magbook": {0.0, 1.0}}}}
+    torch.save(with_set, tmp_path / "set.pt")
+    _expect_refusal(tmp_path / "set.pt", "checksum mismatch")
+
+
+def test_save_refuses_training_state_it_could_not_load(tmp_path):
+    """A NumPy scalar in the training state was saved (over the previous checkpoint) into a
+    file that load_checkpoint then refused as holding Python objects."""
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model(), {"step": 3})
+    before = path.read_bytes()
+    for state, where in [({"step": np.int64(4)}, r"training_state\['step'\] is a numpy.int64"),
+                         ({"history": [1.0, np.float64(2.0)]}, r"training_state\['history'\]\[1\]"),
+                         ({"when": datetime.date(2026, 1, 1)}, "datetime.date")]:
+        with pytest.raises(TypeError, match=where):
+            save_checkpoint(path, _model(), state)
+    assert path.read_bytes() == before and load_checkpoint(path)[1] == {"step": 3}
+
+
+def test_numpy_numbers_in_a_config_are_stored_as_plain_numbers(tmp_path):
+    """preset(hidden=np.int64(8)) built a model whose checkpoint no weights_only load could read."""
+    model = SeparationModel(preset("chimerapp", hidden=np.int64(8), layers=np.int32(1), dropout=np.float64(0.1),
+                                   stft={"sample_rate": np.int64(8000), "n_fft": 128, "hop_length": 32}))
+    save_checkpoint(tmp_path / "np.pt", model)
+    loaded, _ = load_checkpoint(tmp_path / "np.pt")
+    assert loaded.config == model.config and type(loaded.config.hidden) is int
+
+
+def test_phasebook_checkpoint_of_earlier_versions_loads(tmp_path):
+    """Earlier versions saved the fixed phasebook as a complex buffer; it is now derived from n_phases."""
+    model = _model("chimerapp-phasebook").eval()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model)
+    raw = torch.load(path, weights_only=True)
+    assert "mask_head.phasebook" not in raw["state_dict"]
+    old_state = {**raw["state_dict"], "mask_head.phasebook": model.mask_head.phasebook.clone()}
+    loaded, _ = load_checkpoint(_edited(tmp_path, raw, state_dict=old_state))
+    x = torch.randn(1, 700)
+    assert torch.equal(loaded(x).masks, model(x).masks)
 
 
 @cuda

@@ -84,7 +84,7 @@ def test_preset_overrides_and_errors():
 
 
 def test_config_round_trip_and_validation():
-    cfg = preset("chimerapp-phasebook", "paper", mask_options={"codebook_size": 8})
+    cfg = preset("chimerapp-phasebook", "paper", mask_options={"n_phases": 8})
     d = cfg.to_dict()
     assert isinstance(d["stft"], dict) and isinstance(d["source_names"], list)
     assert ModelConfig.from_dict(d) == cfg
@@ -101,6 +101,41 @@ def test_config_round_trip_and_validation():
         StftConfig(window="kaiser")
     with pytest.raises(ValueError, match="hop_length"):
         StftConfig(n_fft=64, hop_length=128)
+
+
+def test_config_rejects_wrong_types_and_unusable_values():
+    """Each of these was accepted, and failed later inside torch (a float hidden size), in the
+    resampler (a string rate), at the inverse STFT (hop = n_fft) or wrote outside the output
+    folder (a source name with a path)."""
+    for bad, match in [(dict(hidden=128.0), "hidden must be an integer"), (dict(layers=True), "layers"),
+                       (dict(embedding_dim=2.5), "embedding_dim"), (dict(floor_db=float("nan")), "floor_db"),
+                       (dict(residual="no"), "residual"), (dict(source_names="ab"), "list of names"),
+                       (dict(source_names=["a", "a"]), "must differ"), (dict(source_names=["../a", "b"]), "file name"),
+                       (dict(source_names=["", "b"]), "file name"), (dict(mask_options=None), "mask_options"),
+                       (dict(mask="magbook", mask_options={"n_phases": 3}), "takes the options"),
+                       (dict(mask="combook", mask_options={"n_entries": 0}), "n_entries"),
+                       (dict(mask="phasebook", mask_options={"magbook": []}), "magbook")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            preset("chimerapp", **bad)
+    for bad, match in [(dict(sample_rate="16000"), "sample_rate"), (dict(n_fft=256.5), "n_fft"),
+                       (dict(hop_length=64.0), "hop_length"), (dict(n_fft=256, hop_length=256), "hop_length"),
+                       (dict(n_fft=256, hop_length=129), "hop_length")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            StftConfig(**bad)
+    assert StftConfig(n_fft=256, hop_length=128).hop_length == 128
+
+
+def test_model_to_float64_keeps_the_phasebook():
+    """Module.to(dtype) casts complex buffers to the real dtype: the phasebook kept only its
+    cosines and a float64 model's masks were off by up to 1.7."""
+    model = SeparationModel(preset("chimerapp-phasebook", **TINY)).eval()
+    x = torch.randn(2, 800)
+    masks = model(x).masks
+    wide = SeparationModel(model.config)
+    wide.load_state_dict(model.state_dict())
+    wide = wide.eval().to(torch.float64)
+    assert wide.mask_head.phasebook.dtype == torch.complex128
+    torch.testing.assert_close(wide(x).masks, masks.to(torch.complex128), atol=1e-3, rtol=0)  # float32 rounding: ~4e-5
 
 
 # ------------------------------------------------------------------ parts

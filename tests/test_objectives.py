@@ -103,6 +103,43 @@ def test_si_sdr_loss_is_finite_and_matches_metric():
         assert torch.isfinite(value) and torch.isfinite(e.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_si_sdr_loss_of_half_precision_is_the_float32_loss(dtype):
+    """In float16 the energies of a loud signal overflowed (loss inf) and eps = 1e-8 underflowed
+    (silent estimate and reference: 0/0 = NaN)."""
+    g = torch.Generator().manual_seed(0)
+    ref = 10 * torch.randn(2, 8000, generator=g)
+    est = ref + 5 * torch.randn(2, 8000, generator=g)
+    e, r = est.to(dtype), ref.to(dtype)
+    got = si_sdr_loss(e, r)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), si_sdr_loss(e.float(), r.float()), atol=0.05, rtol=0)
+    silent = torch.zeros(2, 100, dtype=dtype)
+    assert si_sdr_loss(silent, silent).item() == 0.0
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_objectives_refuse_sources_that_do_not_line_up_with_the_mixture(name):
+    """Sources a few samples shorter than the mixture fill the same frames: every objective
+    but WA-MISI scored them against the mixture's estimates; a 1-source batch was broadcast
+    against both estimates by "si-sdr"."""
+    model = SeparationModel(preset("chimerapp", hidden=8, layers=1, stft=STFT))
+    sources = torch.randn(2, 2, 800)
+    mix = sources.sum(1)
+    out = model(mix)
+    loss = objective(name)
+    assert torch.isfinite(loss(out, mix, sources))
+    with pytest.raises(ValueError, match="sources must be waveforms"):
+        loss(out, mix, sources[..., :790])
+    with pytest.raises(ValueError, match="sources must be waveforms"):
+        loss(out, mix, sources[:1])
+    with pytest.raises(ValueError, match="the mixture must be"):
+        loss(out, mix[..., :790], sources)
+    if name not in ("dc", "dcw", "dclda"):  # the DC losses take any number of classes
+        with pytest.raises(ValueError, match="2 sources, the batch holds 1"):
+            loss(out, mix, sources[:, :1])
+
+
 # ------------------------------------------------------------------ PIT
 
 def test_pit_finds_the_permutation():
@@ -116,6 +153,17 @@ def test_pit_finds_the_permutation():
         assert best[b].tolist() == torch.argsort(p).tolist()
     torch.testing.assert_close(permute_sources(estimates, best), targets, atol=0.3, rtol=0)
     assert loss.shape == (4,) and (loss < 0.01).all()
+
+
+def test_pit_refuses_source_counts_it_cannot_enumerate():
+    """12 sources built all 479 M permutations at once (tens of GB: the process was killed);
+    0 sources was an IndexError."""
+    with pytest.raises(ValueError, match="1 to 10 sources"):
+        pit_from_matrix(torch.zeros(2, 0, 0))
+    with pytest.raises(ValueError, match="1 to 10 sources"):
+        pit_from_matrix(torch.zeros(1, 12, 12))
+    loss, perm = pit_from_matrix(torch.tensor([[[3.0]]]))
+    assert loss.tolist() == [3.0] and perm.tolist() == [[0]]
 
 
 def test_pit_from_matrix_minimum_over_all_permutations():

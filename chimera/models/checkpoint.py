@@ -11,6 +11,7 @@ statistics included), ``checksum`` (SHA-256 over configs and weights) and option
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -52,6 +53,26 @@ def _cpu(obj):
     return obj
 
 
+# What torch.load(weights_only=True) reads back, by exact type (a NumPy scalar subclasses float
+# but is pickled as a NumPy object, which it refuses).
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device, torch.Size)
+_CONTAINERS = (dict, collections.OrderedDict, list, tuple, set)
+
+
+def _unreadable(obj, where="training_state"):
+    """Where in ``obj`` a value sits that a weights_only load cannot read back, or None."""
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
+        return None
+    if type(obj) not in _CONTAINERS:
+        return f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        bad = (_unreadable(k, f"a key of {where}") if isinstance(obj, dict) else None) or _unreadable(v, f"{where}[{k!r}]")
+        if bad:
+            return bad
+    return None
+
+
 def save_checkpoint(path, model: SeparationModel, training_state: dict | None = None,
                     weights_dtype: torch.dtype | None = None) -> None:
     """Write ``model`` (and optional ``training_state``) to ``path`` atomically (see
@@ -65,6 +86,10 @@ def save_checkpoint(path, model: SeparationModel, training_state: dict | None = 
         raise TypeError(f"save_checkpoint: expected a SeparationModel, got {type(model).__name__}")
     if training_state is not None and not isinstance(training_state, dict):
         raise TypeError(f"save_checkpoint: training_state must be a dict, got {type(training_state).__name__}")
+    bad = _unreadable(training_state) if training_state is not None else None
+    if bad:  # refused before writing: the file would replace `path` and never load
+        raise TypeError(f"save_checkpoint: {bad}, which a weights_only load cannot read back; "
+                        "store plain numbers, strings, containers and tensors")
     if weights_dtype is not None and not weights_dtype.is_floating_point:
         raise TypeError(f"save_checkpoint: weights_dtype must be a floating dtype, got {weights_dtype}")
     cfg = model.config
@@ -139,18 +164,27 @@ def load_checkpoint(path, map_location="cpu"):
         raise fail(f"incompatible model configuration: {e}") from e
     if stft != config.stft:
         raise fail(f"STFT config {stft} disagrees with the model config's {config.stft}")
-    if list(payload["source_names"]) != list(config.source_names):
-        raise fail(f"source names {payload['source_names']} disagree with the model config's "
-                   f"{list(config.source_names)}")
+    names = payload["source_names"]
+    if not isinstance(names, (list, tuple)) or list(names) != list(config.source_names):
+        raise fail(f"source names {names!r} disagree with the model config's {list(config.source_names)}")
     state = payload["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise fail("state_dict is not a mapping of tensors")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise fail("state_dict is not a mapping of names to tensors")
     meta = {"model_config": payload["model_config"], "stft": payload["stft"], "source_names": payload["source_names"]}
-    if _checksum(meta, state) != payload["checksum"]:
-        raise fail("checksum mismatch: the weights or configuration are corrupt")
-    model = SeparationModel(config)
     try:
+        intact = _checksum(meta, state) == payload["checksum"]
+    except (TypeError, ValueError):  # values JSON cannot write (a set): not what save_checkpoint stores
+        intact = False
+    if not intact:
+        raise fail("checksum mismatch: the weights or configuration are corrupt")
+    try:
+        with torch.device("meta"):  # shapes first: a config far larger than its weights allocates nothing
+            SeparationModel(config).load_state_dict(state, strict=True, assign=True)
+        model = SeparationModel(config)
         model.load_state_dict(state, strict=True)
+    except (TypeError, ValueError) as e:
+        raise fail(f"incompatible model configuration: {e}") from e
     except RuntimeError as e:
         problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

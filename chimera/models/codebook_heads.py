@@ -78,14 +78,25 @@ class PhasebookHead(nn.Module):
             raise ValueError(f"n_phases must be positive, got {n_phases}")
         self.magnitude = MagbookHead(in_features, n_freq, n_sources, magbook)
         angles = 2 * math.pi * torch.arange(n_phases, dtype=torch.float64) / n_phases
-        self.register_buffer("phasebook", torch.polar(torch.ones_like(angles), angles).to(torch.complex64))
+        # Stored as (K, 2) real parts, derived from n_phases and not saved: Module.to(dtype)
+        # casts complex buffers to a real dtype, which kept only the cosines of the phasors.
+        self.register_buffer("phasebook_real", torch.stack([angles.cos(), angles.sin()], -1), persistent=False)
         self.head = _CodebookLogits(in_features, n_freq, n_sources, n_phases)
+
+    @property
+    def phasebook(self):
+        """The K unit phasors e^{2πik/K}, complex64 (complex128 in a float64 model)."""
+        real = self.phasebook_real.to(torch.float64 if self.head.linear.weight.dtype == torch.float64 else torch.float32)
+        return torch.view_as_complex(real.contiguous())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "phasebook", None)  # saved by earlier versions; derived from n_phases
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, h, mode="interpolate"):
         _check_mode(mode)
         magnitude = self.magnitude(h, mode)
-        phasebook = self.phasebook.to(torch.complex128 if self.head.linear.weight.dtype == torch.float64 else torch.complex64)
-        phasor = codebook_lookup(self.head(h), phasebook, mode, normalize=True)
+        phasor = codebook_lookup(self.head(h), self.phasebook, mode, normalize=True)
         return magnitude * _to_bcft(phasor)
 
 

@@ -118,6 +118,18 @@ def _resolve(name: str, given: dict) -> dict:
     return options
 
 
+def _check_batch(output, mixture, sources):
+    """Sources that do not line up with the mixture the model saw: a shorter one still fits
+    the same number of frames (or is broadcast by SI-SDR), so every loss but one ran on it."""
+    B, L = output.mixture_spec.shape[0], output.length
+    if sources.dim() != 3 or sources.shape[0] != B or sources.shape[-1] != L:
+        raise ValueError(f"objective: sources must be waveforms (B, C, L) = ({B}, C, {L}) like the mixture, "
+                         f"got {tuple(sources.shape)}")
+    if tuple(mixture.shape) != (B, L):
+        raise ValueError(f"objective: the mixture must be the ({B}, {L}) waveform the model separated, "
+                         f"got {tuple(mixture.shape)}")
+
+
 class Objective:
     """``(output, mixture, sources) -> scalar loss``; see :func:`objective`."""
 
@@ -129,6 +141,7 @@ class Objective:
         return f"objective({self.name!r}{', ' if opts else ''}{opts})"
 
     def __call__(self, output, mixture, sources):
+        _check_batch(output, mixture, sources)
         return self.loss(Batch(output, mixture, sources))
 
     def loss(self, batch: Batch):
@@ -156,6 +169,9 @@ class _MI(Objective):
 
     def loss(self, batch):
         self._need(batch.output, "masks")
+        have, given = batch.output.masks.shape[1], batch.sources.shape[1]
+        if have != given:
+            raise ValueError(f"objective {self.name!r}: the model gives {have} sources, the batch holds {given}")
         return MI_LOSSES[self.name](batch, self.options)
 
 

@@ -31,6 +31,8 @@ def wave_si_sdr_loss(estimates, sources, stft, eps=1e-8, pit=False):
     """Negative SI-SDR (dB, see :func:`~chimera.objectives.si_sdr_loss`) of the iSTFT of
     ``estimates`` against the sources, averaged over sources and the batch."""
     y = _waveforms(estimates, stft, sources.shape[-1])
+    if y.shape != sources.shape:  # si_sdr_loss broadcasts: one source would be scored against every estimate
+        raise ValueError(f"estimates {tuple(y.shape)} and targets {tuple(sources.shape)} differ in shape")
     if pit:
         return metrics.pit(lambda a, b: si_sdr_loss(a, b, eps, reduction="none"), y, sources)[0].mean()
     return si_sdr_loss(y, sources, eps)
