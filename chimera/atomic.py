@@ -33,11 +33,14 @@ def _exists_error(path):
 def atomic_write(path, force=False):
     """Yield a binary file object; on normal exit, it becomes `path` (fsynced).
 
-    An existing `path` is replaced only with `force=True`; otherwise OutputExistsError is
+    A folder at `path` is refused (IsADirectoryError) before anything is written. An
+    existing `path` is replaced only with `force=True`; otherwise OutputExistsError is
     raised, before anything is written when `path` exists already, and at the end (the
     written data discarded, the other file kept) when it appeared during the write."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):  # --force cannot replace it either: refuse before any work
+        raise IsADirectoryError(f"{path}: is a folder, not a file name")
     if os.path.exists(path) and not force:
         raise _exists_error(path)
     os.makedirs(folder, exist_ok=True)
@@ -137,7 +140,12 @@ def _link_into_place(fd, path, folder, force):
             break
         except FileExistsError:
             continue
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a folder appeared at `path`: the named copy must not stay
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _fsync_dir(folder):

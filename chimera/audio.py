@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -94,6 +95,8 @@ def open_audio(path: PathLike) -> sf.SoundFile:
         raise AudioError.at(path, "no such file")
     if os.path.isdir(path):
         raise AudioError.at(path, "is a folder, not an audio file")
+    if not os.path.isfile(path):  # a pipe's data would be gone after the first of the two reads (check, separate)
+        raise AudioError.at(path, "not a regular file (a pipe or a device); save it to a file first")
     if os.path.getsize(path) == 0:
         raise AudioError.at(path, "empty file (0 bytes)")
     try:
@@ -107,10 +110,29 @@ def open_audio(path: PathLike) -> sf.SoundFile:
         problem = f"invalid header (rate {f.samplerate}, channels {f.channels})"
     elif f.frames <= 0:
         problem = "the audio has no samples"
+    else:
+        problem = _truncation(f)
     if problem:
         f.close()
         raise AudioError.at(path, problem)
     return f
+
+
+# libsndfile's log line for the chunk of samples when the file ends before its size (WAV
+# "data", AIFF "SSND", AU "Data Size"); it then shortens `frames` to what is there, silently.
+_CHUNK_SIZE = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what streaming writers put there before the size is known
+
+
+def _truncation(f) -> str | None:
+    """The problem of a file cut short (a download or copy that stopped), else None."""
+    m = _CHUNK_SIZE.search(getattr(f, "extra_info", "") or "")
+    if m is None:
+        return None
+    said, there = int(m.group(1)), int(m.group(2))
+    if said in _UNKNOWN_SIZES or there >= said:
+        return None
+    return f"truncated: it holds {there} of the {said} bytes of samples its header promises ({there / said:.0%})"
 
 
 def _open_with_ffmpeg(path: str, sndfile_reason: str) -> "FfmpegFile":

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import platform
+import signal
 import sys
 
 import torch
@@ -88,6 +89,9 @@ def return_large_blocks():
 def _init_worker(verbose, quiet):
     setup_logging(verbose, quiet)
     return_large_blocks()
+    # Ctrl-C reaches the whole process group: the main process alone answers it (and ends
+    # the pool), instead of every worker printing its traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_init(args):
@@ -171,7 +175,7 @@ def _add_separator_options(parser):
                    help=f"seconds per segment (default {DEFAULT_SEGMENT:g})")
     g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                    help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP:g})")
-    g.add_argument("-d", "--device", default="auto",
+    g.add_argument("-d", "--device", default="auto", type=_device,
                    help="auto, cpu, cuda or cuda:N (default auto; with -j or torchrun, one GPU per process)")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"segments (x channels) per forward pass (default {DEFAULT_BATCH_SIZE})")
@@ -192,6 +196,16 @@ def _add_separator_options(parser):
                         f"model's top octave, or drop it (default {DEFAULT_HIGH_BAND})")
     g.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                    help="worker processes on this machine, sharing the CPU threads (default 1)")
+
+
+def _device(value):
+    """--device checked when parsed: torch's own refusal of a name is a traceback later."""
+    if value != "auto":
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    return value
 
 
 def _add_output_options(parser):
@@ -242,9 +256,9 @@ def build_parser():
                         "extension), {relpath} (the input's path under the folder given, without extension)")
     p.add_argument("--output-files", nargs="+", metavar="FILE",
                    help="one input only: write its sources to these files, in the model's source order")
-    p.add_argument("--format", default="wav", choices=list(OUTPUT_FORMATS),
-                   help="output format (default wav; opus holds 8/12/16/24/48 kHz and mp3 8 to 48 kHz: other "
-                        "rates are resampled to the next one up)")
+    p.add_argument("--format", choices=list(OUTPUT_FORMATS),
+                   help="output format (default: the extension of --output-files or --filename, else wav; opus "
+                        "holds 8/12/16/24/48 kHz and mp3 8 to 48 kHz: other rates are resampled to the next one up)")
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac/aiff)")
     depth.add_argument("--int24", action="store_true", help="24-bit integer output")
@@ -300,7 +314,11 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # what was being written vanishes (chimera.atomic); no traceback
+        log.error("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import pretrained
-from .audio import AUDIO_EXTENSIONS, AudioError, check_output_format
+from .audio import AUDIO_EXTENSIONS, OUTPUT_FORMATS, AudioError, check_output_format
 from .models import CheckpointError
 from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
 from .separate import Separator, output_paths, resolve_device, separate_file
@@ -34,7 +34,9 @@ class Input:
 
 def collect_inputs(paths):
     """Files as given; folders: every audio file inside (recursively, sorted), with its path
-    under the folder. Returns (inputs, problems): one message per folder without audio."""
+    under the folder. Returns (inputs, problems, repeats): one message per folder without
+    audio, and the files found again (named twice, or also inside a folder given), which
+    are left out: each file is separated once."""
     found, problems = [], []
     for p in map(os.fspath, paths):
         if not os.path.isdir(p):
@@ -45,7 +47,12 @@ def collect_inputs(paths):
         if not inside:
             problems.append(f"{p}: folder contains no audio files")
         found += [Input(f, os.path.splitext(os.path.relpath(f, p))[0]) for f in inside]
-    return found, problems
+    seen, kept, repeats = set(), [], []
+    for i in found:  # the first mention of a file is kept
+        key = os.path.abspath(i.path)
+        (repeats if key in seen else kept).append(i)
+        seen.add(key)
+    return kept, problems, [i.path for i in repeats]
 
 
 def plan_outputs(inputs, source_names, out_dir, filename, ext, output_files=None):
@@ -58,10 +65,46 @@ def plan_outputs(inputs, source_names, out_dir, filename, ext, output_files=None
     for i in planned:
         for t in i.targets:
             writers[os.path.abspath(t)].append(i.path)
-    clashes = [f"{t}: would be written for {' and '.join(dict.fromkeys(p))} (name outputs with --filename fields "
-               "such as {relpath}/{stem}.{ext}, {trackext} or {stem})"
-               for t, p in writers.items() if len(p) > 1]
+    clashes = [_clash(t, p, output_files) for t, p in writers.items() if len(p) > 1]
     return planned, clashes
+
+
+def _clash(target, writers, output_files):
+    inputs = list(dict.fromkeys(writers))
+    if len(inputs) == 1:  # one input, two of its sources: the names lack a per-source part
+        fix = "give each source its own file" if output_files else "put the {stem} field in --filename"
+        return f"{target}: would be written for two sources of {inputs[0]} ({fix})"
+    return (f"{target}: would be written for {' and '.join(inputs)} (name outputs with --filename fields "
+            "such as {relpath}/{stem}.{ext}, {trackext} or {stem})")
+
+
+def output_format(args):
+    """--format, else what the output names end in (--output-files v.flac a.flac: flac), else wav."""
+    if args.format:
+        return args.format
+    exts = {os.path.splitext(n)[1].lstrip(".").lower() for n in (args.output_files or [args.filename])}
+    return exts.pop() if len(exts) == 1 and exts <= set(OUTPUT_FORMATS) else "wav"
+
+
+def output_problems(inputs, fmt):
+    """One message per reason an output cannot be written, found before any work: a folder
+    where a file goes, a file or an unwritable folder where a folder goes, or a name whose
+    extension is another format than the one written (WAV data in a .flac file)."""
+    problems = {}
+    for t in dict.fromkeys(t for i in inputs for t in i.targets):
+        ext = os.path.splitext(t)[1].lstrip(".").lower()
+        folder = os.path.dirname(os.path.abspath(t))
+        while not os.path.exists(folder):  # the first one that exists must be a writable folder
+            folder = os.path.dirname(folder)
+        if os.path.isdir(t):
+            problems.setdefault(t, f"{t}: is a folder, not a file name")
+        elif not os.path.isdir(folder):
+            problems.setdefault(folder, f"{folder}: is a file, not a folder (outputs such as {t} go under it)")
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            problems.setdefault(folder, f"{folder}: cannot be written (outputs such as {t} go under it)")
+        elif ext in OUTPUT_FORMATS and OUTPUT_FORMATS[ext][0] != OUTPUT_FORMATS[fmt][0]:
+            problems.setdefault(t, f"{t}: would hold {fmt} data; give --format {ext} or name it .{fmt}")
+    return list(problems.values())
 
 
 def run(args, separator_options, init=None) -> int:
@@ -72,16 +115,20 @@ def run(args, separator_options, init=None) -> int:
     if rank.distributed and args.jobs > 1:
         log.error("-j/--jobs cannot be combined with torchrun: use one or the other")
         return 2
-    inputs, problems = collect_inputs(args.inputs)
+    inputs, problems, repeats = collect_inputs(args.inputs)
+    for p in repeats if lead else ():
+        log.warning(f"{p}: given more than once; separated once")
     if args.output_files is not None and len(inputs) != 1:
         log.error(f"--output-files needs exactly one input, got {len(inputs)}")
         return 2
     model_spec = args.model or pretrained.DEFAULT
+    args.format = output_format(args)  # resolved once: the -j workers get it with args
     try:
         model = pretrained.load(model_spec)
         out_dir = os.path.join(args.out, pretrained.model_name(model_spec)) if args.model_subfolder else args.out
         inputs, clashes = plan_outputs(inputs, model.source_names, out_dir, args.filename, args.format,
                                        args.output_files)
+        clashes = clashes or output_problems(inputs, args.format)
         check_output_format(args.format, _subtype(args))  # a bad --subtype: once, before any work
         device = device_for(args.device, rank.local)
         resolve_device(device)
@@ -103,6 +150,8 @@ def run(args, separator_options, init=None) -> int:
             with process_pool(args.jobs, init) as pool:
                 failed = sum(pool.starmap(_worker, [(args, separator_options, [inputs[i] for i in s], k)
                                                     for k, s in enumerate(shares)]))
+                pool.close()  # let the workers exit: terminated ones leave "leaked semaphore" warnings
+                pool.join()
         else:
             mine = balanced_shares(costs, rank.world)[rank.rank]
             failed = _separate_all(separator, args, [inputs[i] for i in mine], progress=not (args.quiet or rank.distributed),

@@ -110,3 +110,24 @@ def test_partials_of_live_or_foreign_writers_are_kept(tmp_path):
     with atomic_write(tmp_path / "out.bin") as f:
         f.write(b"x")
     assert sorted(os.listdir(tmp_path)) == sorted(["out.bin", live.name, foreign.name, unknown.name])
+
+
+def test_a_folder_in_the_way_is_refused_before_writing(tmp_path, mode):
+    path = tmp_path / "out.wav"
+    path.mkdir()
+    for force in (False, True):
+        with pytest.raises(IsADirectoryError, match=r"out\.wav: is a folder, not a file name$"):
+            with atomic_write(path, force=force) as f:
+                pytest.fail("writing began")  # pragma: no cover
+    assert os.listdir(tmp_path) == ["out.wav"] and path.is_dir()
+
+
+def test_a_failed_replace_leaves_no_partial_file(tmp_path, mode):
+    """A folder appearing at the target during a --force write: the rename over it fails,
+    and the finished copy's hidden name must not stay behind."""
+    path = tmp_path / "out.wav"
+    with pytest.raises(IsADirectoryError):
+        with atomic_write(path, force=True) as f:
+            f.write(b"data")
+            path.mkdir()
+    assert os.listdir(tmp_path) == ["out.wav"] and path.is_dir()

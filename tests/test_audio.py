@@ -1,4 +1,6 @@
 """chimera.audio: one reader, one error naming the file, one resampler, for every consumer."""
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -60,3 +62,33 @@ def test_resample_along_any_axis_and_in_blocks_agree():
     same = StreamResampler(8000, 8000, 2)
     np.testing.assert_array_equal(same.push(x[:10]), x[:10])
     assert same.finish().shape == (0, 2)
+
+
+@pytest.mark.parametrize("ext", ["wav", "aiff", "au"])
+def test_a_file_cut_short_is_refused_not_read_shorter(tmp_path, ext):
+    """libsndfile quietly shortens such a file to what is there: the separation of a
+    download that stopped at a third was a third as long, and said nothing."""
+    path = tmp_path / f"cut.{ext}"
+    sf.write(path, np.zeros(3000, np.float32), 8000, subtype="PCM_16")
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 3])
+    with pytest.raises(AudioError, match=rf"cut\.{ext}: truncated: it holds \d+ of the 600\d bytes of samples its "
+                                         r"header promises \(3\d%\)$"):
+        read_audio(path)
+
+
+def test_a_size_left_unknown_by_a_streaming_writer_is_not_truncation(tmp_path):
+    path = tmp_path / "live.wav"
+    sf.write(path, np.full(1000, 0.25, np.float32), 8000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[4:8] = data[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # RIFF and data sizes: "until the end"
+    path.write_bytes(bytes(data))
+    x, rate = read_audio(path)
+    assert rate == 8000 and x.shape == (1000, 1) and np.all(x == 0.25)
+
+
+def test_a_pipe_is_refused_as_not_a_file(tmp_path):
+    path = tmp_path / "pipe.wav"
+    os.mkfifo(path)
+    with pytest.raises(AudioError, match=r"pipe\.wav: not a regular file \(a pipe or a device\)"):
+        read_audio(path)  # was "empty file (0 bytes)"; nor may it block waiting for a writer

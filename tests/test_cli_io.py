@@ -1,0 +1,132 @@
+"""`chimera predict` as a demanding user drives it: inputs named twice, outputs that cannot
+be written, names whose extension says the format, a bad --device, Ctrl-C."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from chimera import cli
+from test_separate import noise, run_cli, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from chimera.models import save_checkpoint
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, tiny_model())
+    return path
+
+
+def wav(path, seconds=0.25, rate=8000, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, noise(1, int(seconds * rate), seed=seed).T, rate)
+    return path
+
+
+def everything_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+def test_an_input_named_twice_is_separated_once(tmp_path, model_file, capsys, one_thread, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    wav(tmp_path / "a.wav")
+    out = run_cli(capsys, "predict", "a.wav", "./a.wav", "a.wav", "-n", model_file, "-o", "sep")
+    assert out.returncode == 0, out.stderr
+    assert everything_under(tmp_path / "sep") == ["a", "a/accompaniment.wav", "a/vocals.wav"]
+    assert out.stdout.count("a.wav ->") == 1
+    warnings = [ln for ln in out.stderr.splitlines() if ln.startswith("chimera:")]
+    assert warnings == ["chimera: warning: ./a.wav: given more than once; separated once",
+                        "chimera: warning: a.wav: given more than once; separated once"]
+
+
+def test_two_sources_given_one_file_name_is_said_as_such(tmp_path, model_file, capsys, one_thread):
+    a = wav(tmp_path / "a.wav")
+    out = run_cli(capsys, "predict", a, "-n", model_file, "--output-files", tmp_path / "x.wav", tmp_path / "x.wav")
+    assert out.returncode == 2
+    assert out.stderr == f"chimera: error: {tmp_path / 'x.wav'}: would be written for two sources of {a} " \
+                         "(give each source its own file)\n"
+
+
+def test_an_out_folder_that_is_a_file_is_refused_once_before_any_work(tmp_path, model_file, capsys, one_thread):
+    a, b = wav(tmp_path / "a.wav"), wav(tmp_path / "b.wav", seed=1)
+    (tmp_path / "taken").write_text("a file")
+    for out_dir in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        out = run_cli(capsys, "predict", a, b, "-n", model_file, "-o", out_dir)
+        assert out.returncode == 2 and out.stdout == ""
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"chimera: error: {tmp_path / 'taken'}: is a file, not a "
+                                                       "folder (outputs such as "), lines
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_folder_where_an_output_goes_is_refused_even_with_force(tmp_path, model_file, capsys, one_thread):
+    a = wav(tmp_path / "a.wav")
+    (tmp_path / "sep" / "a" / "vocals.wav").mkdir(parents=True)
+    out = run_cli(capsys, "predict", a, "-n", model_file, "-o", tmp_path / "sep", "--force")
+    assert out.returncode == 2
+    assert out.stderr == f"chimera: error: {tmp_path / 'sep' / 'a' / 'vocals.wav'}: is a folder, not a file name\n"
+    assert everything_under(tmp_path / "sep") == ["a", "a/vocals.wav"]  # nothing written, no partial file
+
+
+def test_output_names_say_the_format_and_a_contradiction_is_refused(tmp_path, model_file, capsys, one_thread):
+    a = wav(tmp_path / "a.wav")
+    v, m = tmp_path / "v.flac", tmp_path / "m.flac"
+    out = run_cli(capsys, "predict", a, "-n", model_file, "--output-files", v, m)
+    assert out.returncode == 0, out.stderr
+    assert sf.info(v).format == sf.info(m).format == "FLAC"
+    out = run_cli(capsys, "predict", a, "-n", model_file, "-o", tmp_path / "sep", "--filename", "{track}_{stem}.mp3")
+    assert out.returncode == 0, out.stderr
+    assert sf.info(tmp_path / "sep" / "a_vocals.mp3").format == "MP3"
+    out = run_cli(capsys, "predict", a, "-n", model_file, "--format", "wav", "--output-files", tmp_path / "v.wav",
+                  tmp_path / "m.ogg")
+    assert out.returncode == 2
+    assert out.stderr == f"chimera: error: {tmp_path / 'm.ogg'}: would hold wav data; give --format ogg or name " \
+                         "it .wav\n"
+    assert not (tmp_path / "v.wav").exists()
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x"])
+def test_a_device_torch_does_not_know_is_one_line(capsys, device):
+    out = run_cli(capsys, "predict", "a.wav", "-d", device)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == f"chimera predict: error: argument -d/--device: {device!r} is not a " \
+                                          "device; use auto, cpu, cuda or cuda:N"
+
+
+def _own_group_with_default_sigint():  # as in a terminal, even when pytest runs with SIGINT ignored
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, model_file):
+    long = tmp_path / "long.wav"
+    sf.write(long, noise(2, 8000 * 600).T, 8000)  # 10 minutes: still running when interrupted
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "chimera", "predict", str(long), "-n", str(model_file), "-o",
+                             str(tmp_path / "sep")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            env=env, preexec_fn=_own_group_with_default_sigint)
+    seen = b""
+    while b"s of audio" not in seen:  # the progress bar: separating has begun
+        chunk = proc.stderr.read1(4096)
+        assert chunk, seen
+        seen += chunk
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.decode().splitlines()[-1].endswith("chimera: error: interrupted") and b"Traceback" not in err
+    assert not (tmp_path / "sep").exists()
+
+
+def test_workers_leave_ctrl_c_to_the_main_process():
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        cli._worker_init(cli.build_parser().parse_args(["predict", "x.wav", "-j", "2"]))()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
