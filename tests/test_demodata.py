@@ -268,3 +268,122 @@ def test_tiny_build(tmp_path):
     assert later["valid"] == meta["valid"]
     ds = DemoTracks(musdb, "test-real", sample_rate=44100, segment_seconds=1.0, seed=0)
     assert ds[0]["sources"].shape == (2, 44100)
+
+
+def test_copies_of_training_material_are_dropped_from_held_out_splits():
+    splits = {"train": ["a", "B"], "valid": ["b", "c", "C"], "test": ["A", "c2", "d"]}
+    out = material.drop_cross_split_duplicates(splits, lambda s: s[0].lower())
+    assert out == {"train": ["a", "B"], "valid": ["c", "C"], "test": ["d"]}
+
+
+@needs_debs
+def test_music_and_texts_never_cross_splits_by_content():
+    import hashlib
+    import re
+
+    def crossing(splits, fingerprint):
+        seen = {k: {fingerprint(x) for x in v} for k, v in splits.items()}
+        return (seen["train"] & seen["valid"]) | (seen["train"] & seen["test"]) | (seen["valid"] & seen["test"])
+
+    music = material.music_files()
+    assert not crossing(music, lambda m: hashlib.sha1(Path(m.path).read_bytes()).hexdigest())
+    texts = material.fortune_texts()
+    assert not crossing(texts, lambda t: re.sub(r"[^a-z]", "", t.lower()))
+    assert len(texts["valid"]) > 500 and len(texts["test"]) > 500
+
+
+@needs_debs
+def test_every_voice_is_installed(monkeypatch):
+    import re
+    listing = subprocess.run(["espeak-ng", "--voices=variant"], capture_output=True, text=True).stdout
+    installed = set(re.findall(r"!v/(\S+)", listing))
+    used = {name.partition("+")[2] for engine, name in speech.VOICES["train"] + speech.VOICES["test"]
+            if engine == "espeak"}
+    assert used <= installed  # an unknown variant is spoken silently by the default voice
+    speech.check_voices()
+    monkeypatch.setitem(speech.VOICES, "test", speech.VOICES["test"] + [("espeak", "en-us+Nobody"), ("flite", "xyz")])
+    with pytest.raises(speech.DataError, match=r"espeak-ng en-us\+Nobody, flite xyz"):
+        speech.check_voices()
+
+
+def _fake_job(args):
+    kind, split, index, opts, out_dir, cache, seconds = args
+    (Path(out_dir) / split).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / split / f"{index}.txt").write_text(str(opts.seed))
+    return {"index": index}
+
+
+def test_split_folders_are_replaced_only_when_ours_and_forced(tmp_path, monkeypatch):
+    from tools.demodata import build
+    from tools.demodata.external import DataError
+    from tools.demodata.tracks import Options
+
+    monkeypatch.setattr(build, "_job", _fake_job)
+
+    def run(config, force=False, seed=0):
+        extra = {"force": True} if force else {}
+        return build._build_split("song", "train", 2, 1.0, Options(seed=seed), tmp_path, tmp_path / "c", 1,
+                                  config, lambda *a: None, **extra)
+
+    mine = tmp_path / "train" / "mine.wav"  # someone's own data under the same name
+    mine.parent.mkdir()
+    mine.write_bytes(b"RIFF")
+    with pytest.raises(DataError, match="not made by this tool"):
+        run({"a": 1})
+    assert mine.read_bytes() == b"RIFF"
+    mine.unlink()
+    assert run({"a": 1}) and not run({"a": 1})
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [".complete.json", "0.txt", "1.txt",
+                                                                      "metadata.json"]
+    with pytest.raises(DataError, match="--force"):  # other options: hours of tracks kept
+        run({"a": 2}, seed=5)
+    assert (tmp_path / "train" / "0.txt").read_text() == "0"
+    assert run({"a": 2}, force=True, seed=5) and (tmp_path / "train" / "0.txt").read_text() == "5"
+    # a build cut short (marker, no stamp) is ours: rebuilt without --force
+    (tmp_path / "train" / ".complete.json").unlink()
+    (tmp_path / "train" / build.BUILDING).write_text("")
+    assert run({"a": 2}, seed=7) and (tmp_path / "train" / "0.txt").read_text() == "7"
+    assert not (tmp_path / "train" / build.BUILDING).exists()
+
+
+@needs_debs
+def test_tracks_too_short_for_a_voice_are_refused(tmp_path, capsys):
+    from tools.demodata.external import DataError
+    with pytest.raises(DataError, match="seconds must be at least 2"):
+        make(tmp_path / "out", train=1, valid=0, test=0, solo=0, seconds=1.5, speakers=(0, 0, 0),
+             cache=tmp_path / "cache", quiet=True)
+    assert not (tmp_path / "out").exists()
+    # a silent a cappella track was scaled by 0.9 / 0 and written as zeros: NaN is refused
+    with pytest.raises(ValueError, match="NaN"):
+        quantise_pair(np.full((4, 2), np.nan, np.float32), np.zeros((4, 2), np.float32))
+
+
+def test_train_kinds_weights_must_be_finite():
+    import argparse
+    from tools.demodata.__main__ import _kinds
+    with pytest.raises(argparse.ArgumentTypeError, match="non-negative numbers"):
+        _kinds("sung=inf,speech=1")
+    assert _kinds("sung=0.5,speech=0.25") == (("speech", 0.25), ("sung", 0.5))
+
+
+def test_licences_name_every_package_even_without_its_copyright_file(tmp_path):
+    from tools.demodata import build
+    docs = tmp_path / "doc"
+    (docs / "flite").mkdir(parents=True)
+    (docs / "flite" / "copyright").write_text("Flite copyright text")
+    text = build.write_licences(tmp_path, docs).read_text()
+    assert "Flite copyright text" in text
+    for p in packages.PACKAGES:  # a missing copyright file is said, its notice not dropped
+        assert f"## {p.name}\n" in text
+    assert "megaglest-data/copyright` was missing" in text and "CC-BY-SA-3.0" in text
+
+
+@needs_debs
+def test_an_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert demodata_main(["--out", str(f), "--train", "1", "--valid", "0", "--test", "0", "--solo", "0",
+                          "--speakers", "0", "0", "0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(f) in err and err.count("\n") == 1
+    assert f.read_text() == "x"

@@ -18,7 +18,8 @@ Splits (``tracks.SONG_SPLITS``)
   clips never heard in training: two whole speakers plus a hash share of the other clips),
   ``test-sung`` (another choir preset, other registers, other melodies), and the solos
   ``solo-instrumental``, ``solo-synthetic``, ``solo-real``, ``solo-sung`` (one source silent).
-  Music, texts and recorded clips are split by a fixed hash of their names, whatever the seed.
+  Music, texts and recorded clips are split by a fixed hash of their names, whatever the seed;
+  a valid or held-out file or text whose content is also in an earlier split is left out.
   ``--train-kinds`` re-weights the vocal kinds of ``train`` (e.g. ``sung=0.5,speech=0.25,
   recorded=0.25``); ``--formant-share`` gives that share of the training sung phrases and
   recorded clips other formants (``dsp.formant_warp``: the spectral envelope warped by
@@ -47,5 +48,7 @@ Band limits (measured; the highest band within 60 dB of the loudest)
 
 Music is decoded with soundfile (libsndfile >= 1.0.29 reads Opus and Vorbis), falling back to
 ``ffmpeg``. Utterances and sung phrases are cached (``OUT/.cache/utterances``) and a split
-whose options did not change is skipped, so a rerun takes seconds.
+whose options did not change is skipped, so a rerun takes seconds; a finished split built
+with other options is replaced only with ``--force``, and a folder the tool did not make is
+never touched.
 """

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -22,7 +23,7 @@ def _kinds(text: str) -> tuple:
             w = float(weight)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r}: expected KIND=WEIGHT") from None
-        if not w >= 0:
+        if not (w >= 0 and math.isfinite(w)):
             raise argparse.ArgumentTypeError(f"{item!r}: weights are non-negative numbers")
         pairs.append((kind.strip(), w))
     if sum(w for _, w in pairs) <= 0:
@@ -55,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--cache", default=None, help="utterance cache (default OUT/.cache/utterances)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--force", action="store_true", help="rebuild finished splits made with other options")
     a = ap.parse_args(argv)
     try:
         r = make(a.out, seed=a.seed, train=a.train, valid=a.valid, test=a.test, solo=a.solo, seconds=a.seconds,
                  test_seconds=a.test_seconds, speakers=tuple(a.speakers), jobs=a.jobs, cache=a.cache,
-                 quiet=a.quiet, lowpass_share=a.lowpass_share, bwe_share=a.bwe_share, sung_share=a.sung_share,
-                 formant_share=a.formant_share, train_kinds=a.train_kinds)
-    except DataError as exc:
+                 quiet=a.quiet, force=a.force, lowpass_share=a.lowpass_share, bwe_share=a.bwe_share,
+                 sung_share=a.sung_share, formant_share=a.formant_share, train_kinds=a.train_kinds)
+    except (DataError, OSError) as exc:  # OSError: an --out or --cache path that cannot be made
         print(f"error: {exc}", file=sys.stderr)
         return 1
     done = [k for k, v in r["built"].items() if v]

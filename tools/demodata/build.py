@@ -17,6 +17,12 @@ from .packages import PACKAGES, missing_packages, package_version
 from .tracks import HELD_OUT_SPLITS, LATER_OPTIONS, SONG_SPLITS, WSJ_SPLITS, Options, build_song, build_speaker_mix
 
 VERSION = 3  # bump when the same options would give other tracks
+STAMP = ".complete.json"   # a finished split, with the options it was built with
+BUILDING = ".building"     # a split being built (or cut short): ours to replace
+MIN_SECONDS = 2.0          # a voice starts within 1.5 s and needs 0.5 s: shorter tracks may have none
+# Valid and held-out material lists lost copies of training material (music, texts) in this
+# revision: their splits are stamped with it so that older builds are not taken as current.
+HELD_OUT_MATERIAL = 2
 
 
 def _job(args):
@@ -26,10 +32,27 @@ def _job(args):
     return build_speaker_mix(split, index, opts, Path(out_dir), Path(cache))
 
 
+def _clear_split(split_dir: Path, force: bool) -> None:
+    """Remove an out-of-date split folder: only our own (stamped, or a build that was cut
+    short), and a complete one only with ``force`` (it may have taken hours)."""
+    if not split_dir.exists():
+        return
+    if (split_dir / BUILDING).exists():
+        shutil.rmtree(split_dir)
+    elif (split_dir / STAMP).exists():
+        if not force:
+            raise DataError(f"{split_dir} was built with other options: pass --force to rebuild it "
+                            "(or choose another --out)")
+        shutil.rmtree(split_dir)
+    elif not split_dir.is_dir() or any(split_dir.iterdir()):
+        raise DataError(f"{split_dir} exists but was not made by this tool (no {STAMP}): "
+                        "move it away or choose another --out")
+
+
 def _build_split(kind: str, split: str, count: int, seconds: float, opts: Options, out_dir: Path,
-                 cache: Path, jobs: int, config: dict, progress) -> bool:
+                 cache: Path, jobs: int, config: dict, progress, force: bool = False) -> bool:
     """Build one split unless it already exists with the same options. Returns True if built."""
-    stamp = out_dir / split / ".complete.json"
+    stamp = out_dir / split / STAMP
     if count <= 0:
         return False
     if stamp.exists():
@@ -38,8 +61,9 @@ def _build_split(kind: str, split: str, count: int, seconds: float, opts: Option
                 return False
         except (OSError, ValueError):
             pass
-    if (out_dir / split).exists():
-        shutil.rmtree(out_dir / split)  # options changed: our own output, rebuilt from scratch
+    _clear_split(out_dir / split, force)
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    (out_dir / split / BUILDING).write_text("")
     work = [(kind, split, i, opts, str(out_dir), str(cache), seconds) for i in range(count)]
     meta = []
     if jobs > 1:
@@ -53,10 +77,11 @@ def _build_split(kind: str, split: str, count: int, seconds: float, opts: Option
             progress(f"{kind} {split}", len(meta), count)
     (out_dir / split / "metadata.json").write_text(json.dumps(meta, indent=1))
     stamp.write_text(json.dumps(config))
+    (out_dir / split / BUILDING).unlink()
     return True
 
 
-def write_licences(out_dir: Path) -> Path:
+def write_licences(out_dir: Path, doc_dir: Path = Path("/usr/share/doc")) -> Path:
     lines = [
         "# Licences of the material in this directory",
         "",
@@ -72,10 +97,13 @@ def write_licences(out_dir: Path) -> Path:
     for p in PACKAGES:
         lines.append(f"| {p.name} | {package_version(p.name)} | {p.role} | {p.licence} |")
     for p in PACKAGES:
-        path = Path("/usr/share/doc") / p.name / "copyright"
+        path = doc_dir / p.name / "copyright"
         if path.exists():
             text = path.read_text(errors="replace").rstrip()
             lines += ["", f"## {p.name}", "", f"From `{path}`:", "", "```", text, "```"]
+        else:  # images that strip /usr/share/doc: say so rather than drop the package's notice
+            lines += ["", f"## {p.name}", "", f"`{path}` was missing on the machine that built this data; "
+                      f"the package's licence: {p.licence}. Read its copyright file before redistributing."]
     out = out_dir / "LICENSES.md"
     out.write_text("\n".join(lines) + "\n")
     return out
@@ -90,27 +118,37 @@ def _split_config(kind: str, split: str, count: int, seconds: float, opts: Optio
         group = "test" if held_out else "train"
         cfg.update(spec=asdict(spec), voices=[":".join(v) for v in speech.voices_of(held_out)],
                    presets=list(singing.PRESETS[group]), registers=[list(r) for r in singing.REGISTERS[group]])
+        material_split = spec.material
     else:
-        cfg["voices"] = [":".join(v) for v in speech.voices_of(WSJ_SPLITS[split][0] == "test")]
+        material_split = WSJ_SPLITS[split][0]
+        cfg["voices"] = [":".join(v) for v in speech.voices_of(material_split == "test")]
+    if material_split != "train":
+        cfg["held_out_material"] = HELD_OUT_MATERIAL
     return cfg
 
 
 def make(out: str | os.PathLike, *, seed: int = 0, train: int = 720, valid: int = 12, test: int = 8,
          solo: int = 8, seconds: float = 20.0, test_seconds: float = 45.0,
          speakers: tuple[int, int, int] = (200, 40, 40), jobs: int = 1,
-         cache: str | os.PathLike | None = None, quiet: bool = False, **opt_kwargs) -> dict:
+         cache: str | os.PathLike | None = None, quiet: bool = False, force: bool = False,
+         **opt_kwargs) -> dict:
     """Build everything under ``out``; returns what was built and the time each split took.
 
     ``train`` tracks of ``seconds``; ``valid`` tracks and ``test``/``solo`` tracks per held-out
-    split (``test-*``, ``solo-*``) of ``test_seconds``."""
+    split (``test-*``, ``solo-*``) of ``test_seconds``. A finished split built with other
+    options is replaced only with ``force``."""
+    for name, value in (("seconds", seconds), ("test_seconds", test_seconds)):
+        if not value >= MIN_SECONDS:
+            raise DataError(f"{name} must be at least {MIN_SECONDS:g} s (room for a voice), got {value:g}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else out / ".cache" / "utterances"
     opts = Options(seed=seed, seconds=seconds, **opt_kwargs)
     missing = missing_packages()
     if missing:
         raise DataError("missing Debian packages: " + " ".join(missing)
                         + " (run `make demo-data`, or apt-get install -y them)")
+    speech.check_voices()
+    out.mkdir(parents=True, exist_ok=True)
 
     tty = sys.stderr.isatty()
 
@@ -131,7 +169,8 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 720, valid: int 
     for kind, sub, split, count, sec in work:
         cfg = _split_config(kind, split, count, sec, opts)
         t = time.perf_counter()
-        built[f"{sub}/{split}"] = _build_split(kind, split, count, sec, opts, out / sub, cache, jobs, cfg, progress)
+        built[f"{sub}/{split}"] = _build_split(kind, split, count, sec, opts, out / sub, cache, jobs, cfg, progress,
+                                               force)
         timing[f"{sub}/{split}"] = round(time.perf_counter() - t, 2)
     write_licences(out)
     return {"out": str(out), "built": built, "split_seconds": timing,

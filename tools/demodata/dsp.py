@@ -104,6 +104,8 @@ def trim_silence(x: np.ndarray, sr: int, threshold: float = 1e-3) -> np.ndarray:
 
 def quantise_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """int16 stems and their exact int16 sum (caller keeps |a + b| < 1)."""
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("stems hold NaN/Inf (a silent track normalised?)")  # NaN casts to 0 or INT_MIN
     qa = np.round(a * 32767).astype(np.int32)
     qb = np.round(b * 32767).astype(np.int32)
     qm = qa + qb

@@ -11,6 +11,7 @@ import html
 import json
 import os
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from .dsp import trim_silence
-from .external import run
+from .external import DataError, run
 from .melody import note_name, pentatonic_melody
 
 CACHE_VERSION = 2
@@ -37,7 +38,7 @@ ESPEAK_TRAIN_VARIANTS = (
     "sandro", "shelby", "steph", "travis", "victor", "zac")
 ESPEAK_TRAIN = [(a, v) for a in ESPEAK_TRAIN_ACCENTS for v in ESPEAK_TRAIN_VARIANTS]
 ESPEAK_TEST = [(a, v) for a in ("en-gb-scotland", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-               for v in ("m5", "m6", "m7", "f4", "f5", "Linda")]
+               for v in ("m5", "m6", "m7", "f4", "f5", "linda")]
 VOICES = {
     "train": [("espeak", f"{a}+{v}") for a, v in ESPEAK_TRAIN]
     + [("flite", "kal16"), ("flite", "awb"), ("flite", "slt")]
@@ -52,6 +53,33 @@ ENGINE_WEIGHTS = {"espeak": 0.45, "flite": 0.3, "festival": 0.25}
 # slt HTS voice 32 kHz with content up to 16 kHz.
 NATIVE_NYQUIST = {"espeak": 11025.0, "flite": 8000.0, "kal_diphone": 8000.0,
                   "cmu_us_slt_arctic_hts": 16000.0}
+
+
+def _output(cmd: list[str]) -> str:
+    """What a listing command prints (empty when it cannot be run)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def check_voices() -> None:
+    """espeak-ng quietly speaks with its default voice for an unknown accent or variant
+    (and flite with kal for an unknown voice): a typo would put one timbre in training and
+    held-out data alike. Every voice used must be installed."""
+    accents = {ln.split()[1] for ln in _output(["espeak-ng", "--voices"]).splitlines()[1:] if len(ln.split()) > 1}
+    variants = set(re.findall(r"!v/(\S+)", _output(["espeak-ng", "--voices=variant"])))
+    flite = set(_output(["flite", "-lv"]).partition(":")[2].split())
+    missing = []
+    for engine, name in VOICES["train"] + VOICES["test"]:
+        accent, _, variant = name.partition("+")
+        if engine == "espeak" and (accent not in accents or (variant and variant not in variants)):
+            missing.append(f"espeak-ng {name}")
+        elif engine == "flite" and name not in flite:
+            missing.append(f"flite {name}")
+    if missing:
+        raise DataError("voices not installed (the engines would fall back to a default voice): "
+                        + ", ".join(missing))
 
 
 def native_nyquist(engine: str, voice: str) -> float:
