@@ -10,6 +10,10 @@ atomic rename over the old one, so a SIGKILL between those two steps (or during 
 write, in the fallback) can leave a hidden partial file. Partial files carry the host and
 process id of their writer, and every write removes the ones in its folder whose writer
 on this host is gone: a partial file outlives its writer only until the next write there.
+
+A set of files (:func:`atomic_writes`, e.g. the sources of one input) is placed all or
+nothing: when one cannot be placed, those placed before it are taken back (a file they
+replaced kept under a hidden name until the set is complete, and restored).
 """
 import contextlib
 import ctypes
@@ -37,42 +41,120 @@ def atomic_write(path, force=False):
     existing `path` is replaced only with `force=True`; otherwise OutputExistsError is
     raised, before anything is written when `path` exists already, and at the end (the
     written data discarded, the other file kept) when it appeared during the write."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):  # --force cannot replace it either: refuse before any work
-        raise IsADirectoryError(f"{path}: is a folder, not a file name")
-    if os.path.exists(path) and not force:
-        raise _exists_error(path)
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_partials(folder)
-    fd = _open_unnamed(folder)
-    if fd is not None:
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-            _link_into_place(f.fileno(), path, folder, force)
-        _fsync_dir(folder)
-        return
-    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(), dir=folder)
+    with atomic_writes([path], force=force) as (f,):
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_writes(paths, force=False):
+    """Yield a list of binary file objects, one per path; on normal exit they all become
+    their paths, or none of them does: when one cannot be put in place (a file or a folder
+    appeared there, a write error), those already placed are taken back, the files they
+    replaced (`force`) restored. Checks and errors as for :func:`atomic_write`. Only a kill
+    while they are being placed, one by one, can leave part of the set."""
+    outputs = []
     try:
-        with os.fdopen(fd, "w+b") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:  # link(2) never overwrites, unlike rename(2): no check-then-replace race
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise _exists_error(path) from None
-            os.unlink(tmp)
-        _fsync_dir(folder)
+        for p in paths:
+            outputs.append(_Output(p, force))
+        yield [o.file for o in outputs]
+        _place_all(outputs)
+    finally:
+        for o in outputs:
+            o.close()
+
+
+def _place_all(outputs):
+    try:
+        for i, o in enumerate(outputs):
+            o.place(keep_old=i + 1 < len(outputs))  # the last one is never taken back
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for o in reversed(outputs):
+            with contextlib.suppress(OSError):
+                o.take_back()
         raise
+    for folder in dict.fromkeys(o.folder for o in outputs):
+        _fsync_dir(folder)
+
+
+class _Output:
+    """One file being written: unnamed (or under a hidden name) in its destination folder."""
+
+    def __init__(self, path, force):
+        self.path, self.force = os.fspath(path), force
+        self.folder = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(self.path):  # --force cannot replace it either: refuse before any work
+            raise IsADirectoryError(f"{self.path}: is a folder, not a file name")
+        if os.path.exists(self.path) and not force:
+            raise _exists_error(self.path)
+        os.makedirs(self.folder, exist_ok=True)
+        remove_stale_partials(self.folder)
+        self.tmp = self.old = None  # hidden names: the fallback's file, the replaced file's copy
+        self.placed = False
+        fd = _open_unnamed(self.folder)
+        if fd is None:
+            fd, self.tmp = tempfile.mkstemp(prefix=_partial_prefix(), dir=self.folder)
+        self.file = os.fdopen(fd, "w+b")
+
+    def place(self, keep_old=False):
+        """Give the finished file its name; `keep_old`: keep what it replaces for take_back."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            if self.force and keep_old:
+                self.old = _hidden_link(self.path, self.folder)
+            if self.tmp is None:
+                _link_into_place(self.file.fileno(), self.path, self.folder, self.force)
+            elif self.force:
+                os.replace(self.tmp, self.path)
+            else:  # link(2) never overwrites, unlike rename(2): no check-then-replace race
+                try:
+                    os.link(self.tmp, self.path)
+                except FileExistsError:
+                    raise _exists_error(self.path) from None
+        except OSError as exc:
+            if exc.errno is not None and exc.filename is None:  # a failed flush or fsync: say which file
+                exc.filename = self.path
+            raise
+        self.placed = True
+
+    def take_back(self):
+        """Undo place(): the replaced file back where it was kept, else ours removed (only if
+        what is there now is still ours)."""
+        if not self.placed:
+            return
+        self.placed = False
+        if self.old is not None:
+            os.replace(self.old, self.path)
+            self.old = None
+            return
+        here, ours = os.lstat(self.path), os.fstat(self.file.fileno())
+        if (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino):
+            os.unlink(self.path)
+
+    def close(self):
+        """Close the file and drop the hidden names (the unnamed file vanishes by itself)."""
+        with contextlib.suppress(OSError):  # after place() nothing is left to flush; on an error, nothing matters
+            self.file.close()
+        for name in (self.tmp, self.old):
+            if name is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name)
+
+
+def _hidden_link(path, folder):
+    """A hidden second name for the file at `path` (None when there is none, or the file
+    system has no hard links): what a replaced file is restored from."""
+    if not os.path.lexists(path):
+        return None
+    while True:
+        name = os.path.join(folder, f"{_partial_prefix()}{os.urandom(6).hex()}")
+        try:
+            os.link(path, name, follow_symlinks=False)
+            return name
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
 
 
 def _partial_prefix():

@@ -24,7 +24,8 @@ import soxr
 
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioError", "AudioInfo", "FFMPEG_EXTENSIONS", "FfmpegFile", "OUTPUT_FORMATS",
-    "OUTPUT_RATES", "StreamResampler", "audio_info", "check_output_format", "open_audio", "output_rate",
+    "OUTPUT_CHANNELS", "OUTPUT_RATES", "StreamResampler", "audio_info", "check_output_channels", "check_output_format",
+    "open_audio", "output_rate",
     "read_audio", "read_blocks", "resample", "to_mono", "write_audio",
 ]
 
@@ -43,6 +44,10 @@ OUTPUT_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": (
 #: The only sample rates some output formats hold (libsndfile refuses others).
 OUTPUT_RATES = {"opus": (8000, 12000, 16000, 24000, 48000),
                 "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)}
+#: The most channels each output format holds, found by writing them with libsndfile 1.2.2
+#: (tests/test_audio.py checks them): MP3 2, FLAC 8, Opus 255, WAV and AIFF 1024 (libsndfile's
+#: own limit). Vorbis: 255, libvorbis' limit; libsndfile takes more, then crashes the process.
+OUTPUT_CHANNELS = {"wav": 1024, "aiff": 1024, "flac": 8, "ogg": 255, "opus": 255, "mp3": 2}
 
 # What soundfile raises for a file it cannot open or decode (the class differs by version).
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
@@ -291,6 +296,15 @@ def check_output_format(ext: str, subtype: str | None = None) -> tuple[str, str]
     if not sf.check_format(major, subtype):
         raise ValueError(f"output format {ext} cannot hold subtype {subtype}")
     return major, subtype
+
+
+def check_output_channels(ext: str, channels: int) -> None:
+    """A ValueError saying which formats hold `channels` channels when `ext` cannot."""
+    if channels > OUTPUT_CHANNELS[ext]:
+        fits = [e for e, n in OUTPUT_CHANNELS.items() if channels <= n]
+        hint = f"; {', '.join(fits)} can" if fits else ""
+        raise ValueError(f"{channels} channels cannot be written as {ext}: it holds at most {OUTPUT_CHANNELS[ext]}"
+                         + hint)
 
 
 def output_rate(ext: str, rate: int) -> int:

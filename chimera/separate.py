@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from . import bandext, pretrained, signal
-from .atomic import atomic_write
-from .audio import AudioError, check_output_format, open_audio, output_rate, read_blocks
+from .atomic import PARTIAL_PREFIX, OutputExistsError, atomic_writes
+from .audio import AudioError, _reason, check_output_channels, check_output_format, open_audio, output_rate, read_blocks
 from .cluster import kmeans_masks
 from .losses import voice_activity_weights
 from .models import SeparationModel, apply_masks, flatten_bins
-from .stream import SegmentPlan, SeparationStream
+from .stream import ChannelGroups, SegmentPlan, SeparationStream
 from .wiener import check_exponent, multichannel_wiener
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,17 @@ DEFAULT_BATCH_SIZE = 4
 #: channel's own masks): one iteration gains 0.5 dB vocals SDR on an earlier bundled model's stereo
 #: held-out test (its model card).
 DEFAULT_WIENER_ITERS = 1
+#: The most channels the Wiener filter runs across; more are each filtered as a mono recording
+#: is (MONO_WIENER_EXPONENT), in groups of this many. Its cost grows with the cube of the channels
+#: (a solve per bin): with the bundled model on 2 CPU threads, 10 s of 2 / 16 / 32 channels took
+#: 0.12 / 4.4 / 16 s (the filter 0.03 / 3.8 / 15 s) and 0.4 / 1.1 / 2.7 GB; 1 s of 64 channels
+#: took 8 s; a file claiming 1000 channels did not finish in 5 minutes. 16 channels hold the
+#: largest common layouts (9.1.6, third-order ambisonics).
+MAX_WIENER_CHANNELS = 16
+#: The lowest input rate separated (Hz). A few formats of old went down to 4 kHz; below it not
+#: even the telephone band (300-3400 Hz) is there, and the work grows as the rate falls (a 1 Hz
+#: header makes every sample a second of audio): such a rate is a damaged header.
+MIN_RATE = 4000
 #: With one channel the filter has no spatial model: it only shares each bin of the mixture
 #: among the sources, so that they add up to it (the model's masks alone do not: on the 60
 #: validation tracks downmixed to mono, step 7's sources missed the mixture by -20.8 dB, median).
@@ -147,7 +158,8 @@ class Separator:
     when the model has one); wiener_iters: multichannel Wiener filter iterations across
     the channels of each segment of a multichannel recording (:mod:`chimera.wiener`; 0
     keeps each channel's own estimates; on a mono recording any number > 0 shares each bin
-    among the sources by magnitude, :data:`MONO_WIENER_EXPONENT`); misi_iters: MISI
+    among the sources by magnitude, :data:`MONO_WIENER_EXPONENT`; with more than
+    :data:`MAX_WIENER_CHANNELS` channels, each channel alone is so filtered); misi_iters: MISI
     phase-reconstruction iterations per segment (after the Wiener filter); seed: of the
     k-means initialisation; high_band: "split" or "drop" the band of an input above the
     model's Nyquist frequency (:mod:`chimera.bandext`); wiener_exponent: of the sources'
@@ -277,8 +289,22 @@ class Separator:
 
     def stream(self, channels, sample_rate, length, out_rate=None):
         """A :class:`~chimera.stream.SeparationStream` for `length` samples of `channels`
-        channels, giving sources at `out_rate` (default: `sample_rate`)."""
-        return SeparationStream(self.source_spectra, self.plan, self.model.stft, self.model.n_sources, channels,
+        channels, giving sources at `out_rate` (default: `sample_rate`). Over
+        :data:`MAX_WIENER_CHANNELS` channels, streams over groups of them, each channel
+        filtered on its own. A ValueError for a rate below :data:`MIN_RATE`."""
+        if sample_rate < MIN_RATE:
+            raise ValueError(f"sample rate {sample_rate} Hz is below {MIN_RATE} Hz, the lowest chimera separates "
+                             "(a damaged header?)")
+        if channels <= MAX_WIENER_CHANNELS:
+            return self._stream(self.source_spectra, channels, sample_rate, length, out_rate)
+
+        def each_alone(batch, _channels):  # each row a mono recording
+            return self.source_spectra(batch, 1)
+        sizes = [min(MAX_WIENER_CHANNELS, channels - c) for c in range(0, channels, MAX_WIENER_CHANNELS)]
+        return ChannelGroups([self._stream(each_alone, n, sample_rate, length, out_rate) for n in sizes])
+
+    def _stream(self, spectra, channels, sample_rate, length, out_rate):
+        return SeparationStream(spectra, self.plan, self.model.stft, self.model.n_sources, channels,
                                 sample_rate, length, out_rate=out_rate, high_band=self.high_band)
 
     def separate_file(self, path, out_dir="separated", **options):
@@ -320,9 +346,11 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     so memory does not grow with the file's length. Outputs have the input's length,
     channel count and sample rate, except where the output format cannot hold that rate
     (opus, mp3: :func:`chimera.audio.output_rate`, the next rate up that it can). Existing
-    outputs are kept unless `force`; on any error nothing is written. `clip`: "clamp"
-    limits the samples to [-1, 1] (and says how many it clipped, a warning once the file is
-    written); "none" leaves samples as they are (only sensible with a float subtype).
+    outputs are kept unless `force`; on any error nothing is written: the outputs are put in
+    place together, and when one cannot be, none is (the files they replaced restored).
+    `clip`: "clamp" limits the samples to [-1, 1] (and says how many it clipped, a warning
+    once the file is written); "none" leaves samples as they are (only sensible with a float
+    subtype).
     `targets`: the output paths when already computed with :func:`output_paths` (else from
     the naming options). `progress`: a bar in seconds of audio on stderr. Returns the output paths. A problem with the input or an output
     raises :class:`~chimera.audio.AudioError`.
@@ -342,6 +370,7 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     start = time.perf_counter()
     try:
         with open_audio(path) as source:  # decode it all once before any output exists
+            _check_header(path, source, ext)
             block = max(1, int(block_seconds * source.samplerate))
             for _ in read_blocks(source, block):
                 pass
@@ -362,6 +391,19 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     return targets
 
 
+def _check_header(path, source, ext):
+    """Refuse, before any work, an input (`source`, open) whose rate chimera does not
+    separate or whose channels the output format cannot hold."""
+    rate, channels = source.samplerate, source.channels
+    if rate < MIN_RATE:
+        raise AudioError.at(path, f"sample rate {rate} Hz is below {MIN_RATE} Hz, the lowest chimera separates "
+                                  "(a damaged header?)")
+    try:
+        check_output_channels(ext, channels)
+    except ValueError as exc:
+        raise AudioError.at(path, str(exc)) from None
+
+
 def _missing_parents(targets):
     """Folders that writing `targets` would create, deepest first."""
     missing = set()
@@ -374,24 +416,80 @@ def _missing_parents(targets):
 
 
 def _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress):
+    try:
+        with open_audio(path) as source, atomic_writes(targets, force=force) as files:
+            sinks = [_Sink(f, t) for f, t in zip(files, targets)]
+            try:
+                return _write_sources(separator, path, source, sinks, ext, subtype, clip, block_seconds, progress)
+            except Exception:  # soundfile's own error hides the system's (disk full): say that one
+                failed = next((s for s in sinks if s.error is not None), None)
+                if failed is None:
+                    raise
+                raise _output_error(failed.error, failed.path) from None
+    except OSError as exc:  # making a folder, placing the files
+        raise _output_error(exc, targets[0]) from None
+
+
+def _output_error(exc, path):
+    """An OSError about an output as an AudioError: one line naming the file (the output
+    `path` when the error names none, or only a hidden partial file of its folder)."""
+    if isinstance(exc, OutputExistsError) or exc.errno is None:  # chimera.atomic's, worded already
+        return AudioError(str(exc), path=exc.filename or path)
+    where = os.fspath(exc.filename) if exc.filename else path
+    if os.path.basename(where).startswith(PARTIAL_PREFIX):  # renamed or linked to filename2
+        where = os.fspath(exc.filename2) if exc.filename2 else path
+    reason = exc.strerror or str(exc)
+    return AudioError.at(where, f"cannot be written ({reason[:1].lower() + reason[1:]})")
+
+
+class _Sink:
+    """The file object libsndfile writes an output through. soundfile calls it from C, where
+    an exception (disk full) is printed as "Exception ignored" and lost, and the write only
+    fails later, unexplained: the first OSError is kept here, for the message."""
+
+    def __init__(self, file, path):
+        self.file, self.path, self.error = file, path, None
+
+    def _call(self, method, *args, failed):
+        if self.error is None:
+            try:
+                return getattr(self.file, method)(*args)
+            except OSError as exc:
+                self.error = exc
+        return failed
+
+    def write(self, data):
+        return self._call("write", data, failed=0)
+
+    def read(self, n=-1):
+        return self._call("read", n, failed=b"")
+
+    def seek(self, offset, whence=0):
+        return self._call("seek", offset, whence, failed=-1)
+
+    def tell(self):
+        return self._call("tell", failed=-1)
+
+
+def _write_sources(separator, path, source, sinks, ext, subtype, clip, block_seconds, progress):
     major, _ = check_output_format(ext, subtype)
-    with open_audio(path) as source, contextlib.ExitStack() as outputs:
+    with contextlib.ExitStack() as outputs:  # closed (headers written) before the files are placed
         rate, channels, frames = source.samplerate, source.channels, source.frames
         out_rate = output_rate(ext, rate)
         if out_rate != rate:
             log.info("%s: %s cannot be written at %d Hz: the outputs are at %d Hz", path, ext, rate, out_rate)
         try:
-            writers = []
-            for t in targets:
-                f = outputs.enter_context(atomic_write(t, force=force))
-                writers.append(outputs.enter_context(
-                    sf.SoundFile(f, "w", samplerate=out_rate, channels=channels, format=major, subtype=subtype)))
-        except OSError as exc:  # OutputExistsError (a FileExistsError) included: it names the file
-            raise AudioError(str(exc), path=exc.filename) from None
+            writers = [outputs.enter_context(sf.SoundFile(s, "w", samplerate=out_rate, channels=channels,
+                                                          format=major, subtype=subtype)) for s in sinks]
         except _WRITE_ERRORS as exc:
-            raise AudioError.at(targets[0], f"cannot be written as {ext} ({exc})") from None
-        bar = outputs.enter_context(_seconds_bar(frames / rate, os.path.basename(os.fspath(path)), progress))
+            if any(s.error is not None for s in sinks):
+                raise
+            raise AudioError.at(sinks[0].path, f"cannot be written as {ext} ({_reason(exc)})") from None
+        if channels > MAX_WIENER_CHANNELS and separator.wiener_iters > 0:
+            log.warning("%s: %d channels: the Wiener filter runs on each channel alone (across channels: at most %d)",
+                        path, channels, MAX_WIENER_CHANNELS)
         stream = separator.stream(channels, rate, frames, out_rate=out_rate)
+        bar = outputs.enter_context(_seconds_bar(frames / rate, os.path.basename(os.fspath(path)), progress))
         clipped = {"samples": 0, "peak": 0.0}
 
         def write(out):  # out: (n, channels, C)

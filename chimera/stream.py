@@ -242,3 +242,32 @@ class SeparationStream:
 def _length_at(length, rate, new_rate):
     """Samples that `length` samples at `rate` last at `new_rate` (rounded up)."""
     return length if rate == new_rate else int(math.ceil(length * new_rate / rate))
+
+
+class ChannelGroups:
+    """Streams over consecutive groups of the channels, as one stream: push (n, channels)
+    blocks, get (n, channels, C) blocks. What one call of the spectra function holds is
+    then one group's segment, however many channels the input has."""
+
+    def __init__(self, streams):
+        self.streams = list(streams)
+        self._bounds = np.cumsum([0] + [s.channels for s in self.streams])
+
+    def push(self, block):
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 2 or block.shape[1] != self._bounds[-1]:
+            raise ValueError(f"expected (n, {self._bounds[-1]}) blocks, got {block.shape}")
+        yield from self._join([s.push(block[:, a:b]) for s, a, b in zip(self.streams, self._bounds, self._bounds[1:])])
+
+    def finish(self):
+        yield from self._join([s.finish() for s in self.streams])
+
+    def _join(self, parts):
+        """Each group's output of one push, side by side (they are the same length: how
+        much is final depends on the lengths pushed, not on the samples)."""
+        outs = [np.concatenate(list(p) or [np.zeros((0, s.channels, s.n_sources), np.float32)])
+                for p, s in zip(parts, self.streams)]
+        if len({o.shape[0] for o in outs}) != 1:
+            raise RuntimeError(f"channel groups out of step: {[o.shape[0] for o in outs]} samples")
+        if outs[0].shape[0]:
+            yield np.concatenate(outs, axis=1)

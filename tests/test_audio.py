@@ -1,12 +1,15 @@
 """chimera.audio: one reader, one error naming the file, one resampler, for every consumer."""
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from chimera.audio import AudioError, StreamResampler, read_audio, resample
+from chimera.audio import OUTPUT_CHANNELS, OUTPUT_FORMATS, AudioError, StreamResampler, read_audio, resample
 from chimera.evaluate import load_track
 from chimera.models import SeparationModel, preset
 from chimera.separate import Separator
@@ -92,3 +95,30 @@ def test_a_pipe_is_refused_as_not_a_file(tmp_path):
     os.mkfifo(path)
     with pytest.raises(AudioError, match=r"pipe\.wav: not a regular file \(a pipe or a device\)"):
         read_audio(path)  # was "empty file (0 bytes)"; nor may it block waiting for a writer
+
+
+def _probe_write(ext, channels):
+    """Write a few samples of `channels` channels as `ext` in a process of its own (a write
+    libsndfile takes and then crashes on must not take the tests along): "ok", "refused" or
+    "crashed"."""
+    major, subtype = OUTPUT_FORMATS[ext]
+    code = textwrap.dedent(f"""
+        import io, numpy as np, soundfile as sf
+        try:
+            with sf.SoundFile(io.BytesIO(), "w", 48000, {channels}, {subtype!r}, format={major!r}) as f:
+                f.write(np.zeros((2000, {channels}), np.float32))
+        except Exception:
+            print("refused")
+        else:
+            print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return run.stdout.strip() if run.returncode == 0 else "crashed"
+
+
+@pytest.mark.parametrize("ext", sorted(OUTPUT_CHANNELS))
+def test_output_channel_limits_are_libsndfiles(ext):
+    """OUTPUT_CHANNELS says what this libsndfile writes: the limit, and not one more."""
+    limit = OUTPUT_CHANNELS[ext]
+    assert _probe_write(ext, limit) == "ok"
+    assert _probe_write(ext, limit + 1) in ("refused", "crashed")
