@@ -194,8 +194,19 @@ def _add_separator_options(parser):
                    help="the band of an input above the model's Nyquist frequency (below the model's rate: "
                         "what the resampling round trip loses): split among the sources by their share of the "
                         f"model's top octave, or drop it (default {DEFAULT_HIGH_BAND})")
-    g.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+    g.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
                    help="worker processes on this machine, sharing the CPU threads (default 1)")
+
+
+def _positive_int(value):
+    """A count of processes or threads: 0 or fewer used to run as 1 (or as the default)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def _device(value):
@@ -305,7 +316,7 @@ def build_parser():
                    help="override a config value, e.g. stages.0.epochs=2 (repeatable)")
     t.add_argument("--device", help="cpu, cuda or auto (default: train.device)")
     t.add_argument("--seed", type=int, help="override the config's seed")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     t.set_defaults(func=train.main)
     return parser

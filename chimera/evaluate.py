@@ -374,7 +374,10 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
     be picklable, e.g. a Separator's method; `init` runs first in each). `estimates_dir`:
     each track's estimates written to ``<dir>/<track>/<source>.wav`` (float32), existing
     ones kept unless `force` (checked before any work). Returns the results dict."""
+    if jobs < 1:  # 0 or fewer ran as 1
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     tracks = list_tracks(data_dir, source_names, split, targets)
+    jobs = min(jobs, len(tracks))  # a worker without a track would only load the model
     if estimates_dir and not force:
         for t in tracks:
             for p in estimate_paths(estimates_dir, t.name, source_names):

@@ -13,6 +13,8 @@ import contextlib
 import datetime
 import multiprocessing
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -60,17 +62,52 @@ def balanced_shares(costs, n: int) -> list[list[int]]:
     return [sorted(s) for s in shares]
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _start_worker(init, threads):
+    # Pool.terminate sends SIGTERM: a worker that unwinds (instead of dying on the spot)
+    # removes what its task was writing and unregisters its semaphores (tqdm's lock), which
+    # otherwise show up as "leaked semaphore" warnings after the one-line error
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     torch.set_num_threads(threads)
     if init is not None:
         init()
 
 
+@contextlib.contextmanager
 def process_pool(jobs: int, init=None):
-    """A pool of `jobs` spawned processes; each calls `init()` (e.g. to set up logging; it
-    must be picklable) and gets an equal part of this process's CPU threads."""
+    """A pool of `jobs` spawned processes for a ``with`` block; each calls `init()` (e.g. to
+    set up logging; it must be picklable) and gets an equal part of this process's CPU
+    threads. The workers finish their tasks and exit when the block ends (closed and joined:
+    terminated ones leave "leaked semaphore" warnings), and are terminated when it raises
+    (an error, Ctrl-C). They ignore Ctrl-C from the start: the main process answers it."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     threads = max(1, torch.get_num_threads() // jobs)
-    return multiprocessing.get_context("spawn").Pool(jobs, initializer=_start_worker, initargs=(init, threads))
+    with _sigint_ignored():  # inherited: a worker still importing printed its own traceback
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_start_worker, initargs=(init, threads))
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored inside (in the main thread; elsewhere signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)  # None: set outside Python
 
 
 @contextlib.contextmanager

@@ -145,15 +145,20 @@ class StreamingISTFT:
             env += torch.where(ok, wsq[k.clamp(0, self.n_fft - 1)], torch.zeros((), dtype=w.dtype, device=w.device))
         return env
 
-    def _normalise(self, num, first, n_frames, w):
-        """num (..., n) at full-signal positions first + [0, n) divided by the envelope,
-        with the NOLA check on the samples that will be returned."""
-        pos = torch.arange(first, first + num.shape[-1], device=num.device)
+    def _checked_envelope(self, first, n, n_frames, w):
+        """(envelope, kept) at full-signal positions first + [0, n), with the NOLA check on
+        the samples that will be returned (numbered from the start of the stream's output)."""
+        pos = torch.arange(first, first + n, device=w.device)
         env = self._envelope(pos, n_frames, w)
         kept = pos >= self._start
         if self.length is not None:
             kept &= pos < self._start + self.length
         reference.check_nola("StreamingISTFT", env[kept], max(first, self._start) - self._start, self.hop)
+        return env, kept
+
+    def _normalise(self, num, first, n_frames, w):
+        """num (..., n) at full-signal positions first + [0, n) divided by the envelope."""
+        env, kept = self._checked_envelope(first, num.shape[-1], n_frames, w)
         return num / torch.where(kept, env, torch.ones((), dtype=env.dtype, device=env.device))
 
     def _emit(self, y, first):
@@ -203,7 +208,13 @@ class StreamingISTFT:
         if stop > head:
             # Chunk-local center=True starts at n_fft // 2 <= head; positions >= overlap
             # see all their frames inside the chunk, so the local envelope is the stream's.
-            y = overlap_add(frames, w, hop, True, stop - n_fft // 2)
+            try:
+                y = overlap_add(frames, w, hop, True, stop - n_fft // 2)
+            except RuntimeError:
+                # the op numbers samples from the chunk's own centred start: find where
+                # the stream's envelope vanishes and say so in the stream's numbering
+                self._checked_envelope(base + head, stop - head, total, w)
+                raise
             parts.append(y[..., head - n_fft // 2:])
         # New open samples: local [final, final + overlap).
         new_open = frames.new_zeros(*frames.shape[:-2], overlap)
@@ -225,12 +236,13 @@ class StreamingISTFT:
         return out
 
     def flush(self):
-        """Return the remaining samples (zero-padded up to `length` when given) and reset."""
+        """Return the remaining samples (zero-padded up to `length` when given) and reset; a
+        ValueError when no frames were pushed since the last reset."""
         if self._frames == 0:
-            like = self._like if self._like is not None else torch.empty(0)
-            out = like.new_zeros(*like.shape[:-1], self.length or 0)
+            # like istft of the whole (empty) spectrogram; with nothing pushed the output's
+            # batch shape, dtype and device are unknown too
             self._reset()
-            return out
+            raise ValueError("StreamingISTFT.flush: no frames were pushed (istft: spec has no frames)")
         w = _window(self.window, self.n_fft, self._open.dtype, self._open.device)
         full = self.n_fft + self.hop * (self._frames - 1)
         tail = self._open

@@ -2,8 +2,10 @@
 inputs, and the inputs shared among processes (-j, torchrun)."""
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +187,32 @@ def test_jobs_share_the_inputs_among_processes(tmp_path, model_file):
     assert "Traceback" not in run.stderr, run.stderr
     assert "leaked semaphore" not in run.stderr, run.stderr  # the pool closed, not terminated (was: 1 run in 2)
     _check_sharded_run(run, tmp_path, album, good, "job")
+
+
+def _own_group_with_default_sigint():  # as in a terminal, even when pytest runs with SIGINT ignored
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_with_jobs_is_one_line_and_leaves_nothing(tmp_path, model_file):
+    # the workers were killed by the pool's SIGTERM: the folders of the outputs they were
+    # writing stayed, and their semaphores (tqdm's lock) were reported after the error line
+    # as "leaked semaphore objects"
+    inputs = [write(tmp_path / f"long{k}.wav", noise(2, 8000 * 300, seed=k)) for k in range(2)]
+    proc = subprocess.Popen([sys.executable, "-m", "chimera", "predict", *map(str, inputs), "-n", str(model_file),
+                             "-o", str(tmp_path / "sep"), "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT, env=_env(), preexec_fn=_own_group_with_default_sigint)
+    started = time.monotonic()
+    while not all((tmp_path / "sep" / f"long{k}").is_dir() for k in range(2)):  # both workers writing
+        assert proc.poll() is None and time.monotonic() - started < 120, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines() == ["chimera: error: interrupted"], err.decode()
+    # (sep itself may stay, empty: each worker removes only the folders it found missing,
+    # and a worker that found sep made by the other does not remove it)
+    assert not (tmp_path / "sep").exists() or not any((tmp_path / "sep").iterdir())
 
 
 def test_torchrun_ranks_share_the_inputs(tmp_path, model_file):

@@ -400,6 +400,39 @@ def test_streaming_nola_rejected():
         stream.push(random_spec(64, 5))
 
 
+def test_streaming_nola_error_names_the_stream_sample():
+    # hop > n_fft / 2 without center: the samples past the first n_fft // 2 of a chunk go
+    # through the op, whose message counted from the chunk's centred start (sample 1, not 5)
+    n_fft, hop = 8, 6
+    w = torch.ones(n_fft, dtype=torch.float64)
+    w[5] = 0  # the envelope vanishes at every sample 5 + 6k
+    spec = random_spec(n_fft, 6, dtype=torch.complex128)
+    with pytest.raises(RuntimeError, match="at output sample 5,"):
+        istft(spec, n_fft, hop, w, center=False)
+    for cut in (1, 3, 6):
+        stream = StreamingISTFT(n_fft, hop, w, center=False)
+        with pytest.raises(RuntimeError, match="at output sample 5,"):
+            stream.push(spec[..., :cut])
+            stream.push(spec[..., cut:])
+
+
+def test_streaming_flush_without_frames_refused_like_istft():
+    # it returned a 1-D float32 CPU tensor whatever the stream's batch shape, dtype, device
+    n_fft = 16
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    with pytest.raises(ValueError, match="no frames"):
+        istft(torch.zeros(2, 9, 0, dtype=torch.complex128), n_fft, 4, w, length=20)
+    for pushed in ([], [torch.zeros(2, 9, 0, dtype=torch.complex128)]):
+        stream = StreamingISTFT(n_fft, 4, w, length=20)
+        for chunk in pushed:
+            stream.push(chunk)
+        with pytest.raises(ValueError, match="no frames were pushed"):
+            stream.flush()
+        spec = random_spec(n_fft, 5, batch=(2,), dtype=torch.complex128)  # still usable after
+        out = torch.cat([stream.push(spec), stream.flush()], -1)
+        torch.testing.assert_close(out, istft(spec, n_fft, 4, w, length=20), rtol=0, atol=1e-12)
+
+
 def test_streaming_stops_at_length_like_the_one_shot():
     # A window whose envelope vanishes at every hop (hann with hop = n_fft) where `length`
     # ends the output before the first zero: istft returns it, the stream computed (and

@@ -159,6 +159,9 @@ def test_train_mkldnn_chooses_the_lstm_kernels(data_root, tmp_path, mkldnn):
     (lambda c: c["data"].update(train=5), "data.train must be a table"),
     (lambda c: c.update(model=5), "model must be a table"),
     (lambda c: c["stages"][0].update(lr=float("inf")), "stages.0.lr must be a number > 0"),
+    # numpy's generators refused it with a traceback once the run started
+    (lambda c: c.update(seed=-1), r"seed must be an integer >= 0 and <= \d+, got -1"),
+    (lambda c: c.update(seed=2**64), r"seed must be an integer >= 0"),
 ])
 def test_config_errors_name_the_problem(data_root, mutate, match):
     cfg = config(data_root)
@@ -461,6 +464,82 @@ def test_ddp_gradients_are_the_mean_over_ranks_of_one_process_on_the_concatenate
     b = load_checkpoint(merged / "last.pt")[0].state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=rtol, atol=weight_atol, msg=k)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(-2**70)])
+def test_a_bad_seed_option_is_one_line_naming_it(data_root, tmp_path, capsys, seed):
+    from chimera.cli import main
+
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), f"--seed={seed}", "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"error: --seed must be >= 0 and <= {2**62}, got {seed}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_cannot_be_built_is_one_line(data_root, tmp_path, capsys):
+    # a valid config whose LSTM asks for 1e15 bytes (more than any address space): the allocator's RuntimeError was a
+    # traceback (the model was built outside the try that turns config errors into one line)
+    from chimera.cli import main
+
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--set", "model.hidden=1000000000000",
+               "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "error: model: cannot be built: " in err and "allocate" in err, err
+
+
+def test_a_model_too_large_for_the_device_is_one_line(data_root, tmp_path, monkeypatch):
+    # the model is built on the CPU, then moved: a GPU without room for it raised
+    # torch.cuda.OutOfMemoryError there (simulated here, on the CPU)
+    def no_room(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+
+    monkeypatch.setattr(solver.SeparationModel, "to", no_room)
+    with pytest.raises(tr.TrainError, match=r"model: does not fit on cpu: CUDA out of memory. Tried to allocate"):
+        tr.Trainer(config(data_root), tmp_path / "run", quiet=True).run()
+
+
+class _SigintInWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        ignored = float(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        return {"mixture": torch.tensor([ignored]), "sources": torch.zeros(1, 1), "name": str(i)}
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process():
+    # a worker that got Ctrl-C itself exited, and the main process raised "DataLoader worker
+    # exited unexpectedly" (a traceback, exit 1) instead of the interrupted line (exit 130)
+    from chimera.train.data import loader
+
+    batches = list(loader(_SigintInWorker(), 2, 2))
+    assert torch.cat([b["mixture"] for b in batches]).flatten().tolist() == [1.0] * 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own is back
+
+
+def test_an_error_while_interrupted_is_the_interrupted_line(data_root, tmp_path, monkeypatch, capsys):
+    # Ctrl-C inside torch.save: its zip writer, closed while the KeyboardInterrupt unwinds,
+    # raises RuntimeError("... unexpected pos ..."), which was a traceback and exit 1
+    from chimera.cli import main
+
+    def interrupted_mid_save(self):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 194560 vs 194452")
+
+    monkeypatch.setattr(solver.Trainer, "run", interrupted_mid_save)
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.strip().splitlines() == ["chimera train: interrupted (resume with --resume)"], err
+    monkeypatch.setattr(solver.Trainer, "run", lambda self: 1 / 0)  # other errors stay what they are
+    with pytest.raises(ZeroDivisionError):
+        main(["train", str(path), "--run-dir", str(tmp_path / "run2"), "--threads", "1", "--quiet"])
 
 
 # ------------------------------------------------------------------ unreadable files

@@ -57,7 +57,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import TRAIN_DEFAULTS, apply_override, load_config, validate_config
+from .config import MAX_SEED, TRAIN_DEFAULTS, apply_override, load_config, validate_config
 from .data import DATASETS, build_dataset, epoch_indices
 from .errors import TrainError
 from .records import LOG, console
@@ -81,6 +81,8 @@ def _config(args) -> dict:
     for item in args.set or []:
         apply_override(config, item)
     if args.seed is not None:
+        if not 0 <= args.seed <= MAX_SEED:  # not the recipe's mistake: name the option
+            raise TrainError(f"--seed must be >= 0 and <= {MAX_SEED}, got {args.seed}")
         config["seed"] = args.seed
     if args.threads:
         config.setdefault("train", {})["threads"] = args.threads
@@ -111,4 +113,19 @@ def main(args) -> int:
         except KeyboardInterrupt:
             LOG.error("interrupted (resume with --resume)")
             return 130
+        except Exception as e:
+            if not _interrupted(e):
+                raise
+            LOG.error("interrupted (resume with --resume)")
+            return 130
     return 0
+
+
+def _interrupted(exc) -> bool:
+    """Whether `exc` was raised while a KeyboardInterrupt unwound (torch.save's zip writer,
+    interrupted mid-checkpoint, raises "unexpected pos" when it is closed)."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False

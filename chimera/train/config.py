@@ -45,6 +45,7 @@ TRAIN_DEFAULTS = {
     # native ones, whose LSTM backward is 1.6x faster for a 1025-bin input (recipes/fullband.toml)
     "mkldnn": True,
 }
+MAX_SEED = 2**62
 STAGE_KEYS = ("name", "objective", "options", "alpha", "epochs", "lr", "grad_clip", "scheduler")
 TOP_KEYS = ("seed", "model", "data", "train", "stages")
 
@@ -159,8 +160,9 @@ def validate_config(config: dict) -> dict:
     cfg = copy.deepcopy(config)
     _no_unknown_keys(cfg, TOP_KEYS, "unknown top-level key(s)")
     cfg.setdefault("seed", 0)
-    if not isinstance(cfg["seed"], int):
-        raise TrainError(f"config: seed must be an integer, got {cfg['seed']!r}")
+    # numpy's generators refuse a negative seed, torch's one past 64 bits (a traceback at the
+    # start of the run); room is left for the per-stage and per-epoch offsets added to it
+    _check_number("seed", cfg["seed"], True, 0, MAX_SEED)
     model = cfg.setdefault("model", {})
     if isinstance(model, dict):
         model.setdefault("preset", "chimerapp")

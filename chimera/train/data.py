@@ -2,6 +2,9 @@
 one-line error naming it, and the epoch order (a pure function of seed, stage, epoch and rank)."""
 from __future__ import annotations
 
+import signal
+import threading
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
@@ -78,8 +81,39 @@ def loader(dataset, batch_size: int, num_workers: int, indices=None) -> DataLoad
     if indices is not None:
         ds = Subset(ds, indices)
     # Own generator: creating an iterator must not draw from the global RNG (exact resume).
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
-                      generator=torch.Generator().manual_seed(0))
+    return _Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
+                   generator=torch.Generator().manual_seed(0), worker_init_fn=_leave_ctrl_c_to_the_main_process)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers leave Ctrl-C to the main process. It reaches the whole
+    process group: a worker that exited on it made the main process raise "DataLoader worker
+    exited unexpectedly" (a traceback, exit 1) before its own KeyboardInterrupt. The main
+    process stops the workers when it unwinds."""
+
+    def __iter__(self):
+        if (self.num_workers == 0 or not hasattr(signal, "pthread_sigmask")
+                or threading.current_thread() is not threading.main_thread()):
+            return super().__iter__()
+        # Ctrl-C while the workers start: noted, and raised once they are (raised inside,
+        # it left a half-built iterator that printed an AttributeError when collected). It
+        # is blocked too, so that the workers inherit it blocked until their init ignores it
+        # (one caught in fork's own handlers was lost, or printed).
+        caught = []
+        handler = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            batches = super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            raise KeyboardInterrupt
+        return batches
+
+
+def _leave_ctrl_c_to_the_main_process(worker_id):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def epoch_indices(n: int, seed: int, stage: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:

@@ -215,7 +215,10 @@ class Trainer:
             model = init if init is not None else self._build_model()
             if init is None:
                 self._fit_statistics(model)
-        model.to(self.device).train()
+        try:
+            model.to(self.device).train()
+        except torch.cuda.OutOfMemoryError as e:
+            raise TrainError(f"model: does not fit on {self.device}: {e}") from None
         if self.dist.main:
             with atomic_write(self.run_dir / "config.json", force=True) as f:
                 f.write(json.dumps(self.cfg, indent=2).encode())
@@ -405,7 +408,10 @@ class Trainer:
             config = preset(name, size, **mcfg)
         except (ValueError, TypeError) as e:
             raise TrainError(f"model: {e}") from None
-        return SeparationModel(config)
+        try:  # a valid config can still ask for more memory than there is (hidden = 10**12)
+            return SeparationModel(config)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise TrainError(f"model: cannot be built: {e}") from None
 
     def _fit_statistics(self, model):
         bs, workers = int(self.cfg["data"]["batch_size"]), int(self.cfg["data"]["num_workers"])
