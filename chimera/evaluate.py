@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from . import _deps, signal
-from .atomic import atomic_write
+from .atomic import atomic_write, atomic_writes
 from .audio import AudioError, audio_info, read_audio, resample
 from .objectives import si_sdr
 from .parallel import process_pool
@@ -334,8 +334,8 @@ def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, 
     else:
         est = separate(track.mixture, track.rate).numpy()  # (C, channels, L)
     if estimates_dir:
-        for path, x in zip(estimate_paths(estimates_dir, files.name, source_names), est):
-            with atomic_write(path, force=force) as f:
+        with atomic_writes(estimate_paths(estimates_dir, files.name, source_names), force=force) as outs:
+            for f, x in zip(outs, est):  # one track's estimates placed together or not at all
                 sf.write(f, x.T, track.rate, format="WAV", subtype="FLOAT")
     silent = [s for s, ref in zip(source_names, track.references) if _museval_silent(ref)]
     silent_est = [s for s, x in zip(source_names, est) if _museval_silent(x)]

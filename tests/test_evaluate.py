@@ -372,3 +372,21 @@ def test_without_museval_evaluate_says_what_to_install_before_any_work(tmp_path,
 def test_bad_targets_are_one_line(musdb, model_file, run_cli, spec, problem):
     out = run_cli(musdb, "--model", model_file, "--oracle", "mixture", "--targets", spec)
     assert out.returncode == 1 and problem in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_tracks_estimates_are_saved_together_or_not_at_all(musdb, tmp_path):
+    # An estimate file that appears in the way after the up-front check (another run): the
+    # track's other estimates must not be left behind either (they were, one by one).
+    from chimera.atomic import OutputExistsError
+    from chimera.evaluate import _evaluate_track, list_tracks
+    files = next(t for t in list_tracks(musdb / "test", ("vocals", "accompaniment")) if t.name == "B")
+    (tmp_path / "B").mkdir()
+    (tmp_path / "B" / "accompaniment.wav").write_bytes(b"theirs")
+
+    def separate(mixture, rate):
+        return torch.stack([torch.as_tensor(mixture) / 2] * 2)
+
+    with pytest.raises(OutputExistsError):
+        _evaluate_track(files, ("vocals", "accompaniment"), separate, None, None, str(tmp_path), force=False)
+    assert sorted(p.name for p in (tmp_path / "B").iterdir()) == ["accompaniment.wav"]
+    assert (tmp_path / "B" / "accompaniment.wav").read_bytes() == b"theirs"
