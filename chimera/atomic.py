@@ -50,8 +50,10 @@ def atomic_writes(paths, force=False):
     """Yield a list of binary file objects, one per path; on normal exit they all become
     their paths, or none of them does: when one cannot be put in place (a file or a folder
     appeared there, a write error), those already placed are taken back, the files they
-    replaced (`force`) restored. Checks and errors as for :func:`atomic_write`. Only a kill
-    while they are being placed, one by one, can leave part of the set."""
+    replaced (`force`) restored where the file system has hard links (without them, a
+    replaced file that was already overwritten is lost). Checks and errors as for
+    :func:`atomic_write`. Only a kill while they are being placed, one by one, can leave
+    part of the set."""
     outputs = []
     try:
         for p in paths:

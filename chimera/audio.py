@@ -48,6 +48,15 @@ OUTPUT_RATES = {"opus": (8000, 12000, 16000, 24000, 48000),
 #: (tests/test_audio.py checks them): MP3 2, FLAC 8, Opus 255, WAV and AIFF 1024 (libsndfile's
 #: own limit). Vorbis: 255, libvorbis' limit; libsndfile takes more, then crashes the process.
 OUTPUT_CHANNELS = {"wav": 1024, "aiff": 1024, "flac": 8, "ogg": 255, "opus": 255, "mp3": 2}
+#: Other extensions of the output formats.
+FORMAT_ALIASES = {"aif": "aiff", "wave": "wav"}
+
+
+def format_of(name) -> str | None:
+    """The output format a file name's extension says (an OUTPUT_FORMATS key), else None."""
+    ext = os.path.splitext(os.fspath(name))[1].lstrip(".").lower()
+    ext = FORMAT_ALIASES.get(ext, ext)
+    return ext if ext in OUTPUT_FORMATS else None
 
 # What soundfile raises for a file it cannot open or decode (the class differs by version).
 _DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
@@ -137,7 +146,7 @@ def _truncation(f) -> str | None:
     said, there = int(m.group(1)), int(m.group(2))
     if said in _UNKNOWN_SIZES or there >= said:
         return None
-    return f"truncated: it holds {there} of the {said} bytes of samples its header promises ({there / said:.0%})"
+    return f"truncated: it holds {there} of the {said} bytes of samples its header promises ({said - there} missing)"
 
 
 def _open_with_ffmpeg(path: str, sndfile_reason: str) -> "FfmpegFile":

@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import platform
-import signal
 import sys
 
 import torch
@@ -22,7 +21,7 @@ from chimera.audio import OUTPUT_FORMATS, AudioError
 from chimera.models import CheckpointError
 from chimera.separate import (DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_HIGH_BAND, DEFAULT_MISI_ITERS,
                               DEFAULT_OVERLAP, DEFAULT_SEGMENT, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS,
-                              HIGH_BAND_MODES, METHODS, Separator)
+                              HIGH_BAND_MODES, MAX_WIENER_CHANNELS, METHODS, Separator)
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +88,6 @@ def return_large_blocks():
 def _init_worker(verbose, quiet):
     setup_logging(verbose, quiet)
     return_large_blocks()
-    # Ctrl-C reaches the whole process group: the main process alone answers it (and ends
-    # the pool), instead of every worker printing its traceback
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_init(args):
@@ -184,8 +180,8 @@ def _add_separator_options(parser):
                    help=f"MISI phase-reconstruction iterations (default {DEFAULT_MISI_ITERS})")
     g.add_argument("--wiener", type=int, default=DEFAULT_WIENER_ITERS, metavar="N",
                    help=f"multichannel Wiener filter iterations across channels (default {DEFAULT_WIENER_ITERS}; "
-                        "0: off; on a mono file: share each bin among the sources by magnitude, so that they "
-                        "add up to the input)")
+                        f"0: off; over {MAX_WIENER_CHANNELS} channels each channel alone; on a mono file: share "
+                        "each bin among the sources by magnitude, so that they add up to the input)")
     g.add_argument("--wiener-exponent", type=float, default=DEFAULT_WIENER_EXPONENT, metavar="P",
                    help="exponent of the sources' powers in that filter across channels: below 1 softer "
                         "shares, above 1 harder "

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import pretrained
-from .audio import AUDIO_EXTENSIONS, OUTPUT_FORMATS, AudioError, check_output_format
+from .audio import AUDIO_EXTENSIONS, OUTPUT_FORMATS, AudioError, check_output_format, format_of
 from .models import CheckpointError
 from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
 from .separate import Separator, output_paths, resolve_device, separate_file
@@ -82,8 +82,8 @@ def output_format(args):
     """--format, else what the output names end in (--output-files v.flac a.flac: flac), else wav."""
     if args.format:
         return args.format
-    exts = {os.path.splitext(n)[1].lstrip(".").lower() for n in (args.output_files or [args.filename])}
-    return exts.pop() if len(exts) == 1 and exts <= set(OUTPUT_FORMATS) else "wav"
+    said = {format_of(n) for n in (args.output_files or [args.filename])}
+    return said.pop() if len(said) == 1 and None not in said else "wav"
 
 
 def output_problems(inputs, fmt):
@@ -92,7 +92,7 @@ def output_problems(inputs, fmt):
     extension is another format than the one written (WAV data in a .flac file)."""
     problems = {}
     for t in dict.fromkeys(t for i in inputs for t in i.targets):
-        ext = os.path.splitext(t)[1].lstrip(".").lower()
+        said = format_of(t)
         folder = os.path.dirname(os.path.abspath(t))
         while not os.path.exists(folder):  # the first one that exists must be a writable folder
             folder = os.path.dirname(folder)
@@ -102,8 +102,8 @@ def output_problems(inputs, fmt):
             problems.setdefault(folder, f"{folder}: is a file, not a folder (outputs such as {t} go under it)")
         elif not os.access(folder, os.W_OK | os.X_OK):
             problems.setdefault(folder, f"{folder}: cannot be written (outputs such as {t} go under it)")
-        elif ext in OUTPUT_FORMATS and OUTPUT_FORMATS[ext][0] != OUTPUT_FORMATS[fmt][0]:
-            problems.setdefault(t, f"{t}: would hold {fmt} data; give --format {ext} or name it .{fmt}")
+        elif said is not None and OUTPUT_FORMATS[said][0] != OUTPUT_FORMATS[fmt][0]:
+            problems.setdefault(t, f"{t}: would hold {fmt} data; give --format {said} or name it .{fmt}")
     return list(problems.values())
 
 
@@ -150,8 +150,6 @@ def run(args, separator_options, init=None) -> int:
             with process_pool(args.jobs, init) as pool:
                 failed = sum(pool.starmap(_worker, [(args, separator_options, [inputs[i] for i in s], k)
                                                     for k, s in enumerate(shares)]))
-                pool.close()  # let the workers exit: terminated ones leave "leaked semaphore" warnings
-                pool.join()
         else:
             mine = balanced_shares(costs, rank.world)[rank.rank]
             failed = _separate_all(separator, args, [inputs[i] for i in mine], progress=not (args.quiet or rank.distributed),

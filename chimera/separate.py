@@ -416,17 +416,32 @@ def _missing_parents(targets):
 
 
 def _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress):
+    with open_audio(path) as source, _output_files(targets, force) as files:
+        sinks = [_Sink(f, t) for f, t in zip(files, targets)]
+        try:
+            return _write_sources(separator, path, source, sinks, ext, subtype, clip, block_seconds, progress)
+        except Exception:  # soundfile's own error hides the system's (disk full): say that one
+            failed = next((s for s in sinks if s.error is not None), None)
+            if failed is None:
+                raise
+            raise _output_error(failed.error, failed.path) from None
+
+
+@contextlib.contextmanager
+def _output_files(targets, force):
+    """:func:`~chimera.atomic.atomic_writes`, its own OSErrors (making a folder, placing the
+    files) as AudioErrors naming the output; those of the block (reading the input) as they are."""
+    in_block = False
     try:
-        with open_audio(path) as source, atomic_writes(targets, force=force) as files:
-            sinks = [_Sink(f, t) for f, t in zip(files, targets)]
+        with atomic_writes(targets, force=force) as files:
             try:
-                return _write_sources(separator, path, source, sinks, ext, subtype, clip, block_seconds, progress)
-            except Exception:  # soundfile's own error hides the system's (disk full): say that one
-                failed = next((s for s in sinks if s.error is not None), None)
-                if failed is None:
-                    raise
-                raise _output_error(failed.error, failed.path) from None
-    except OSError as exc:  # making a folder, placing the files
+                yield files
+            except BaseException:
+                in_block = True
+                raise
+    except OSError as exc:
+        if in_block:
+            raise
         raise _output_error(exc, targets[0]) from None
 
 

@@ -1,5 +1,7 @@
 import datetime
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -266,3 +268,13 @@ def test_checkpoint_saved_on_cuda_loads_on_cpu(tmp_path):
     assert all(t.device.type == "cpu" for s in state["optimizer"]["state"].values() for t in s.values())
     x = torch.randn(1, 700)
     torch.testing.assert_close(loaded(x).masks, model(x.cuda()).masks.cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_loading_the_bundled_model_stays_light():
+    # The shape check builds the model on "meta": its window there went through torch's
+    # decompositions and imported torch._dynamo (about 800 modules, 1.1 s, 70 MB per load).
+    code = ("import sys; from chimera import pretrained; pretrained.load(); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

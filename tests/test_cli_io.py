@@ -83,6 +83,9 @@ def test_output_names_say_the_format_and_a_contradiction_is_refused(tmp_path, mo
     out = run_cli(capsys, "predict", a, "-n", model_file, "-o", tmp_path / "sep", "--filename", "{track}_{stem}.mp3")
     assert out.returncode == 0, out.stderr
     assert sf.info(tmp_path / "sep" / "a_vocals.mp3").format == "MP3"
+    out = run_cli(capsys, "predict", a, "-n", model_file, "--output-files", tmp_path / "v.aif", tmp_path / "m.AIF")
+    assert out.returncode == 0, out.stderr  # another extension of a format: WAV data went into them
+    assert sf.info(tmp_path / "v.aif").format == sf.info(tmp_path / "m.AIF").format == "AIFF"
     out = run_cli(capsys, "predict", a, "-n", model_file, "--format", "wav", "--output-files", tmp_path / "v.wav",
                   tmp_path / "m.ogg")
     assert out.returncode == 2
@@ -121,12 +124,3 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, model_file):
     assert proc.returncode == 130
     assert err.decode().splitlines()[-1].endswith("chimera: error: interrupted") and b"Traceback" not in err
     assert not (tmp_path / "sep").exists()
-
-
-def test_workers_leave_ctrl_c_to_the_main_process():
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        cli._worker_init(cli.build_parser().parse_args(["predict", "x.wav", "-j", "2"]))()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, before)

@@ -219,3 +219,27 @@ def test_up_to_the_limit_the_filter_still_works_across_channels():
     together = sep.separate(x, 8000)
     alone = torch.stack([sep.separate(x[c], 8000) for c in range(3)], 1)
     assert (together - alone).abs().max() > 1e-3
+
+
+def test_an_input_read_error_is_not_blamed_on_an_output(tmp_path, monkeypatch):
+    # An OSError while reading the input (a decoder's pipe, a failing disk) was reported as
+    # "<first output>: cannot be written"; it is the input's, and nothing is written.
+    from chimera import separate
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(2, 3000).T, 8000)
+    out = tmp_path / "sep"
+    reads = 0
+
+    def failing_blocks(source, block):
+        nonlocal reads
+        reads += 1
+        if reads > 1:  # the first pass (decoding all once) succeeds, the separating pass fails
+            raise OSError(5, "Input/output error")
+        yield from orig(source, block)
+    orig = separate.read_blocks
+    monkeypatch.setattr(separate, "read_blocks", failing_blocks)
+    sep = Separator(tiny_model(), device="cpu", segment=1.0, overlap=0.25)
+    with pytest.raises(OSError) as err:
+        separate_file(sep, src, targets=[str(out / "vocals.wav"), str(out / "accompaniment.wav")])
+    assert "cannot be written" not in str(err.value) and "Input/output error" in str(err.value)
+    assert not out.exists() or _listing(out) == {}
