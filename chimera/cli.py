@@ -264,8 +264,9 @@ def build_parser():
     p.add_argument("--output-files", nargs="+", metavar="FILE",
                    help="one input only: write its sources to these files, in the model's source order")
     p.add_argument("--format", choices=list(OUTPUT_FORMATS),
-                   help="output format (default: the extension of --output-files or --filename, else wav; opus "
-                        "holds 8/12/16/24/48 kHz and mp3 8 to 48 kHz: other rates are resampled to the next one up)")
+                   help="output format (default: the extension of --output-files or --filename when they all "
+                        "name one format, else wav; a name of another format is refused; opus holds 8/12/16/24/48 "
+                        "kHz and mp3 8 to 48 kHz: other rates are resampled to the next one up, else the highest)")
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--subtype", help="libsndfile subtype (default PCM_16 for wav/flac/aiff)")
     depth.add_argument("--int24", action="store_true", help="24-bit integer output")
@@ -310,7 +311,7 @@ def build_parser():
                    help="continue from RUN_DIR/last.pt (or the given checkpoint)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. stages.0.epochs=2 (repeatable)")
-    t.add_argument("--device", help="cpu, cuda or auto (default: train.device)")
+    t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the recipe's train.device)")
     t.add_argument("--seed", type=int, help="override the config's seed")
     t.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
