@@ -157,12 +157,7 @@ def test_refuses_incompatible_files(tmp_path):
     raw = torch.load(path, weights_only=True)
 
     def write(**changes):
-        payload = {**raw, **changes}
-        meta = {k: payload[k] for k in ("model_config", "stft", "source_names")}
-        payload["checksum"] = ckpt._checksum(meta, payload["state_dict"])
-        out = tmp_path / "edited.pt"
-        torch.save(payload, out)
-        return out
+        return _edited(tmp_path, raw, **changes)
 
     _expect_refusal(write(version=ckpt.VERSION + 1), "format version")
     bigger = {**raw["model_config"], "hidden": 12}

@@ -9,18 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from chimera import cli
-from test_separate import noise, run_cli, tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from chimera.models import save_checkpoint
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, tiny_model())
-    return path
+from test_separate import ROOT, model_file, noise, run_cli  # noqa: F401 (model_file: a fixture)
 
 
 def wav(path, seconds=0.25, rate=8000, seed=0):

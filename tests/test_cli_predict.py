@@ -16,17 +16,9 @@ from chimera.audio import AudioError, FfmpegFile, read_audio, resample
 from chimera.cli import build_parser
 from chimera.parallel import balanced_shares
 from chimera.separate import Separator
-from test_separate import noise, run_cli, tiny_model
+from test_separate import model_file, noise, run_cli, tiny_model  # noqa: F401 (model_file: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from chimera.models import save_checkpoint
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, tiny_model())
-    return path
 
 
 def write(path, x, rate=8000, **kw):

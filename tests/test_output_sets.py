@@ -16,15 +16,7 @@ from chimera import atomic
 from chimera.atomic import OutputExistsError, atomic_writes
 from chimera.audio import AudioError
 from chimera.separate import MAX_WIENER_CHANNELS, MIN_RATE, Separator, separate_file
-from test_separate import ROOT, noise, run_cli, tiny_model
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from chimera.models import save_checkpoint
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, tiny_model())
-    return path
+from test_separate import ROOT, model_file, noise, run_cli, tiny_model  # noqa: F401 (model_file: a fixture)
 
 
 @pytest.fixture(params=["unnamed", "named"])
