@@ -143,6 +143,15 @@ class _Output:
                     os.unlink(name)
 
 
+def existing_ancestor(path):
+    """The deepest folder above `path` that exists: where writing it would start making
+    folders (a file there, or one not writable, stops the write)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return folder
+
+
 def _hidden_link(path, folder):
     """A hidden second name for the file at `path` (None when there is none, or the file
     system has no hard links): what a replaced file is restored from."""

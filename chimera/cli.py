@@ -17,6 +17,7 @@ import torch
 import chimera
 from chimera import evaluate as ev
 from chimera import ops, predict, pretrained, train
+from chimera.atomic import existing_ancestor
 from chimera.audio import OUTPUT_FORMATS, AudioError
 from chimera.models import CheckpointError
 from chimera.separate import (DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_HIGH_BAND, DEFAULT_MISI_ITERS,
@@ -113,9 +114,7 @@ def _evaluate_outputs(args):
             raise ValueError(f"{path}: is a folder, not a file name")
     for path in (args.out, csv_path, museval_dir, args.plot):
         if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            while not os.path.exists(folder):  # the first folder that exists must be one
-                folder = os.path.dirname(folder)
+            folder = existing_ancestor(path)
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
                 raise ValueError(f"{path}: cannot be written ({folder} is not a writable folder)")
     if args.plot:

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import pretrained
+from .atomic import existing_ancestor
 from .audio import AUDIO_EXTENSIONS, OUTPUT_FORMATS, AudioError, check_output_format, format_of
 from .models import CheckpointError
 from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
@@ -93,9 +94,7 @@ def output_problems(inputs, fmt):
     problems = {}
     for t in dict.fromkeys(t for i in inputs for t in i.targets):
         said = format_of(t)
-        folder = os.path.dirname(os.path.abspath(t))
-        while not os.path.exists(folder):  # the first one that exists must be a writable folder
-            folder = os.path.dirname(folder)
+        folder = existing_ancestor(t)  # must be a writable folder
         if os.path.isdir(t):
             problems.setdefault(t, f"{t}: is a folder, not a file name")
         elif not os.path.isdir(folder):

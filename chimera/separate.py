@@ -292,9 +292,7 @@ class Separator:
         channels, giving sources at `out_rate` (default: `sample_rate`). Over
         :data:`MAX_WIENER_CHANNELS` channels, streams over groups of them, each channel
         filtered on its own. A ValueError for a rate below :data:`MIN_RATE`."""
-        if sample_rate < MIN_RATE:
-            raise ValueError(f"sample rate {sample_rate} Hz is below {MIN_RATE} Hz, the lowest chimera separates "
-                             "(a damaged header?)")
+        _check_min_rate(sample_rate)
         if channels <= MAX_WIENER_CHANNELS:
             return self._stream(self.source_spectra, channels, sample_rate, length, out_rate)
 
@@ -391,15 +389,18 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     return targets
 
 
+def _check_min_rate(rate):
+    if rate < MIN_RATE:
+        raise ValueError(f"sample rate {rate} Hz is below {MIN_RATE} Hz, the lowest chimera separates "
+                         "(a damaged header?)")
+
+
 def _check_header(path, source, ext):
     """Refuse, before any work, an input (`source`, open) whose rate chimera does not
     separate or whose channels the output format cannot hold."""
-    rate, channels = source.samplerate, source.channels
-    if rate < MIN_RATE:
-        raise AudioError.at(path, f"sample rate {rate} Hz is below {MIN_RATE} Hz, the lowest chimera separates "
-                                  "(a damaged header?)")
     try:
-        check_output_channels(ext, channels)
+        _check_min_rate(source.samplerate)
+        check_output_channels(ext, source.channels)
     except ValueError as exc:
         raise AudioError.at(path, str(exc)) from None
 

@@ -215,8 +215,7 @@ def _validate_stage(i: int, st) -> None:
     for need in ("objective", "epochs", "lr"):
         if need not in st:
             raise TrainError(f"config: stages.{i} needs `{need}`")
-    if not isinstance(st["epochs"], int) or st["epochs"] < 0:
-        raise TrainError(f"config: stages.{i}.epochs must be an integer >= 0, got {st['epochs']!r}")
+    _check_number(f"stages.{i}.epochs", st["epochs"], True, 0)
     _check_number(f"stages.{i}.lr", st["lr"], False, 0, low_ok=False)
     if "grad_clip" in st:
         _check_number(f"stages.{i}.grad_clip", st["grad_clip"], False, 0)

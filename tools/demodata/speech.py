@@ -11,7 +11,6 @@ import html
 import json
 import os
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -55,21 +54,14 @@ NATIVE_NYQUIST = {"espeak": 11025.0, "flite": 8000.0, "kal_diphone": 8000.0,
                   "cmu_us_slt_arctic_hts": 16000.0}
 
 
-def _output(cmd: list[str]) -> str:
-    """What a listing command prints (empty when it cannot be run)."""
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def check_voices() -> None:
     """espeak-ng quietly speaks with its default voice for an unknown accent or variant
     (and flite with kal for an unknown voice): a typo would put one timbre in training and
     held-out data alike. Every voice used must be installed."""
-    accents = {ln.split()[1] for ln in _output(["espeak-ng", "--voices"]).splitlines()[1:] if len(ln.split()) > 1}
-    variants = set(re.findall(r"!v/(\S+)", _output(["espeak-ng", "--voices=variant"])))
-    flite = set(_output(["flite", "-lv"]).partition(":")[2].split())
+    listing = "listing the installed voices"
+    accents = {ln.split()[1] for ln in run(["espeak-ng", "--voices"], listing).splitlines()[1:] if len(ln.split()) > 1}
+    variants = set(re.findall(r"!v/(\S+)", run(["espeak-ng", "--voices=variant"], listing)))
+    flite = set(run(["flite", "-lv"], listing).partition(":")[2].split())
     missing = []
     for engine, name in VOICES["train"] + VOICES["test"]:
         accent, _, variant = name.partition("+")
