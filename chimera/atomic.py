@@ -146,10 +146,27 @@ class _Output:
 def existing_ancestor(path):
     """The deepest folder above `path` that exists: where writing it would start making
     folders (a file there, or one not writable, stops the write)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    return folder
+    made = folders_to_make([path])
+    return os.path.dirname(made[-1]) if made else os.path.dirname(os.path.abspath(path))
+
+
+def folders_to_make(paths):
+    """The folders that writing `paths` would create, deepest first."""
+    missing = set()
+    for p in paths:
+        folder = os.path.dirname(os.path.abspath(p))
+        while not os.path.exists(folder):
+            missing.add(folder)
+            folder = os.path.dirname(folder)
+    return sorted(missing, key=lambda f: (-f.count(os.sep), f))
+
+
+def remove_empty_folders(folders):
+    """Remove those of `folders` (deepest first) that are empty. Only once no writer is
+    left: an unnamed file being written (O_TMPFILE) is no entry, so its folder looks empty."""
+    for f in folders:
+        with contextlib.suppress(OSError):
+            os.rmdir(f)
 
 
 def _hidden_link(path, folder):

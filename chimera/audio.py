@@ -331,12 +331,12 @@ def write_audio(path: PathLike, data: np.ndarray, sample_rate: int, subtype: str
 
     int16 arrays are written verbatim as PCM_16 (bit-exact); float arrays default to FLOAT."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     data = np.asarray(data)
     if subtype is None:
         subtype = "PCM_16" if data.dtype == np.int16 else "FLOAT"
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise ValueError(f"refusing to write NaN/Inf samples to {path}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sf.write(path, data, int(sample_rate), subtype=subtype)
 
 

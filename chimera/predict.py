@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import pretrained
-from .atomic import existing_ancestor
+from .atomic import existing_ancestor, folders_to_make, remove_empty_folders
 from .audio import AUDIO_EXTENSIONS, OUTPUT_FORMATS, AudioError, check_output_format, format_of
 from .models import CheckpointError
 from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
@@ -143,17 +143,26 @@ def run(args, separator_options, init=None) -> int:
     for p in problems if lead else ():
         log.error(p)
     costs = [_size(i.path) for i in inputs]
-    with joined(rank):
-        if args.jobs > 1:
-            shares = balanced_shares(costs, args.jobs)
-            with process_pool(args.jobs, init) as pool:
-                failed = sum(pool.starmap(_worker, [(args, separator_options, [inputs[i] for i in s], k)
-                                                    for k, s in enumerate(shares)]))
-        else:
-            mine = balanced_shares(costs, rank.world)[rank.rank]
-            failed = _separate_all(separator, args, [inputs[i] for i in mine], progress=not (args.quiet or rank.distributed),
-                                   tag=f"[rank {rank.rank}] " if rank.distributed else "")
-        failed = sum_over_ranks(failed, rank) + len(problems)
+    made, finished = folders_to_make(t for i in inputs for t in i.targets), False
+    try:
+        with joined(rank):
+            if args.jobs > 1:
+                shares = balanced_shares(costs, args.jobs)
+                with process_pool(args.jobs, init) as pool:
+                    failed = sum(pool.starmap(_worker, [(args, separator_options, [inputs[i] for i in s], k)
+                                                        for k, s in enumerate(shares)]))
+            else:
+                mine = balanced_shares(costs, rank.world)[rank.rank]
+                failed = _separate_all(separator, args, [inputs[i] for i in mine],
+                                       progress=not (args.quiet or rank.distributed),
+                                       tag=f"[rank {rank.rank}] " if rank.distributed else "")
+            failed = sum_over_ranks(failed, rank) + len(problems)  # every rank done writing
+            finished = True
+    finally:
+        # The empty folders made for failed inputs, once no process writes (the -j pool is
+        # joined or terminated here; torchrun's other ranks only known done when finished).
+        if finished or not rank.distributed:
+            remove_empty_folders(made)
     if failed and lead and (rank.distributed or args.jobs > 1):
         log.error(f"{failed} of {len(inputs) + len(problems)} inputs failed")
     return 1 if failed else 0
@@ -188,7 +197,8 @@ def _separate_all(separator, args, inputs, progress, tag="") -> int:
     for item in inputs:
         try:
             written = separate_file(separator, item.path, targets=list(item.targets), ext=args.format,
-                                    subtype=subtype, clip=args.clip_mode, force=args.force, progress=progress)
+                                    subtype=subtype, clip=args.clip_mode, force=args.force, progress=progress,
+                                    tidy=False)  # run() tidies once all are done
         except (AudioError, ValueError) as exc:
             failed += 1
             log.error(str(exc))

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from . import bandext, pretrained, signal
-from .atomic import PARTIAL_PREFIX, OutputExistsError, atomic_writes
+from .atomic import PARTIAL_PREFIX, OutputExistsError, atomic_writes, folders_to_make, remove_empty_folders
 from .audio import AudioError, _reason, check_output_channels, check_output_format, open_audio, output_rate, read_blocks
 from .cluster import kmeans_masks
 from .losses import voice_activity_weights
@@ -337,7 +337,7 @@ def output_paths(path, source_names, out_dir="separated", filename=DEFAULT_FILEN
 
 def separate_file(separator, path, out_dir="separated", output_files=None, filename=DEFAULT_FILENAME,
                   ext="wav", subtype=None, clip="clamp", force=False, block_seconds=10.0, progress=False,
-                  relpath=None, targets=None):
+                  relpath=None, targets=None, tidy=True):
     """Separate the audio file `path` and write one file per source, atomically.
 
     The input is read in blocks and the outputs are written as the samples become final,
@@ -350,8 +350,12 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     once the file is written); "none" leaves samples as they are (only sensible with a float
     subtype).
     `targets`: the output paths when already computed with :func:`output_paths` (else from
-    the naming options). `progress`: a bar in seconds of audio on stderr. Returns the output paths. A problem with the input or an output
-    raises :class:`~chimera.audio.AudioError`.
+    the naming options). `progress`: a bar in seconds of audio on stderr. `tidy`: the folders
+    made for a failed input are removed; a process that may share them with other writers
+    (predict's ``-j`` workers, torchrun's ranks) passes False and tidies once all are done:
+    an output still being written (unnamed) leaves no entry, so its folder looks empty.
+    Returns the output paths. A problem with the input or an output raises
+    :class:`~chimera.audio.AudioError`.
     """
     _, subtype = check_output_format(ext, subtype)
     if clip not in ("clamp", "none"):
@@ -364,7 +368,7 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
         for t in targets:
             if os.path.exists(t):
                 raise AudioError.at(t, "exists (use --force to overwrite)")
-    created = _missing_parents(targets)
+    created = folders_to_make(targets)
     start = time.perf_counter()
     try:
         with open_audio(path) as source:  # decode it all once before any output exists
@@ -375,9 +379,8 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
             seconds = source.frames / source.samplerate
         clipped = _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress)
     except BaseException:
-        for folder in created:  # leave no empty folders behind for a failed input
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
+        if tidy:  # leave no empty folders behind for a failed input
+            remove_empty_folders(created)
         raise
     elapsed = time.perf_counter() - start
     if clipped["samples"]:  # said once the progress bar has cleared its line
@@ -403,17 +406,6 @@ def _check_header(path, source, ext):
         check_output_channels(ext, source.channels)
     except ValueError as exc:
         raise AudioError.at(path, str(exc)) from None
-
-
-def _missing_parents(targets):
-    """Folders that writing `targets` would create, deepest first."""
-    missing = set()
-    for t in targets:
-        folder = os.path.dirname(os.path.abspath(t))
-        while folder and not os.path.exists(folder):
-            missing.add(folder)
-            folder = os.path.dirname(folder)
-    return sorted(missing, key=len, reverse=True)
 
 
 def _separate_open_file(separator, path, targets, ext, subtype, clip, force, block_seconds, progress):

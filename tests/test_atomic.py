@@ -131,3 +131,18 @@ def test_a_failed_replace_leaves_no_partial_file(tmp_path, mode):
             f.write(b"data")
             path.mkdir()
     assert os.listdir(tmp_path) == ["out.wav"] and path.is_dir()
+
+
+
+def test_folders_to_make_and_remove_empty_folders(tmp_path):
+    (tmp_path / "old").mkdir()
+    paths = [tmp_path / "old" / "new" / "deeper" / "a.bin", tmp_path / "old" / "new" / "deeper" / "b.bin",
+             tmp_path / "old" / "new" / "c.bin", tmp_path / "other" / "d.bin", tmp_path / "e.bin"]
+    made = atomic.folders_to_make(paths)
+    assert made == [str(tmp_path / "old" / "new" / "deeper"), str(tmp_path / "old" / "new"), str(tmp_path / "other")]
+    assert atomic.existing_ancestor(paths[0]) == str(tmp_path / "old")
+    for f in made:
+        os.makedirs(f, exist_ok=True)
+    (tmp_path / "old" / "new" / "c.bin").write_bytes(b"kept")
+    atomic.remove_empty_folders(made)
+    assert sorted(os.listdir(tmp_path)) == ["old"] and os.listdir(tmp_path / "old" / "new") == ["c.bin"]

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from chimera.audio import OUTPUT_CHANNELS, OUTPUT_FORMATS, AudioError, StreamResampler, read_audio, resample
+from chimera.audio import (OUTPUT_CHANNELS, OUTPUT_FORMATS, AudioError, StreamResampler, read_audio, resample,
+                           write_audio)
 from chimera.evaluate import load_track
 from chimera.models import SeparationModel, preset
 from chimera.separate import Separator
@@ -122,3 +123,11 @@ def test_output_channel_limits_are_libsndfiles(ext):
     limit = OUTPUT_CHANNELS[ext]
     assert _probe_write(ext, limit) == "ok"
     assert _probe_write(ext, limit + 1) in ("refused", "crashed")
+
+
+def test_write_audio_refuses_nan_before_making_folders(tmp_path):
+    data = np.zeros((100, 2), np.float32)
+    data[5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN/Inf samples to .*out.wav"):
+        write_audio(tmp_path / "new" / "out.wav", data, 16000)
+    assert os.listdir(tmp_path) == []

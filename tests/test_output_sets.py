@@ -235,3 +235,22 @@ def test_an_input_read_error_is_not_blamed_on_an_output(tmp_path, monkeypatch):
         separate_file(sep, src, targets=[str(out / "vocals.wav"), str(out / "accompaniment.wav")])
     assert "cannot be written" not in str(err.value) and "Input/output error" in str(err.value)
     assert not out.exists() or _listing(out) == {}
+
+
+@pytest.mark.parametrize("tidy", [True, False])
+def test_folders_made_for_a_failed_input_are_removed_unless_others_may_write_there(tmp_path, tidy):
+    """predict's -j workers and torchrun's ranks pass tidy=False (run() tidies once all are
+    done): a folder holding only another process's unnamed output looks empty, and removing
+    it made that output fail."""
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(1, 3000).T, 8000)
+    sep = _Blocking(tiny_model(), device="cpu", segment=1.0, overlap=0.25)
+
+    def fail():
+        raise RuntimeError("separation failed")
+    sep.block = fail
+    with pytest.raises(RuntimeError, match="separation failed"):
+        separate_file(sep, src, out_dir=tmp_path / "sep" / "deeper", tidy=tidy)
+    assert sorted(os.listdir(tmp_path)) == (["a.wav"] if tidy else ["a.wav", "sep"])
+    if not tidy:
+        assert os.listdir(tmp_path / "sep" / "deeper") == ["a"] and os.listdir(tmp_path / "sep" / "deeper" / "a") == []
