@@ -32,9 +32,11 @@ _CUDA_LIB := $(abspath $(CUDA_BUILD_DIR))/lib
 
 cuda-venv: $(_CUDA_STAMP) ## create .venv-cuda with the CUDA build of torch (no GPU needed)
 
+# --no-cache-dir: the CUDA wheels (~5.5 GB of torch alone) would also be kept in pip's cache,
+# doubling the disk this needs (a CI run once failed with "No space left on device").
 $(_CUDA_STAMP):
 	test -x $(VENV_CUDA)/bin/python || $(CUDA_BASE_PYTHON) -m venv $(VENV_CUDA)
-	$(VENV_CUDA)/bin/python -m pip install -q $(CUDA_REQUIREMENTS)
+	$(VENV_CUDA)/bin/python -m pip install -q --no-cache-dir $(CUDA_REQUIREMENTS)
 	$(VENV_CUDA)/bin/python -c "import torch; assert torch.version.cuda, 'torch in $(VENV_CUDA) is not a CUDA build'"
 	rm -f $(VENV_CUDA)/.stamp-chimera-*
 	touch $@
