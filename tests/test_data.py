@@ -548,3 +548,73 @@ def test_dataloader_worker_reports_bad_file_by_path(tmp_path):
     skip = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05)
     names = [n for b in DataLoader(skip, batch_size=1, num_workers=2) for n in b["name"]]
     assert names == ["a", "c", "c"]
+
+
+# --- review: options, names and skips ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("option,value", [
+    ("gain_db", (float("nan"), 0.0)),
+    ("gain_db", (0.0, float("inf"))),
+    ("gain_db", (1.0,)),
+    ("segment_seconds", float("nan")),
+    ("segment_seconds", float("inf")),
+    ("segment_seconds", 1e-6),  # less than one frame at the model rate
+])
+def test_a_non_finite_option_is_refused_when_the_data_set_is_made(tmp_path, option, value):
+    # accepted, they failed at the first item (in a DataLoader worker: a traceback)
+    _musdb(tmp_path)
+    kw = {"sample_rate": 8000, "segment_seconds": 0.05, "seed": 0, option: value}
+    with pytest.raises(ValueError, match=option):
+        MUSDB18(tmp_path, "train", targets=GROUPS, **kw)
+    _write(tmp_path / "f" / "x.wav", np.random.default_rng(0).standard_normal(800), 8000)
+    with pytest.raises(ValueError, match=option):
+        FolderTuple({"x": tmp_path / "f"}, **kw)
+
+
+@pytest.mark.parametrize("option", ["tracks", "exclude", "sources"])
+def test_a_name_list_given_as_one_string_is_refused(tmp_path, option):
+    # a string was read as its characters: exclude="b" excluded nothing, silently
+    _musdb(tmp_path)
+    with pytest.raises(ValueError, match=f"{option} must be a list"):
+        MUSDB18(tmp_path, "train", sample_rate=8000, **{option: "b"})
+    with pytest.raises(ValueError, match="must be a list"):
+        MUSDB18(tmp_path, "train", sample_rate=8000, targets={"vocals": "vocals"})
+
+
+def test_an_excluded_name_that_is_no_track_is_refused(tmp_path):
+    # a misspelt held-out track was trained on, silently (tracks= refuses an unknown name)
+    _musdb(tmp_path / "one", names=("a", "b"))
+    _musdb(tmp_path / "two", names=("a", "c"))
+    with pytest.raises(ValueError, match=r"unknown track\(s\) in exclude: \['B'\]"):
+        MUSDB18(tmp_path / "one", "train", sample_rate=8000, exclude=["B"])
+    # pooled roots: a name in one of them is a track
+    ds = MUSDB18([tmp_path / "one", tmp_path / "two"], "train", sample_rate=8000, exclude=["b", "c"])
+    assert [t.name for t in ds.tracks] == ["0/a", "1/a"]
+
+
+def test_an_item_of_a_bad_track_is_not_a_copy_of_its_neighbour(tmp_path):
+    # the replacement read item index+1 with its draws: the epoch held that segment twice
+    _musdb(tmp_path)
+    _nan_track(tmp_path)
+    ds = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, segment_seconds=0.05, seed=0,
+                 gain_db=(-6, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item, neighbour = ds[1], ds[2]
+    assert item["name"] == neighbour["name"] == "c"
+    assert not torch.equal(item["sources"], neighbour["sources"])
+
+
+def test_giving_up_says_how_many_tracks_were_tried(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for stem in STEMS:
+            x = _stems(rng, 800, k=1)[0]
+            x[::50, 0] = np.nan
+            _write(tmp_path / "train" / name / f"{stem}.wav", x, 8000)
+    ds = MUSDB18(tmp_path, "train", sample_rate=8000, segment_seconds=0.05, seed=0, mixture_name=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(AudioError, match="gave up after 2 unreadable tracks near item 0"):
+            ds[0]

@@ -633,3 +633,130 @@ def test_mixed_precision_on_cuda(data_root, tmp_path, amp):
     assert all(np.isfinite(float(r["train_loss"])) and np.isfinite(float(r["valid_si_sdri"])) for r in rows)
     _, state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["stage"] == 2
+
+
+# ------------------------------------------------------------------ records and state (review)
+
+def _metrics_rows(run: Path):
+    return list(csv.DictReader(open(run / "metrics.csv", newline="")))
+
+
+def test_a_resumed_run_replaces_the_tensorboard_points_written_after_its_checkpoint(tmp_path):
+    # killed after the rows of steps 3 and 4, resumed from step 2: metrics.csv was trimmed, but
+    # TensorBoard showed steps 3 and 4 twice (the killed run's and the resumed run's)
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from chimera.train.records import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    log.open_tensorboard(tmp_path / "tb")
+    for step in (1, 2, 3, 4):
+        log.row({"step": step, "train_loss": float(step)})
+    log.close()
+    for f in (tmp_path / "tb").glob("events.out.tfevents.*"):  # a minute earlier (files are read in name order)
+        parts = f.name.split(".")
+        parts[3] = f"{int(parts[3]) - 60:010d}"
+        f.rename(f.with_name(".".join(parts)))
+    log = MetricsLog(tmp_path)  # the resumed run: trim (Trainer._resume), then open_tensorboard
+    log.trim(2)
+    log.open_tensorboard(tmp_path / "tb")
+    for step in (3, 4):
+        log.row({"step": step, "train_loss": 10.0 * step})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train_loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [(r["step"], r["train_loss"]) for r in _metrics_rows(tmp_path)] == [
+        ("1", "1.0"), ("2", "2.0"), ("3", "30.0"), ("4", "40.0")]
+
+
+def test_resuming_drops_a_row_torn_by_a_crash(tmp_path):
+    # a row cut short (disk full, power loss) made the resume stop with a TypeError traceback
+    from chimera.train.records import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    for step in (1, 2):
+        log.row({"stage": 0, "stage_name": "s", "epoch": step, "step": step, "train_loss": 0.5})
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("0,s,3,")  # the row of step 3, torn: no step
+    log.trim(2)
+    log.row({"stage": 0, "stage_name": "s", "epoch": 3, "step": 3, "train_loss": 0.25})
+    assert [(r["epoch"], r["step"], r["train_loss"]) for r in _metrics_rows(tmp_path)] == [
+        ("1", "1", "0.5"), ("2", "2", "0.5"), ("3", "3", "0.25")]
+    # killed before its first row was written: an empty file, which later rows left without a header
+    (tmp_path / "metrics.csv").write_bytes(b"")
+    log.trim(0)
+    log.row({"stage": 0, "stage_name": "s", "epoch": 1, "step": 1, "train_loss": 0.5})
+    assert [(r["epoch"], r["step"]) for r in _metrics_rows(tmp_path)] == [("1", "1")]
+
+
+class _FakeCuda:
+    """torch.cuda's generator functions on a machine with ``n`` GPUs, this process on ``device``."""
+
+    def __init__(self, monkeypatch, n: int, device: int = 0, initialized: bool = True):
+        self.n, self.device, self.initialized, self.states = n, device, initialized, {}
+        for module in (torch.cuda, torch.cuda.random):
+            monkeypatch.setattr(module, "set_rng_state", self.set_rng_state)
+            monkeypatch.setattr(module, "get_rng_state_all", self.get_rng_state_all)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: self.initialized)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: self.n)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.device)
+
+    def set_rng_state(self, state, device="cuda"):
+        i = self.device if device == "cuda" else int(device)
+        if i >= self.n:  # as torch.cuda.default_generators[i]
+            raise IndexError("tuple index out of range")
+        self.states[i] = state
+
+    def get_rng_state_all(self):
+        if not self.initialized:
+            raise AssertionError("reading CUDA's generators starts CUDA")
+        return [self.states.get(i, torch.full((4,), 100 + i, dtype=torch.uint8)) for i in range(self.n)]
+
+
+def test_cuda_generators_resume_on_fewer_gpus_and_on_each_ddp_rank(monkeypatch):
+    from chimera.train.state import rng_state, set_rng_state
+
+    # rank 0 of a 2-GPU DDP run saves: its device 0 has drawn, its copy of device 1 has not
+    fake = _FakeCuda(monkeypatch, n=2, device=0)
+    drawn = torch.full((4,), 7, dtype=torch.uint8)
+    fake.states[0] = drawn
+    state = rng_state()
+    # rank 1 resumes: its own device continues the drawn stream (every rank draws alike)
+    rank1 = _FakeCuda(monkeypatch, n=2, device=1)
+    set_rng_state(state)
+    assert torch.equal(rank1.states[1], drawn)
+    # one GPU: no IndexError, and its device continues the run's stream
+    one = _FakeCuda(monkeypatch, n=1, device=0)
+    set_rng_state(state)
+    assert list(one.states) == [0] and torch.equal(one.states[0], drawn)
+
+
+def test_a_cpu_run_on_a_gpu_machine_leaves_cuda_alone(monkeypatch):
+    # reading CUDA's generators started CUDA (GPU memory for a CPU run) at the first checkpoint
+    from chimera.train.state import rng_state, set_rng_state
+
+    fake = _FakeCuda(monkeypatch, n=2, initialized=False)
+    state = rng_state()
+    assert state["cuda"] == []
+    set_rng_state(state)
+    assert fake.states == {}
+
+
+def test_whole_tracks_of_different_lengths_in_one_batch_are_one_line(tmp_path):
+    # segment_seconds unset: whole tracks, whose lengths differ; torch.stack raised a RuntimeError
+    # (in a worker: its traceback) at the first validation
+    from chimera.train.data import check_batch, loader
+
+    for name, frames in (("a", 4800), ("b", 3200)):
+        for stem in ("vocals", "accompaniment", "mixture"):
+            write_audio(tmp_path / "valid" / name / f"{stem}.wav", np.full(frames, 0.1, np.float32), 8000)
+    dcfg = tr.validate_config(config(tmp_path))["data"]
+    dcfg["valid"] = {"split": "valid"}
+    ds = tr.build_dataset(dcfg, "valid", 8000, 0)
+    for workers in (0, 2):
+        with pytest.raises(tr.TrainError, match=r"^validation data: items of different lengths .*"
+                                                r"set segment_seconds, or data\.valid_batch_size = 1$"):
+            check_batch(next(iter(loader(ds, 2, workers))), "validation")
+    assert [check_batch(b, "validation")["mixture"].shape for b in loader(ds, 1, 0)] == [(1, 4800), (1, 3200)]

@@ -76,14 +76,15 @@ class _Base(Dataset):
     ):
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        if segment_seconds is not None and segment_seconds <= 0:
-            raise ValueError(f"segment_seconds must be positive or None, got {segment_seconds}")
+        # NaN, inf or less than a frame failed only at the first item (a worker's traceback)
+        if segment_seconds is not None and not (math.isfinite(segment_seconds)
+                                                and round(segment_seconds * sample_rate) >= 1):
+            raise ValueError(f"segment_seconds must be positive (at least one frame) or None, got {segment_seconds}")
         _check_choice("mono", mono, ("mean", "random"))
         _check_choice("on_error", on_error, ("skip", "raise"))
         if gain_db is not None:
-            lo, hi = gain_db
-            if lo > hi:
-                raise ValueError(f"gain_db must be (low, high) with low <= high, got {gain_db}")
+            if len(gain_db) != 2 or not (all(math.isfinite(v) for v in gain_db) and gain_db[0] <= gain_db[1]):
+                raise ValueError(f"gain_db must be (low, high) in dB with low <= high, got {list(gain_db)}")
         self.sample_rate = int(sample_rate)
         self.segment_seconds = segment_seconds
         self.train = bool(train)
@@ -112,6 +113,15 @@ class _Base(Dataset):
         if self.segment_seconds is None:
             return None
         return int(round(self.segment_seconds * self.sample_rate))
+
+    def _start(self, rng: np.random.Generator, frames: int, sr: int, speed: float = 1.0) -> int:
+        """A random start frame in a file of ``frames`` at ``sr``, with room for a segment
+        played at ``speed`` (0 for whole files)."""
+        n_model = self.segment_frames
+        if n_model is None:
+            return 0
+        n_file = _file_frames(n_model * speed, sr, self.sample_rate)
+        return int(rng.integers(0, max(0, frames - n_file) + 1))
 
     # -- reading ----------------------------------------------------------------------------
     def _handle(self, err: AudioError) -> None:
@@ -300,14 +310,6 @@ class SegmentDataset(_Base):
             return len(self.tracks)
         return len(self.tracks) * self.segments_per_track
 
-    def _start(self, rng: np.random.Generator, t: Track, speed: float = 1.0) -> int:
-        """A random start frame of ``t`` with room for a segment played at ``speed``."""
-        n_model = self.segment_frames
-        if n_model is None:
-            return 0
-        n_file = _file_frames(n_model * speed, t.sample_rate, self.sample_rate)
-        return int(rng.integers(0, max(0, t.frames - n_file) + 1))
-
     def _speeds(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Each source's playback speed: 1 unless ``speed`` is set (drawn only then, so that
         recipes without it keep their draws)."""
@@ -320,22 +322,25 @@ class SegmentDataset(_Base):
         good = [k for k in range(len(self.tracks)) if k not in self._bad]
         return good[int(rng.integers(len(good)))]
 
-    def _load(self, index: int) -> dict:
-        rng = self._rng(index)
+    def _load(self, index: int, draws: int) -> dict:
+        """Item ``index``'s track with the random numbers of item ``draws``: the item asked for,
+        which a later ``index`` stands in for when its track is unreadable (with the draws of
+        ``index`` it was a copy of that item, twice in the epoch)."""
+        rng = self._rng(draws)
         ti = index % len(self.tracks)
         t = self.tracks[ti]
         n = self.segment_frames
         speeds = self._speeds(rng, len(t.sources))
         augmented = bool(np.any(speeds != 1.0))
         channel = self._channel(rng, t.channels)
-        start = self._start(rng, t, float(speeds.max()))
+        start = self._start(rng, t.frames, t.sample_rate, float(speeds.max()))
         sources = []
         for k, group in enumerate(t.sources):
             src_t, src_start, src_group = t, start, group
             if self.train and self.remix > 0 and n is not None and rng.random() < self.remix:
                 src_t = self.tracks[self._other_track(rng)]
                 src_group = src_t.sources[k]
-                src_start = self._start(rng, src_t, float(speeds[k]))
+                src_start = self._start(rng, src_t.frames, src_t.sample_rate, float(speeds[k]))
                 # its own track drawn again is read elsewhere: the mixture file no longer fits
                 augmented = augmented or src_t is not t or src_start != start
             ch = None if channel is None else min(channel, src_t.channels - 1)
@@ -377,10 +382,11 @@ class SegmentDataset(_Base):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         i = index
-        for _ in range(min(_MAX_SKIPS, len(self.tracks))):
+        tries = min(_MAX_SKIPS, len(self.tracks))
+        for _ in range(tries):
             if i % len(self.tracks) not in self._bad:
                 try:
-                    return self._load(i)
+                    return self._load(i, index)
                 except _PartnerError as err:
                     self._handle(err)
                     continue  # the same item again, with another partner
@@ -388,17 +394,27 @@ class SegmentDataset(_Base):
                     self._handle(err)
                     self._bad.add(i % len(self.tracks))
             i = (i + 1) % len(self)
-        raise AudioError(f"{type(self).__name__}: gave up after {_MAX_SKIPS} unreadable tracks "
+        raise AudioError(f"{type(self).__name__}: gave up after {tries} unreadable tracks "
                          f"near item {index} (see the warnings above for their paths)")
+
+
+def _names(option: str, value) -> list[str] | None:
+    """A list of names (None stays None). A string is refused: it was read as its letters
+    (``exclude = "song"`` excluded the tracks named "s", "o", ...: none, silently)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{option} must be a list of names, got the string {value!r}")
+    return [str(v) for v in value]
 
 
 def _groups(targets, sources) -> dict[str, list[str]]:
     if targets is None:
-        targets = list(sources)
+        targets = _names("sources", sources)
     if isinstance(targets, Mapping):
-        groups = {str(k): list(v) for k, v in targets.items()}
+        groups = {str(k): _names(f"targets.{k}", v) for k, v in targets.items()}
     else:
-        groups = {str(s): [str(s)] for s in targets}
+        groups = {s: [s] for s in _names("targets", targets)}
     for name, members in groups.items():
         if not members:
             raise ValueError(f"target group {name!r} is empty")
@@ -407,6 +423,7 @@ def _groups(targets, sources) -> dict[str, list[str]]:
 
 def _select(names: Iterable[str], tracks, exclude) -> list[str]:
     names = sorted(names)
+    tracks, exclude = _names("tracks", tracks), _names("exclude", exclude)
     if tracks is not None:
         wanted = set(tracks)
         missing = wanted - set(names)
@@ -416,6 +433,13 @@ def _select(names: Iterable[str], tracks, exclude) -> list[str]:
     if exclude is not None:
         names = [n for n in names if n not in set(exclude)]
     return names
+
+
+def _check_excluded(exclude, names: Iterable[str]) -> None:
+    """``exclude`` names tracks found (in some root): a misspelt held-out track was trained on."""
+    unknown = set(_names("exclude", exclude) or ()) - set(names)
+    if unknown:
+        raise ValueError(f"unknown track(s) in exclude: {sorted(unknown)}")
 
 
 class MUSDB18(SegmentDataset):
@@ -448,16 +472,20 @@ class MUSDB18(SegmentDataset):
         if not roots:
             raise ValueError(f"{type(self).__name__}: root is an empty list")
         groups = _groups(targets, sources or self.DEFAULT_SOURCES)
-        found = []
+        tracks, exclude = _names("tracks", tracks), _names("exclude", exclude)  # read once, for every root
+        found, seen = [], set()
         for i, r in enumerate(roots):
             base = Path(r) if split is None else Path(r) / split
             if not base.is_dir():
                 raise FileNotFoundError(f"{type(self).__name__}: no such directory {base}")
-            for name in _select((p.name for p in base.iterdir() if p.is_dir()), tracks, exclude):
+            names = [p.name for p in base.iterdir() if p.is_dir()]
+            seen.update(names)
+            for name in _select(names, tracks, exclude):
                 d = base / name
                 mix = None if mixture_name is None else str(d / f"{mixture_name}{ext}")
                 found.append(Track(name if len(roots) == 1 else f"{i}/{name}",
                                    [[str(d / f"{s}{ext}") for s in g] for g in groups.values()], mix))
+        _check_excluded(exclude, seen)
         super().__init__(found, list(groups), **kwargs)
 
 
@@ -489,7 +517,9 @@ class DSD100(SegmentDataset):
         if not src_dir.is_dir():
             raise FileNotFoundError(f"DSD100: no such directory {src_dir}")
         groups = _groups(targets, sources or MUSDB18.DEFAULT_SOURCES)
-        names = _select((p.name for p in src_dir.iterdir() if p.is_dir()), tracks, exclude)
+        names = [p.name for p in src_dir.iterdir() if p.is_dir()]
+        _check_excluded(exclude, names)
+        names = _select(names, tracks, exclude)
         found = []
         for name in names:
             mix = mix_dir / name / f"mixture{ext}"
@@ -532,8 +562,8 @@ class FolderTuple(_Base):
 
     Pairing: each epoch every folder is shuffled (from ``seed`` and the epoch) and item ``i``
     takes the ``i``-th file of each shuffled folder, so all files are used each epoch and the
-    pairing changes from epoch to epoch. ``train=False`` fixes pairing, offsets and gains from
-    the seed. ``epoch_length`` defaults to the size of the largest folder."""
+    pairing changes from epoch to epoch. ``train=False`` fixes pairing and offsets from the
+    seed (and applies no gains). ``epoch_length`` defaults to the size of the largest folder."""
 
     def __init__(
         self,
@@ -600,8 +630,7 @@ class FolderTuple(_Base):
                 path, frames, sr, ch = entries[(j + attempt) % len(entries)]
                 if path in self._bad:
                     continue
-                n_file = int(math.ceil(n * sr / self.sample_rate))
-                start = int(rng.integers(0, max(0, frames - n_file) + 1))
+                start = self._start(rng, frames, sr)
                 try:
                     x = self._read(path, sr, start, n, self._channel(rng, ch))
                 except AudioError as err:

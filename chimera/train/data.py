@@ -63,15 +63,22 @@ def _collate(items):
     for it in items:
         if "error" in it:
             return {"error": it["error"]}
+    if len({it["mixture"].shape for it in items}) > 1:  # whole tracks: torch.stack raised (a worker's traceback)
+        return {"lengths": True}
     return {"mixture": torch.stack([it["mixture"] for it in items]),
             "sources": torch.stack([it["sources"] for it in items]),
             "name": [it["name"] for it in items]}
 
 
 def check_batch(batch: dict, what: str = "training") -> dict:
-    """``batch``, or the TrainError of the unreadable file it stands for."""
+    """``batch``, or the TrainError of the unreadable file, or of the items of different
+    lengths, it stands for."""
     if "error" in batch:
         raise TrainError(f"unreadable {what} data: {batch['error']}")
+    if "lengths" in batch:
+        size = "valid_batch_size" if what == "validation" else "batch_size"
+        raise TrainError(f"{what} data: items of different lengths in one batch (whole tracks, as segment_seconds "
+                         f"is unset): set segment_seconds, or data.{size} = 1")
     return batch
 
 

@@ -80,6 +80,7 @@ class MetricsLog:
         self.path = run_dir / "metrics.csv"
         self.enabled = enabled
         self.writer = None
+        self.resumed_step = None  # set by trim: TensorBoard drops its points after that step
 
     def open_tensorboard(self, folder: Path) -> None:
         if not self.enabled:
@@ -88,12 +89,15 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
         except Exception:
             return
-        self.writer = SummaryWriter(str(folder))
+        # A resumed run replaces the points of the steps after its checkpoint (the killed run's
+        # are in an older event file: without purge_step TensorBoard showed both).
+        purge = None if self.resumed_step is None else self.resumed_step + 1
+        self.writer = SummaryWriter(str(folder), purge_step=purge)
 
     def row(self, row: dict) -> None:
         if not self.enabled:
             return
-        new = not self.path.exists()
+        new = not self.path.exists() or self.path.stat().st_size == 0  # (empty: killed before its first row)
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
             if new:
@@ -108,12 +112,14 @@ class MetricsLog:
 
     def trim(self, step: int) -> None:
         """Drop rows written after ``step``, the step of the checkpoint we resume from (a kill
-        between an epoch's row and its checkpoint would otherwise repeat that epoch's row)."""
+        between an epoch's row and its checkpoint would otherwise repeat that epoch's row), and
+        a row torn by a crash. TensorBoard's points after ``step`` go when it is opened."""
+        self.resumed_step = step
         if not self.enabled or not self.path.exists():
             return
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
-        keep = [r for r in rows if int(r["step"]) <= step]
+        keep = [r for r in rows if _complete(r) and int(r["step"]) <= step]
         if len(keep) != len(rows):
             text = io.StringIO(newline="")
             w = csv.DictWriter(text, fieldnames=CSV_FIELDS)
@@ -125,3 +131,8 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _complete(row: dict) -> bool:
+    """A ``metrics.csv`` row with every field and an integer step (not one cut short)."""
+    return None not in row.values() and row["step"].isdigit()

@@ -60,14 +60,18 @@ def training_state(progress: Progress, optimizer, scheduler, scaler, *, seed: in
 
 
 def rng_state() -> dict:
-    """Every generator a training step may draw from: torch (CPU and CUDA), NumPy, Python."""
+    """Every generator a training step may draw from: torch (CPU and CUDA), NumPy, Python.
+    CUDA's only once this process uses CUDA (reading them started it: a CPU run on a GPU
+    machine took GPU memory at its first checkpoint); until then they are as seeded."""
     np_state = np.random.get_state()
+    cuda = torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+        "cuda_device": torch.cuda.current_device() if cuda else -1,  # the one this process draws from
     }
 
 
@@ -78,8 +82,17 @@ def set_rng_state(state: dict) -> None:
                          n["cached_gaussian"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        # The devices this machine has: a run saved with more GPUs visible resumes with fewer
+        # (set_rng_state_all raised an IndexError).
+        for i, s in enumerate(cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+        # This process's device continues the saving process's own. Under DDP rank 0 saves and
+        # every rank draws alike: rank k's device k got rank 0's unused copy of it (as seeded).
+        own = state.get("cuda_device", -1)
+        if 0 <= own < len(cuda) and torch.cuda.is_initialized():
+            torch.cuda.set_rng_state(cuda[own], torch.cuda.current_device())
 
 
 def seed_everything(seed: int) -> None:
