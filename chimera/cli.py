@@ -112,6 +112,8 @@ def _evaluate_outputs(args):
     for path in (args.out, csv_path, args.plot):
         if path and os.path.isdir(path):
             raise ValueError(f"{path}: is a folder, not a file name")
+    if museval_dir and os.path.exists(museval_dir) and not os.path.isdir(museval_dir):
+        raise ValueError(f"{museval_dir}: is a file, not a folder (museval's per-track files go in it)")
     for path in (args.out, csv_path, museval_dir, args.plot):
         if path:
             folder = existing_ancestor(path)
@@ -151,17 +153,23 @@ def _evaluate(args):
         return 1
     print(ev.summary_table(results))
     out, csv_path, museval_dir, plot = outputs
-    ev.write_results(results, out, csv_path, museval_dir)
-    if plot:
-        ev.plot_histogram(results, plot)
+    try:
+        ev.write_results(results, out, csv_path, museval_dir)
+        if plot:
+            ev.plot_histogram(results, plot)
+    except OSError as exc:  # checked up front, yet a full disk or a file appearing meanwhile
+        reason = exc.strerror or str(exc)
+        log.error(f"{exc.filename or out}: cannot be written ({reason[:1].lower() + reason[1:]})")
+        return 1
     for p in outputs:
         if p and not args.quiet:
             print(f"wrote {p}")
     return 0
 
 
-def _add_separator_options(parser):
-    """The options that build the Separator, shared by predict and evaluate."""
+def _add_separator_options(parser, device_note, jobs_help):
+    """The options that build the Separator, shared by predict and evaluate (whose -j
+    workers use the device differently: `device_note`, `jobs_help`)."""
     g = parser.add_argument_group("separation")
     g.add_argument("-n", "--model", metavar="NAME_OR_FILE",
                    help=f"a bundled model ({', '.join(pretrained.MODELS)}; default {pretrained.DEFAULT}) "
@@ -171,7 +179,7 @@ def _add_separator_options(parser):
     g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                    help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP:g})")
     g.add_argument("-d", "--device", default="auto", type=_device,
-                   help="auto, cpu, cuda or cuda:N (default auto; with -j or torchrun, one GPU per process)")
+                   help=f"auto, cpu, cuda or cuda:N (default auto: the first GPU, else cpu); {device_note}")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"segments (x channels) per forward pass (default {DEFAULT_BATCH_SIZE})")
     g.add_argument("--method", choices=METHODS, help="mask head (default) or k-means on DC embeddings")
@@ -189,8 +197,7 @@ def _add_separator_options(parser):
                    help="the band of an input above the model's Nyquist frequency (below the model's rate: "
                         "what the resampling round trip loses): split among the sources by their share of the "
                         f"model's top octave, or drop it (default {DEFAULT_HIGH_BAND})")
-    g.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
-                   help="worker processes on this machine, sharing the CPU threads (default 1)")
+    g.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N", help=f"{jobs_help} (default 1)")
 
 
 def _positive_int(value):
@@ -274,7 +281,8 @@ def build_parser():
                    help="clamp samples to [-1, 1] (default; a warning says how many were clipped) "
                         "or leave them (use with --float32)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    _add_separator_options(p)
+    _add_separator_options(p, "with -j or torchrun, one GPU per process",
+                           "worker processes on this machine, sharing the CPU threads")
     _add_output_options(p)
     p.set_defaults(func=_predict)
 
@@ -298,7 +306,9 @@ def build_parser():
     e.add_argument("--force", action="store_true", help="overwrite existing estimates")
     e.add_argument("--plot", help="per-track SDR histogram per source (PNG/PDF/SVG)")
     e.add_argument("--oracle", choices=ev.ORACLES, help="score oracle masks, or the unprocessed mixture")
-    _add_separator_options(e)
+    _add_separator_options(e, "with -j every worker runs its own copy of the model on this one device",
+                           "score N tracks at once in worker processes (at most one per track), sharing the "
+                           "CPU threads and the -d device")
     _add_output_options(e)
     e.set_defaults(func=_evaluate)
 

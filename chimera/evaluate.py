@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from . import _deps, signal
-from .atomic import atomic_write, atomic_writes
+from .atomic import atomic_write, atomic_writes, existing_ancestor
 from .audio import AudioError, audio_info, read_audio, resample
 from .objectives import si_sdr
 from .parallel import process_pool
@@ -136,11 +136,20 @@ def _find_files(data_dir, split=None):
         src = os.path.join(sources, split)
         if not os.path.isdir(src):
             raise AudioError.at(src, "no such folder (DSD100 splits: Dev, Test)")
+        mix = os.path.join(mixtures, split)
+        # a track with its mixture or its stems only is not scored: said, as in the flat layout
+        # (a mixture without stems was passed over silently, stems without a mixture stopped the run)
+        names = {d for f in (src, mix) if os.path.isdir(f)
+                 for d in os.listdir(f) if os.path.isdir(os.path.join(f, d))}
         out = []
-        for name in sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d))):
-            mixture = _audio_file(os.path.join(mixtures, split, name), "mixture")
-            out.append(TrackFiles(name, os.path.join(src, name), mixture, _stems(os.path.join(src, name), mixture),
-                                  SUBSETS.get(split, "test")))
+        for name in sorted(names):
+            folder, mixture = os.path.join(src, name), _audio_file(os.path.join(mix, name), "mixture")
+            if not os.path.isdir(folder):
+                log.warning("%s: no stems folder %s: not scored", os.path.join(mix, name), folder)
+            elif not os.path.isfile(mixture):
+                log.warning("%s: no mixture.wav or mixture.flac: not scored", os.path.join(mix, name))
+            else:
+                out.append(TrackFiles(name, folder, mixture, _stems(folder, mixture), SUBSETS.get(split, "test")))
         if not out:
             raise AudioError.at(src, "no track folders inside")
         return out
@@ -151,10 +160,6 @@ def _find_files(data_dir, split=None):
             if os.path.isdir(folder) else []
 
     names = track_names(base)
-    if names:  # a track folder without its mixture is not scored: say so, not silently
-        for d in sorted(os.listdir(base)):
-            if d not in names and os.path.isdir(os.path.join(base, d)) and _stems(os.path.join(base, d), None):
-                log.warning("%s: no mixture.wav or mixture.flac: not scored", os.path.join(base, d))
     if not names and not split and track_names(os.path.join(data_dir, "test")):  # MUSDB18-HQ's root
         base = os.path.join(data_dir, "test")
         log.info("%s: MUSDB18-HQ layout, scoring its test split (--split train for the other)", data_dir)
@@ -162,6 +167,11 @@ def _find_files(data_dir, split=None):
     if not names:
         raise AudioError.at(base, "no <track>/mixture.wav or mixture.flac inside (MUSDB18-HQ: DATA_DIR/<split>/"
                                   "<track>/; DSD100: DATA_DIR/Mixtures and DATA_DIR/Sources)")
+    # a track folder without its mixture is not scored: say so, not silently (after the
+    # root's test split is found: its tracks were passed over without a word)
+    for d in sorted(os.listdir(base)):
+        if d not in names and os.path.isdir(os.path.join(base, d)) and _stems(os.path.join(base, d), None):
+            log.warning("%s: no mixture.wav or mixture.flac: not scored", os.path.join(base, d))
     return [_flat_track(base, n) for n in names]
 
 
@@ -201,9 +211,14 @@ def list_tracks(data_dir, source_names, split=None, targets=None):
     for t in tracks:
         t.targets = resolve_targets(t, source_names, explicit)
         _check_headers(t)
-    derived = {s: str(tg) for s, tg in tracks[0].targets.items() if tg != Target((s,))}
-    if derived:
-        log.info("references: %s", ", ".join(f"{s} = {d}" for s, d in derived.items()))
+    derived = [", ".join(f"{s} = {tg}" for s, tg in t.targets.items() if tg != Target((s,))) for t in tracks]
+    if len(set(derived)) == 1:
+        if derived[0]:
+            log.info("references: %s", derived[0])
+    else:  # tracks may differ (one has a vocals stem, another's vocals are the mixture minus the rest)
+        for t, d in zip(tracks, derived):
+            if d:
+                log.info("%s: references: %s", t.name, d)
     return tracks
 
 
@@ -268,6 +283,10 @@ def oracle_estimates(track, kind, stft):
     mix = torch.from_numpy(resample(track.mixture, track.rate, stft.sample_rate, axis=-1)).double()
     n = min(mix.shape[-1], refs.shape[-1])
     refs, mix = refs[..., :n], mix[..., :n]
+    # a track shorter than the window: zeros after it, cut off below (the STFT refused it, in
+    # an error naming no track; the model's separation pads such a track too)
+    pad = max(0, stft.n_fft - n)
+    refs, mix = torch.nn.functional.pad(refs, (0, pad)), torch.nn.functional.pad(mix, (0, pad))
     window = stft.window_tensor(dtype=torch.float64)
     S = signal.stft(refs, stft.n_fft, stft.hop_length, window)           # (C, ch, F, T)
     X = signal.stft(mix, stft.n_fft, stft.hop_length, window)
@@ -311,8 +330,19 @@ def score_track(track, estimates, windows=None):
 
 
 def _nanmedian(x):
+    """The median over 1 s windows of those that are defined (museval's: its files hold
+    +-inf as NaN, and its aggregation leaves NaN out)."""
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else float("nan")
+
+
+def _track_median(x):
+    """The median over tracks: NaN (undefined, a silent reference) left out, -inf (a silent
+    estimate's SI-SDR: nothing recovered) kept as the lowest score; left out, it raised the
+    median as if the track had not been scored."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
     return float(np.median(x)) if x.size else float("nan")
 
 
@@ -333,6 +363,9 @@ def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, 
         est = oracle_estimates(track, oracle, stft)
     else:
         est = separate(track.mixture, track.rate).numpy()  # (C, channels, L)
+    for s, x in zip(source_names, est):  # a diverged model: its scores were null, as a silent source's
+        if not np.isfinite(x).all():
+            raise ValueError(f"{files.folder}: the {s} estimate holds NaN/Inf samples (the model's output)")
     if estimates_dir:
         with atomic_writes(estimate_paths(estimates_dir, files.name, source_names), force=force) as outs:
             for f, x in zip(outs, est):  # one track's estimates placed together or not at all
@@ -347,7 +380,9 @@ def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, 
     else:
         windows = bss_eval(track, est)
     scores = score_track(track, est, windows)  # SI-SDR: NaN for an all-silent reference
-    return {"track": files.name, "subset": files.subset, "silent": silent, "silent_estimates": silent_est,
+    return {"track": files.name, "subset": files.subset,
+            "references": {s: str(files.targets[s]) for s in source_names},
+            "silent": silent, "silent_estimates": silent_est,
             "scores": dict(zip(source_names, scores)),
             "windows": {s: {m: windows[m][c].tolist() for m in BSS_METRICS} for c, s in enumerate(source_names)}}
 
@@ -373,16 +408,22 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
     `stft` config). `jobs` > 1: tracks in that many worker processes (`separate` must then
     be picklable, e.g. a Separator's method; `init` runs first in each). `estimates_dir`:
     each track's estimates written to ``<dir>/<track>/<source>.wav`` (float32), existing
-    ones kept unless `force` (checked before any work). Returns the results dict."""
+    ones kept unless `force` (checked before any work). Returns the results dict: each
+    track's entry names its sources' references (``"references"``, tracks may differ); the
+    top-level ``"references"`` gives a source's once, null where the tracks differ."""
     if jobs < 1:  # 0 or fewer ran as 1
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     tracks = list_tracks(data_dir, source_names, split, targets)
     jobs = min(jobs, len(tracks))  # a worker without a track would only load the model
-    if estimates_dir and not force:
+    if estimates_dir:
         for t in tracks:
             for p in estimate_paths(estimates_dir, t.name, source_names):
-                if os.path.exists(p):
+                if os.path.exists(p) and not force:
                     raise AudioError.at(p, "exists (use --force to overwrite)")
+                # a file in the way of the folder was a traceback once the first track was separated
+                folder = existing_ancestor(p)
+                if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+                    raise AudioError.at(p, f"cannot be written ({folder} is not a writable folder)")
     task = functools.partial(_evaluate_track, source_names=list(source_names), separate=separate, oracle=oracle,
                              stft=stft, estimates_dir=estimates_dir, force=force)
     bar = tqdm(total=len(tracks), desc="evaluate", leave=False, disable=not progress)
@@ -401,11 +442,13 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
                         "%s) are left out of the medians and of the museval folder", entry["track"], silent, silent)
         elif entry.get("silent_estimates"):
             log.warning("%s: the %s estimate is silent: BSS Eval cannot score the track, its SDR/SIR/SAR/ISR are "
-                        "left out of the medians and of the museval folder", entry["track"],
-                        " and ".join(entry["silent_estimates"]))
-    summary = {s: {m: _nanmedian([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
+                        "left out of the medians and of the museval folder (an SI-SDR of -inf, nothing recovered, "
+                        "counts as the lowest)", entry["track"], " and ".join(entry["silent_estimates"]))
+    summary = {s: {m: _track_median([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
     return {"data_dir": os.fspath(data_dir), "method": oracle or "model", "sources": list(source_names),
-            "references": {s: str(tg) for s, tg in tracks[0].targets.items()},
+            # once per source where every track agrees, null where they differ (each track has its own)
+            "references": {s: results[0]["references"][s] if len({t["references"][s] for t in results}) == 1
+                           else None for s in source_names},
             "aggregation": "median over 1 s windows per track, then median over tracks (SI-SDR: whole track)",
             "tracks": results, "summary": summary}
 
@@ -424,10 +467,10 @@ def write_results(results, json_path=None, csv_path=None, museval_dir=None):
         with atomic_write(json_path, force=True) as f:
             f.write(json.dumps(_finite(ours), indent=2).encode())
     if csv_path:
-        rows = [["track", "source", *METRICS]]
+        rows = [["track", "source", *METRICS, "reference"]]
         for t in results["tracks"]:
             for s, sc in t["scores"].items():
-                rows.append([t["track"], s, *(f"{sc[m]:.4f}" for m in METRICS)])
+                rows.append([t["track"], s, *(f"{sc[m]:.4f}" for m in METRICS), t.get("references", {}).get(s, "")])
         with atomic_write(csv_path, force=True) as f:
             text = io.StringIO()
             csv.writer(text).writerows(rows)

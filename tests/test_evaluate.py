@@ -187,7 +187,8 @@ def test_output_paths_are_checked_before_any_scoring(dataset, model_file, tmp_pa
     for args, problem in ((["--out", tmp_path / "r.csv"], "would replace the results JSON"),
                           (["--out", tmp_path / "afile" / "r.json"], "is not a writable folder"),
                           (["--plot", tmp_path / "h.jpgx"], "unknown image format 'jpgx'"),
-                          (["--out", tmp_path], "is a folder, not a file name")):
+                          (["--out", tmp_path], "is a folder, not a file name"),
+                          (["--museval-dir", tmp_path / "afile"], "afile: is a file, not a folder")):
         out = run_cli(dataset, "--model", model_file, "--oracle", "irm", *args)
         assert out.returncode == 2 and problem in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
@@ -390,3 +391,135 @@ def test_a_tracks_estimates_are_saved_together_or_not_at_all(musdb, tmp_path):
         _evaluate_track(files, ("vocals", "accompaniment"), separate, None, None, str(tmp_path), force=False)
     assert sorted(p.name for p in (tmp_path / "B").iterdir()) == ["accompaniment.wav"]
     assert (tmp_path / "B" / "accompaniment.wav").read_bytes() == b"theirs"
+
+
+# ---------------------------------------------------------------------- review fixes
+
+def test_references_are_recorded_per_track_when_tracks_differ(dataset, model_file, tmp_path, run_cli):
+    # track1 has no accompaniment stem: its accompaniment is the mixture minus its vocals,
+    # track0's is its own stem; the results said track0's definitions for every track
+    import csv
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "track1" / "accompaniment.wav").unlink()
+    out = run_cli(data, "--model", model_file, "--oracle", "mixture", "--out", tmp_path / "r.json", "-v")
+    assert out.returncode == 0, out.stderr
+    assert "track1: references: accompaniment = mixture-vocals" in out.stderr, out.stderr
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert [t["references"] for t in results["tracks"]] == [
+        {"vocals": "vocals", "accompaniment": "accompaniment"},
+        {"vocals": "vocals", "accompaniment": "mixture-vocals"}]
+    assert results["references"] == {"vocals": "vocals", "accompaniment": None}   # differs: see the tracks
+    rows = list(csv.reader((tmp_path / "r.csv").read_text().splitlines()))
+    assert rows[0] == ["track", "source", "SDR", "SIR", "SAR", "ISR", "SI-SDR", "reference"]
+    assert [(r[0], r[1], r[-1]) for r in rows[1:]] == [
+        ("track0", "vocals", "vocals"), ("track0", "accompaniment", "accompaniment"),
+        ("track1", "vocals", "vocals"), ("track1", "accompaniment", "mixture-vocals")]
+
+
+def test_musdb18hq_root_names_a_test_track_without_its_mixture(musdb, model_file, tmp_path, run_cli):
+    # the test split found from the root: a track folder there without its mixture was
+    # skipped without a word (the flat layout and --split test said so)
+    root = tmp_path / "musdb"
+    shutil.copytree(musdb, root)
+    (root / "test" / "C" / "mixture.wav").unlink()
+    out = run_cli(root, "--model", model_file, "--oracle", "mixture", "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    assert f"{root / 'test' / 'C'}: no mixture.wav or mixture.flac: not scored" in out.stderr, out.stderr
+    assert [t["track"] for t in json.loads((tmp_path / "r.json").read_text())["tracks"]] == ["B"]
+
+
+def test_dsd100_names_a_track_with_its_mixture_or_its_stems_only(dsd100, model_file, tmp_path, run_cli):
+    # a mixture without a stems folder was skipped without a word; stems without a mixture
+    # stopped the run: both are said and left out, as in the flat layout
+    root = tmp_path / "DSD100"
+    shutil.copytree(dsd100, root)
+    shutil.rmtree(root / "Sources" / "Test" / "C")
+    shutil.copytree(root / "Sources" / "Test" / "B", root / "Sources" / "Test" / "D")
+    out = run_cli(root, "--model", model_file, "--oracle", "mixture", "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2, out.stderr
+    assert f"{root / 'Mixtures' / 'Test' / 'C'}: no stems folder {root / 'Sources' / 'Test' / 'C'}: not scored" \
+        in warnings[0], out.stderr
+    assert f"{root / 'Mixtures' / 'Test' / 'D'}: no mixture.wav or mixture.flac: not scored" in warnings[1]
+    assert [t["track"] for t in json.loads((tmp_path / "r.json").read_text())["tracks"]] == ["B"]
+
+
+def test_an_estimates_folder_that_cannot_be_written_is_one_line_before_any_work(dataset, model_file, tmp_path,
+                                                                                 run_cli):
+    # a file where the folder (or a track's folder in it) goes: a traceback once the first
+    # track had been separated
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "est").mkdir()
+    (tmp_path / "est" / "track1").write_text("")
+    for folder, blocked in ((tmp_path / "afile", tmp_path / "afile"),
+                            (tmp_path / "est", tmp_path / "est" / "track1")):
+        out = run_cli(dataset, "--model", model_file, "--oracle", "mixture", "--save-estimates", folder)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        [line] = out.stderr.strip().splitlines()
+        assert f"cannot be written ({blocked} is not a writable folder)" in line, line
+        assert out.stdout == ""
+    assert sorted(p.name for p in (tmp_path / "est").iterdir()) == ["track1"]
+
+
+def test_a_nan_estimate_is_an_error_naming_the_track_not_a_null_score(dataset, tmp_path):
+    # a model that gives NaN (a diverged checkpoint): its scores were null like a silent
+    # source's, without a word, and the NaN estimates were saved
+    from chimera.evaluate import evaluate
+
+    def separate(mixture, rate):
+        est = torch.stack([torch.as_tensor(mixture) / 2] * 2)
+        est[0, :, 100] = float("nan")
+        return est
+
+    with pytest.raises(ValueError, match=r"track0: the vocals estimate holds NaN/Inf samples"):
+        evaluate(dataset, ("vocals", "accompaniment"), separate=separate, estimates_dir=tmp_path / "est")
+    assert not (tmp_path / "est").exists()
+
+
+def test_a_silent_estimates_si_sdr_counts_as_the_lowest_in_the_median(dataset, tmp_path):
+    # a source the model leaves silent on one track recovers nothing there (SI-SDR -inf):
+    # the median over tracks left that track out, as if undefined, and rose
+    from chimera.evaluate import evaluate
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    shutil.copytree(data / "track0", data / "track2")
+    for f in (data / "track2").iterdir():   # track0 at half the level: another SI-SDR than track1's
+        sf.write(f, 0.5 * sf.read(f, dtype="float32")[0], RATE, subtype="FLOAT")
+    silenced = sf.read(data / "track0" / "mixture.wav", dtype="float32")[0].T
+
+    def separate(mixture, rate):
+        est = torch.stack([torch.as_tensor(mixture) / 2] * 2)
+        if np.array_equal(mixture, silenced):
+            est[0] = 0
+        return est
+
+    results = evaluate(data, ("vocals", "accompaniment"), separate=separate)
+    si = [t["scores"]["vocals"]["SI-SDR"] for t in results["tracks"]]
+    assert si[0] == -np.inf and np.isfinite(si[1:]).all() and si[1] != si[2]
+    assert results["summary"]["vocals"]["SI-SDR"] == min(si[1:])   # the middle of three
+
+
+def test_the_oracles_take_a_track_shorter_than_the_window(model_file):
+    # 100 samples under a 256-point window: the oracle stopped the run with the STFT's
+    # "too short" error, which named no track (the model's separation pads such a track)
+    from chimera.evaluate import Track, oracle_estimates
+    from chimera.models import StftConfig
+    rng = np.random.default_rng(4)
+    refs = (0.1 * rng.standard_normal((2, 2, 100))).astype(np.float32)
+    track = Track("t", refs.sum(0), refs, RATE)
+    for kind in ("irm", "ibm"):
+        est = oracle_estimates(track, kind, StftConfig(sample_rate=RATE, n_fft=256, hop_length=64))
+        assert est.shape == refs.shape
+        np.testing.assert_allclose(est.sum(0), track.mixture, atol=1e-5)   # the masks share the mixture
+
+
+def test_a_failed_results_write_is_one_line(dataset, model_file, tmp_path, run_cli, monkeypatch):
+    def full_disk(results, json_path=None, csv_path=None, museval_dir=None):
+        raise OSError(28, "No space left on device", str(json_path))
+    monkeypatch.setattr("chimera.evaluate.write_results", full_disk)
+    out = run_cli(dataset, "--model", model_file, "--oracle", "irm", "--out", tmp_path / "r.json")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == f"chimera: error: {tmp_path / 'r.json'}: cannot be written " \
+                                                   "(no space left on device)"
