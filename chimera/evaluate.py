@@ -93,6 +93,8 @@ def parse_targets(specs, source_names):
             raise ValueError(f"--targets {spec!r}: expected SOURCE=STEM+STEM... or SOURCE=mixture-STEM-...")
         if name not in source_names:
             raise ValueError(f"--targets {spec!r}: the model has no source {name!r} ({', '.join(source_names)})")
+        if name in out:  # the last one silently won
+            raise ValueError(f"--targets {spec!r}: {name} is defined twice")
         out[name] = Target(stems, from_mixture)
     return out
 

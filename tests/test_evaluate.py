@@ -369,9 +369,11 @@ def test_without_museval_evaluate_says_what_to_install_before_any_work(tmp_path,
 @pytest.mark.parametrize("spec,problem", [("accompaniment=drums+piano", "no stem piano"),
                                           ("drums=bass", "the model has no source 'drums'"),
                                           ("accompaniment", "expected SOURCE=STEM+STEM"),
-                                          ("accompaniment=mixture-", "expected SOURCE=STEM+STEM")])
+                                          ("accompaniment=mixture-", "expected SOURCE=STEM+STEM"),
+                                          ("accompaniment=drums;accompaniment=bass", "accompaniment is defined twice")])
 def test_bad_targets_are_one_line(musdb, model_file, run_cli, spec, problem):
-    out = run_cli(musdb, "--model", model_file, "--oracle", "mixture", "--targets", spec)
+    out = run_cli(musdb, "--model", model_file, "--oracle", "mixture",
+                  *(a for one in spec.split(";") for a in ("--targets", one)))
     assert out.returncode == 1 and problem in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
