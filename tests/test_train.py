@@ -214,6 +214,21 @@ def test_epoch_order_is_a_function_of_seed_stage_epoch_and_ranks_partition_it():
     assert sorted(r0 + r1) == list(range(10)) and len(r0) == len(r1) == 5
 
 
+def test_every_stage_and_epoch_has_its_own_draws_and_recipes_keep_theirs():
+    from chimera.train.data import epoch_key
+    # a stage's 1000th epoch met the next stage's first (epoch + 1000·stage): the same order and draws
+    n = 50
+    assert tr.epoch_indices(n, 1, 0, 1000) != tr.epoch_indices(n, 1, 1, 0)
+    keys = {epoch_key(s, e) % 2**32 for s in range(-1, 4) for e in list(range(1100)) + [2**24 - 1]}
+    assert len(keys) == 5 * 1101
+    # below 1000 epochs the order is what it always was: seed + 1000·stage, set_epoch(epoch)
+    from torch.utils.data import DistributedSampler
+    for stage, epoch in ((0, 0), (1, 7), (2, 999), (-1, 0)):
+        old = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=5 + 1000 * stage)
+        old.set_epoch(epoch)
+        assert tr.epoch_indices(n, 5, stage, epoch) == list(old) and epoch_key(stage, epoch) == epoch + 1000 * stage
+
+
 # ------------------------------------------------------------------ end to end
 
 def test_two_stage_recipe_end_to_end(data_root, tmp_path):

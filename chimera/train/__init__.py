@@ -36,8 +36,9 @@ Design choices:
   validation every ``valid_every`` epochs — what the Chimera++/torch-chimera recipes do), ``"cosine"`` (per step down to ``lr·min_lr_ratio`` over
   the stage) or ``"constant"``.
 - The data order is a pure function of ``(seed, stage, epoch)``: a DistributedSampler
-  permutation (``num_replicas=1`` without DDP) seeded with ``seed + 1000·stage`` and
-  ``set_epoch(epoch)``, and the data sets' own draws depend on ``(seed, epoch, index)`` only.
+  permutation (``num_replicas=1`` without DDP) seeded with ``seed`` and
+  ``set_epoch(epoch_key(stage, epoch))`` (``epoch + 1000·stage`` below 1000 epochs), and the
+  data sets' own draws depend on ``(seed, epoch_key, index)`` only.
   A resumed run therefore rebuilds the epoch's order and skips the batches already consumed.
 - ``best.pt`` is the checkpoint with the highest validation SI-SDR improvement (comparable
   across stages, unlike the losses).

@@ -123,9 +123,19 @@ def _leave_ctrl_c_to_the_main_process(worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def epoch_key(stage: int, epoch: int) -> int:
+    """One number per (stage, epoch), for the data order and the data sets' draws:
+    epoch + 1000·stage, as recipes have always drawn; from a stage's 1000th epoch on (where
+    that met the next stage's first epochs, repeating their draws) numbers above all those,
+    distinct in their low 32 bits (all of a seed torch's generator keeps) for stages below
+    128 and epochs below 2²⁴."""
+    if epoch < 1000:
+        return epoch + 1000 * stage
+    return 2**31 + (stage << 24) + epoch
+
+
 def epoch_indices(n: int, seed: int, stage: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
     """This rank's item order for an epoch: a pure function of its arguments."""
-    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True,
-                                 seed=seed + 1000 * stage, drop_last=False)
-    sampler.set_epoch(epoch)
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch_key(stage, epoch))  # (it seeds its shuffle with seed + epoch)
     return list(sampler)

@@ -23,7 +23,7 @@ from ..models import SeparationModel, StftConfig, fit_statistics, load_checkpoin
 from ..objectives import Objective, objective, pit, si_sdr
 from ..separate import Separator
 from .config import validate_config
-from .data import build_dataset, check_batch, epoch_indices, loader
+from .data import build_dataset, check_batch, epoch_indices, epoch_key, loader
 from .distrib import Dist, amp_dtype
 from .errors import TrainError
 from .records import MetricsLog, log_file
@@ -263,7 +263,7 @@ class Trainer:
         t0 = time.perf_counter()
         dcfg, stage, epoch = self.cfg["data"], run.cfg, progress.epoch
         bs, workers = int(dcfg["batch_size"]), int(dcfg["num_workers"])
-        self.train_ds.set_epoch(epoch + 1000 * run.index)
+        self.train_ds.set_epoch(epoch_key(run.index, epoch))
         order = epoch_indices(len(self.train_ds), self.seed, run.index, epoch, self.dist.rank, self.dist.world)
         order = order[:run.steps_per_epoch * bs]
         first = progress.batch
