@@ -88,6 +88,9 @@ def test_musdb_track_selection_and_default_targets(tmp_path):
         MUSDB18(tmp_path, "train", tracks=["zz"], sample_rate=44100)
     with pytest.raises(FileNotFoundError, match="nope"):
         MUSDB18(tmp_path, "nope", sample_rate=44100)
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # a notebook's folder is no track
+    ds = MUSDB18(tmp_path, "train", sample_rate=44100, segment_seconds=0.1, train=False, on_error="raise")
+    assert [t.name for t in ds.tracks] == ["a", "b", "c"]
 
 
 

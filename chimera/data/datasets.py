@@ -435,6 +435,11 @@ def _select(names: Iterable[str], tracks, exclude) -> list[str]:
     return names
 
 
+def _track_folders(base: Path) -> list[str]:
+    """The track folders in `base`: hidden ones (.ipynb_checkpoints, .git) are none."""
+    return [p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
 def _check_excluded(exclude, names: Iterable[str]) -> None:
     """``exclude`` names tracks found (in some root): a misspelt held-out track was trained on."""
     unknown = set(_names("exclude", exclude) or ()) - set(names)
@@ -478,7 +483,7 @@ class MUSDB18(SegmentDataset):
             base = Path(r) if split is None else Path(r) / split
             if not base.is_dir():
                 raise FileNotFoundError(f"{type(self).__name__}: no such directory {base}")
-            names = [p.name for p in base.iterdir() if p.is_dir()]
+            names = _track_folders(base)
             seen.update(names)
             for name in _select(names, tracks, exclude):
                 d = base / name
@@ -517,7 +522,7 @@ class DSD100(SegmentDataset):
         if not src_dir.is_dir():
             raise FileNotFoundError(f"DSD100: no such directory {src_dir}")
         groups = _groups(targets, sources or MUSDB18.DEFAULT_SOURCES)
-        names = [p.name for p in src_dir.iterdir() if p.is_dir()]
+        names = _track_folders(src_dir)
         _check_excluded(exclude, names)
         names = _select(names, tracks, exclude)
         found = []
