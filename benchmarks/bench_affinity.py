@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from benchutil import FULL, cuda, memory_bandwidth, on_cuda, peak_rss_delta_mb, record_speedup
+from benchutil import FULL, assert_same, cuda, memory_bandwidth, on_cuda, peak_rss_delta_mb, record_speedup
 from chimera import losses
 from chimera.ops import reference
 
@@ -181,6 +181,8 @@ def test_loss(benchmark, loss, impl, phase):
     out = benchmark(PHASES[phase](impls[impl], V, y, w))
     assert torch.isfinite(out).all()
     if impl == "chimera":
+        # the same loss (forward) or dL/dV (forward-backward) as the baseline it is timed against
+        assert_same(out, PHASES[phase](impls[BASELINE[loss][0]], V, y, w)(), 1e-4 if phase == "forward" else 1e-3)
         record(benchmark, loss, phase == "forward-backward", PHASES[phase](impls[impl], V, y, w),
                PHASES[phase](impls[BASELINE[loss][0]], V, y, w))
 

@@ -15,7 +15,7 @@ import torch
 from chimera.models.codebook_heads import combook_init
 from chimera.ops import codebook_lookup, reference
 
-from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb, record_floor, record_speedup
+from benchutil import FULL, assert_same, cuda, on_cuda, peak_rss_delta_mb, record_floor, record_speedup
 
 SHAPE = (8, 400, 513, 2, 12) if FULL else (2, 50, 65, 2, 12)  # B, T, F, C, K
 NAME = "x".join(map(str, SHAPE))
@@ -61,8 +61,9 @@ def test_codebook_forward(benchmark, variant):
     benchmark.group = f"codebook forward {NAME}"
     logits, codebook, _ = _inputs(SHAPE)
     fn = IMPLS[variant]
-    benchmark.pedantic(_forward, args=(fn, logits, codebook), rounds=ROUNDS, warmup_rounds=1)
+    mask = benchmark.pedantic(_forward, args=(fn, logits, codebook), rounds=ROUNDS, warmup_rounds=1)
     if variant == "op":
+        assert_same(mask, _forward(plain, logits, codebook), 1e-5)  # the mask plain PyTorch computes
         record_speedup(benchmark, lambda: _forward(fn, logits, codebook), lambda: _forward(plain, logits, codebook),
                        "plain PyTorch", ROUNDS)
         record_floor(benchmark, bytes_moved(SHAPE, backward=False))
@@ -73,8 +74,9 @@ def test_codebook_fwd_bwd(benchmark, variant):
     benchmark.group = f"codebook fwd+bwd {NAME}"
     logits, codebook, grad = _inputs(SHAPE)
     fn = IMPLS[variant]
-    benchmark.pedantic(_step, args=(fn, logits, codebook, grad), rounds=ROUNDS, warmup_rounds=1)
+    grads = benchmark.pedantic(_step, args=(fn, logits, codebook, grad), rounds=ROUNDS, warmup_rounds=1)
     if variant == "op":
+        assert_same(grads, _step(plain, logits, codebook, grad), 1e-4)  # both gradients plain PyTorch computes
         record_speedup(benchmark, lambda: _step(fn, logits, codebook, grad),
                        lambda: _step(plain, logits, codebook, grad), "plain PyTorch", ROUNDS)
         record_floor(benchmark, bytes_moved(SHAPE, backward=True))

@@ -12,7 +12,7 @@ import torch
 
 from chimera.signal import istft
 
-from benchutil import FULL, cuda, on_cuda, peak_rss_delta_mb, record_floor, record_speedup
+from benchutil import FULL, assert_same, cuda, on_cuda, peak_rss_delta_mb, record_floor, record_speedup
 
 BATCH, SECONDS, RATE = (8, 30.0, 44100) if FULL else (2, 1.0, 16000)
 N_FFT, HOP = 1024, 256
@@ -64,7 +64,7 @@ def test_istft_forward(benchmark, impl):
     fn = IMPLS[impl]
     out = benchmark.pedantic(fn, args=(spec, window), rounds=ROUNDS, warmup_rounds=1)
     if impl == "chimera":
-        torch.testing.assert_close(out, run_torch(spec, window), rtol=0, atol=1e-5 * out.abs().max().item())
+        assert_same(out, run_torch(spec, window), 1e-5)
         record_speedup(benchmark, lambda: fn(spec, window), lambda: run_torch(spec, window), "torch.istft", ROUNDS)
         record_floor(benchmark, bytes_moved(spec, backward=False))
 
@@ -76,8 +76,7 @@ def test_istft_forward_backward(benchmark, impl):
     fn = IMPLS[impl]
     grad = benchmark.pedantic(fwd_bwd, args=(fn, spec, window), rounds=ROUNDS, warmup_rounds=1)
     if impl == "chimera":
-        torch.testing.assert_close(grad, fwd_bwd(run_torch, spec, window), rtol=0,
-                                   atol=1e-5 * grad.abs().max().item())
+        assert_same(grad, fwd_bwd(run_torch, spec, window), 1e-5)
         record_speedup(benchmark, lambda: fwd_bwd(fn, spec, window), lambda: fwd_bwd(run_torch, spec, window),
                        "torch.istft", ROUNDS)
         record_floor(benchmark, bytes_moved(spec, backward=True))

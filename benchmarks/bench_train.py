@@ -56,20 +56,21 @@ def make_step(batch=B, seconds=SECONDS, sr=SR, n_fft=N_FFT, hop=HOP, device="cpu
 
 
 def examples_per_second(steps=None):
+    """(examples per second over `steps` optimiser steps, the loss of the warm-up step)."""
     steps = steps or (10 if FULL else 20)
     step = make_step()
-    step()  # warm-up
+    first = step().item()  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    return B * steps / (time.perf_counter() - t0)
+    return B * steps / (time.perf_counter() - t0), first
 
 
 def _in_subprocess(disable_ext):
     env = {**os.environ, "CHIMERA_DISABLE_EXT": "1" if disable_ext else ""}
     here = os.path.dirname(os.path.abspath(__file__))
     code = (f"import sys; sys.path.insert(0, {here!r}); import bench_train as b, json; "
-            f"from chimera import ops; print(json.dumps([b.examples_per_second(), ops.extension_info()['loaded']]))")
+            f"from chimera import ops; print(json.dumps([*b.examples_per_second(), ops.extension_info()['loaded']]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -84,9 +85,12 @@ def test_train_throughput(benchmark):
     benchmark.pedantic(step, rounds=5 if FULL else 10, warmup_rounds=1)
     if benchmark.stats is not None:  # None with --benchmark-disable
         benchmark.extra_info["examples_per_s"] = round(B / benchmark.stats.stats.mean, 2)
-        with_ext, loaded = _in_subprocess(False)
-        without_ext, disabled_loaded = _in_subprocess(True)
-        assert not disabled_loaded
+        with_ext, loss, loaded = _in_subprocess(False)
+        without_ext, reference_loss, disabled_loaded = _in_subprocess(True)
+        # the ratio compares the kernels with their references on the same step: both sides
+        # ran what they say, and the first step's loss is the same
+        assert loaded and not disabled_loaded
+        assert loss == pytest.approx(reference_loss, rel=1e-4)
         benchmark.extra_info["examples_per_s_ext_subprocess"] = round(with_ext, 2)
         benchmark.extra_info["examples_per_s_no_ext_subprocess"] = round(without_ext, 2)
         benchmark.extra_info["speedup_ext"] = round(with_ext / without_ext, 3)

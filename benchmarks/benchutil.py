@@ -6,7 +6,9 @@ stores the result with `record_speedup`:
     extra_info["speedup"]     median over adjacent (ours, baseline) pairs of baseline / ours
     extra_info["baseline"]    what it was compared with ("torch.istft", "plain PyTorch", ...)
     extra_info["ours_s"], extra_info["baseline_s"]   the two medians, in seconds
-Floors for these speed-ups are in benchmarks/floors.toml.
+Floors for these speed-ups are in benchmarks/floors.toml. Each such benchmark first checks
+with `assert_same` that ours computes what the baseline computes (also under
+--benchmark-disable, as CI runs them).
 """
 import functools
 import os
@@ -43,13 +45,26 @@ def peak_rss_delta_mb(setup, work):
     should warm up kernels and allocators on a tiny call). The peak is reset after the
     set-up through /proc/self/clear_refs, so set-up temporaries do not hide the work;
     VmHWM, not ru_maxrss, which would carry the parent's peak across exec."""
-    code = _PEAK.format(here=HERE, root=ROOT, threads=os.cpu_count() or 1,
+    import torch
+    # the timed benchmarks' thread count (not os.cpu_count(), which counts the host's CPUs in a
+    # container, or logical ones): a kernel's per-thread buffers are part of its peak
+    code = _PEAK.format(here=HERE, root=ROOT, threads=torch.get_num_threads(),
                         setup=textwrap.dedent(setup).strip(), work=textwrap.dedent(work).strip())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if out.returncode != 0:
         raise RuntimeError(f"peak-memory subprocess failed:\n{out.stderr[-2000:]}")
     return float(out.stdout.split("PEAK_MIB")[-1].split()[0])
+
+
+def assert_same(ours, baseline, tol):
+    """Check that ours computes what its baseline computes, before a speed-up over it means
+    anything: each tensor of `ours` within `tol` times the largest magnitude of the
+    baseline's (float rounding differs between the two)."""
+    import torch
+    pairs = zip(ours, baseline, strict=True) if isinstance(ours, (tuple, list)) else [(ours, baseline)]
+    for mine, theirs in pairs:
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=tol * theirs.abs().max().item())
 
 
 def cuda(obj):

@@ -6,8 +6,9 @@
 
 Ratios, not absolute times: both sides of a ratio ran in the same process on the same
 machine, so the gate holds on a noisy shared machine and on any CPU. The floors of the
-shapes run (default, or full with CHIMERA_BENCH_FULL=1) apply. Exit status 1 when a
-speed-up is below its floor or a benchmark with a floor did not record one.
+shapes the run measured apply (its machine_info "bench_shapes": default, or full with
+CHIMERA_BENCH_FULL=1). Exit status 1 when a speed-up is below its floor or a benchmark
+with a floor did not record one.
 """
 import argparse
 import json
@@ -59,9 +60,8 @@ def main(argv=None):
     parser.add_argument("--shapes", choices=["default", "full"])
     parser.add_argument("--select", action="store_true", help="print the node ids of the benchmarks with floors")
     args = parser.parse_args(argv)
-    floors = load_floors(args.floors, args.shapes)
     if args.select:
-        print(" ".join(sorted(floors)))
+        print(" ".join(sorted(load_floors(args.floors, args.shapes))))
         return 0
     if args.run is None:
         parser.error("a pytest-benchmark JSON file is needed")
@@ -71,7 +71,13 @@ def main(argv=None):
     except (OSError, json.JSONDecodeError) as exc:
         print(f"check_floors: cannot read {args.run}: {exc}", file=sys.stderr)
         return 1
-    lines, ok = check(run, floors)
+    # the floors of the shapes the run measured (conftest.py records them), not those of this
+    # process's environment: a full run was held to the default shapes' lower floors
+    ran = run.get("machine_info", {}).get("bench_shapes")
+    if args.shapes and ran and args.shapes != ran:
+        print(f"check_floors: {args.run} ran the {ran} shapes, not the {args.shapes} ones", file=sys.stderr)
+        return 1
+    lines, ok = check(run, load_floors(args.floors, args.shapes or ran))
     print("\n".join(lines))
     if not ok:
         print(f"check_floors: a speed-up fell below its floor in {args.floors}", file=sys.stderr)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 
 from testutil import ROOT
 
@@ -75,3 +77,107 @@ def test_gate_trips_when_the_kernel_falls_back_to_the_reference(tmp_path):
     gate = _run_gated_benchmark(tmp_path, CHIMERA_DISABLE_EXT="1")
     assert gate.returncode == 1, gate.stdout
     assert f"FAIL {GATED}: " in gate.stdout and "plain PyTorch (floor" in gate.stdout  # it ran, and fell short
+
+
+def test_the_gate_applies_the_floors_of_the_shapes_that_ran(tmp_path):
+    # a full-shape run checked without --shapes (CHIMERA_BENCH_FULL unset in the checker's
+    # environment) was held to the default shapes' lower floors
+    run = _run(a=2.0)
+    run["machine_info"]["bench_shapes"] = "full"
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "floors.toml").write_text('[default]\na = 1.0\n[full]\na = 3.0\n')
+    env = {k: v for k, v in os.environ.items() if k != "CHIMERA_BENCH_FULL"}
+    out = subprocess.run([sys.executable, CHECK, str(tmp_path / "run.json"), "--floors", str(tmp_path / "floors.toml")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "FAIL a: 2.00x plain (floor 3x)" in out.stdout, out.stdout + out.stderr
+    # asking for the other shapes' floors is refused, not applied
+    out = _gate(run, '[default]\na = 1.0\n[full]\na = 3.0\n', tmp_path, "default")
+    assert out.returncode == 1 and "ran the full shapes" in out.stderr, out.stdout + out.stderr
+
+
+class _Disabled:
+    """pytest-benchmark's fixture under --benchmark-disable (what CI runs): each body once."""
+    disabled, stats = True, None
+
+    def __init__(self):
+        self.extra_info = {}
+
+    def __call__(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def pedantic(self, fn, args=(), kwargs=None, **_):
+        return fn(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("phase", ["forward", "forward-backward"])
+@pytest.mark.parametrize("loss", ["dc", "deep-lda"])
+def test_a_loss_benchmark_checks_that_its_baseline_computes_the_same(monkeypatch, loss, phase):
+    import bench_affinity
+    bench_affinity.test_loss(_Disabled(), loss, "chimera", phase)  # the two agree
+    name, impls = bench_affinity.BASELINE[loss]
+    baseline = impls[name]
+    monkeypatch.setitem(impls, name, lambda V, y, w: 1.01 * baseline(V, y, w))  # 1 % off, loss and gradient
+    with pytest.raises(AssertionError):
+        bench_affinity.test_loss(_Disabled(), loss, "chimera", phase)
+
+
+@pytest.mark.parametrize("bench", ["test_codebook_forward", "test_codebook_fwd_bwd"])
+def test_a_codebook_benchmark_checks_that_plain_pytorch_computes_the_same(monkeypatch, bench):
+    import bench_codebook
+    getattr(bench_codebook, bench)(_Disabled(), "op")
+    plain = bench_codebook.plain
+    monkeypatch.setattr(bench_codebook, "plain", lambda logits, codebook: plain(logits, 0.99 * codebook))
+    with pytest.raises(AssertionError):
+        getattr(bench_codebook, bench)(_Disabled(), "op")
+
+
+def test_peak_memory_is_measured_on_the_benchmarks_threads(tmp_path, one_thread):
+    import benchutil
+    seen = tmp_path / "threads"
+    benchutil.peak_rss_delta_mb("", f"open({str(seen)!r}, 'w').write(str(torch.get_num_threads()))")
+    assert seen.read_text() == "1"  # not os.cpu_count()
+
+
+class _Timed(_Disabled):
+    """The fixture of a timed run, its statistics made up (the body's own figures are not tested)."""
+    disabled = False
+
+    def __init__(self):
+        super().__init__()
+        self.stats = type("Stats", (), {"stats": type("S", (), {"mean": 1.0, "median": 1.0})})
+
+
+@pytest.mark.parametrize("losses, loaded, ok", [((2.0, 2.0), True, True), ((2.0, 2.2), True, False),
+                                               ((2.0, 2.0), False, False)])
+def test_the_training_speed_up_is_over_the_same_step_with_the_extension(monkeypatch, losses, loaded, ok):
+    import bench_train
+
+    def in_subprocess(disable_ext):  # both sides' [examples/s, first loss, extension loaded]
+        return [10.0, losses[disable_ext], loaded and not disable_ext]
+    monkeypatch.setattr(bench_train, "_in_subprocess", in_subprocess)
+    if ok:
+        bench_train.test_train_throughput(_Timed())
+    else:
+        with pytest.raises(AssertionError):
+            bench_train.test_train_throughput(_Timed())
+
+
+def test_a_plain_pytest_skips_the_benchmarks_only(tmp_path):
+    # benchmarks/conftest.py skipped every item whose path held "benchmarks", so every test
+    # of a checkout under such a folder (/home/ci/benchmarks/chimera/tests/...)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_conftest", os.path.join(ROOT, "benchmarks", "conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    class Item:
+        def __init__(self, path):
+            self.fspath, self.markers = path, []
+
+        def add_marker(self, marker):
+            self.markers.append(marker)
+    bench = Item(os.path.join(ROOT, "benchmarks", "bench_signal.py"))
+    tests = [Item(os.path.join(ROOT, "tests", "test_signal.py")), Item("/home/ci/benchmarks/chimera/tests/test_a.py")]
+    config = type("Config", (), {"option": type("Option", (), {})()})()
+    conftest.pytest_collection_modifyitems(config, [bench, *tests])
+    assert bench.markers and not any(t.markers for t in tests)

@@ -92,3 +92,10 @@ def test_folders_pool_their_tracks_and_kinds_group_them(folder, tmp_path, capsys
     (other / "metadata.json").unlink()
     with pytest.raises(SystemExit, match="metadata.json: no track kinds"):
         choose_checkpoint.scores(str(model), [str(data), str(other)], by_kind=True)
+
+
+def test_a_held_out_split_is_refused(folder, tmp_path):
+    _, model = folder
+    noise_tracks(tmp_path / "musdb" / "solo-real", seed=3)
+    with pytest.raises(SystemExit, match="held-out"):
+        choose_checkpoint.scores(str(model), [str(folder[0]), str(tmp_path / "musdb" / "solo-real")])

@@ -1,5 +1,6 @@
 """tools/choose_segment.py: its score, and one run over a small validation folder."""
 import numpy as np
+import pytest
 import soundfile as sf
 
 from chimera.models import save_checkpoint
@@ -39,3 +40,15 @@ def test_a_row_per_segment_length(tmp_path, capsys):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 3 and all(np.isfinite(float(c)) for c in cells[1:])
+
+
+def test_a_held_out_split_or_a_datasets_root_is_refused(tmp_path):
+    model = tmp_path / "tiny.pt"
+    save_checkpoint(model, tiny_model())
+    noise_tracks(tmp_path / "musdb" / "test-real", seed=1)
+    with pytest.raises(SystemExit, match="held-out"):
+        choose_segment.main(["--data", str(tmp_path / "musdb" / "test-real"), "--model", str(model)])
+    # a MUSDB18-HQ root: chimera.evaluate finds its test split there
+    noise_tracks(tmp_path / "root" / "test", seed=1)
+    with pytest.raises(SystemExit, match="held-out"):
+        choose_segment.main(["--data", str(tmp_path / "root"), "--model", str(model)])

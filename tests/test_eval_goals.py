@@ -1,4 +1,5 @@
 """tools/eval_goals.py: the arithmetic of its figures, and one run through `chimera predict`."""
+import argparse
 import json
 
 import numpy as np
@@ -63,3 +64,42 @@ def test_one_solo_split_through_predict(tmp_path):
     assert abs(fig["input_energy"] - float((acc.astype(np.float64) ** 2).sum())) < 1e-3 * fig["input_energy"]
     assert fig["leak_db"] == pytest.approx(10 * np.log10(fig["output_energy"]["vocals"] / fig["input_energy"]))
     assert doc["summary"]["solo-instrumental"]["leak_db"] == fig["leak_db"]
+
+
+def test_a_silent_output_counts_as_the_lowest_score_not_as_unscored():
+    # SI-SDR is -inf for a silent estimate (nothing recovered): left out, the median over
+    # tracks rose as if that track had not been scored; NaN (undefined) is left out
+    tracks = {f"t{i}": {"reconstruction_db": -30.0, "high_band_share": {"vocals": 0.1, "accompaniment": 0.9},
+                        "scores": {s: {"SDR": 1.0, "SIR": 1.0, "SAR": 1.0, "SI-SDR": si}
+                                   for s in eval_goals.SOURCES},
+                        "oracle_irm": {s: {"SDR": 10.0} for s in eval_goals.SOURCES}}
+              for i, si in enumerate([-np.inf, 1.0, 2.0, np.nan])}
+    s = eval_goals.summarise("test-real", {"tracks": tracks})
+    assert s["vocals_SI-SDR"] == 1.0
+
+
+def _write(folder, track):
+    folder.mkdir(parents=True, exist_ok=True)
+    sf.write(str(folder / "mixture.wav"), track.mixture.T, track.rate, subtype="FLOAT")
+    for s, x in zip(eval_goals.SOURCES, track.references):
+        sf.write(str(folder / f"{s}.wav"), x.T, track.rate, subtype="FLOAT")
+
+
+def test_the_oracle_cache_does_not_outlive_a_rebuilt_split(tmp_path, monkeypatch):
+    def predict(split_dir, names, work, model, extra):  # the references as the outputs, no model
+        for n in names:
+            (work / "out" / n).mkdir(parents=True)
+            for s in eval_goals.SOURCES:
+                (work / "out" / n / f"{s}.wav").write_bytes((split_dir / n / f"{s}.wav").read_bytes())
+        return work / "out", 0.0
+    monkeypatch.setattr(eval_goals, "predict", predict)
+    args = argparse.Namespace(model=None, predict_args="", high_hz=8000.0, oracle_stft=json.dumps(
+        {"sample_rate": 44100, "n_fft": 2048, "hop_length": 512, "window": "sqrt_hann"}))
+    data, cache = tmp_path / "musdb", {}
+    _write(data / "test-real" / "t", _tone_track())
+    first = eval_goals.evaluate_split(data, "test-real", args, cache)["tracks"]["t"]["oracle_irm"]
+    refs = (0.1 * np.random.default_rng(0).standard_normal((2, 2, 44100))).astype(np.float32)
+    _write(data / "test-real" / "t", Track("t", refs.sum(0), refs, 44100))  # the split rebuilt, same names
+    again = eval_goals.evaluate_split(data, "test-real", args, cache)["tracks"]["t"]["oracle_irm"]
+    fresh = eval_goals.evaluate_split(data, "test-real", args, {})["tracks"]["t"]["oracle_irm"]
+    assert again == fresh and fresh != first

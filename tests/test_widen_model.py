@@ -70,3 +70,16 @@ def test_the_command_writes_a_loadable_checkpoint(tmp_path, capsys):
 def test_what_cannot_be_widened_is_refused(model, hidden, why):
     with pytest.raises(ValueError, match=why):
         widen_model.widen(model(), hidden)
+
+
+def test_model_sizes_reports_the_median_training_step(monkeypatch, one_thread):
+    # tools/model_sizes.py, which sized the candidate shapes a model is widened to: of the 4
+    # timed steps (after a warm-up) the median, not the upper middle one
+    from types import SimpleNamespace
+
+    from tools import model_sizes
+    clock = iter([0, 9, 10, 11, 20, 22, 30, 33, 40, 44, 50, 51])  # steps of 9 (warm-up), 1, 2, 3, 4 s; inference 1 s
+    monkeypatch.setattr(model_sizes, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    params, step, infer = model_sizes.measure(4, 1, 2, 256, 64, batch=1, seconds=0.05)
+    assert params > 0 and infer == 1
+    assert step == 2.5

@@ -28,16 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from chimera.evaluate import find_tracks, load_track
 from chimera.pretrained import load
 from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, METHODS, Separator
-from tools.choose_segment import improvement
-from tools.eval_goals import db
-
-
-def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
-    """Energy of output ``silent`` of ``estimates`` (C, channels, L) over ``played``'s, in dB."""
-    return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64)))
+from tools.choose_segment import improvement, validation_tracks
+from tools.eval_goals import leak_db  # the leak as the held-out goals measure it
 
 
 def two_source_model(model_path: str):
@@ -73,14 +67,13 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
     by_kind_rows = {}
     for folder in folders:
         kinds = track_kinds(folder) if by_kind else {}
-        for name in find_tracks(folder, names):
-            t = load_track(folder, name, names)
+        for t in validation_tracks(folder, names):
             est = sep.separate(t.mixture, t.rate).numpy()
             for i, s in enumerate(names):
                 gain = improvement(est[i], t.references[i], t.mixture)
                 rows[f"{s} SI-SDRi"].append(gain)
-                if name in kinds:
-                    by_kind_rows.setdefault(f"{s} SI-SDRi ({kinds[name]})", []).append(gain)
+                if t.name in kinds:
+                    by_kind_rows.setdefault(f"{s} SI-SDRi ({kinds[t.name]})", []).append(gain)
                 alone = sep.separate(t.references[i], t.rate).numpy()
                 rows[f"{s} alone: leak"].append(leak_db(alone, 1 - i, t.references[i]))
     return {k: float(np.median(v)) for k, v in (rows | by_kind_rows).items()}  # the usual columns first

@@ -10,15 +10,35 @@ for the joins to count: the demo data's validation tracks are 45 s.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
 import torch
 
-from chimera.evaluate import find_tracks, load_track
+from chimera.evaluate import list_tracks, read_track
 from chimera.objectives import si_sdr
 from chimera.pretrained import load
 from chimera.separate import DEFAULT_SEGMENT, Separator
+
+
+def held_out(folder: str) -> bool:
+    """A held-out split's folder: MUSDB18-HQ's ``test``, the demo data's ``test-*`` and
+    ``solo-*`` (tools/demodata/tracks.py, not imported: this also runs as a script)."""
+    name = os.path.basename(folder)
+    return name == "test" or name.startswith(("test-", "solo-"))
+
+
+def validation_tracks(data: str, names: list[str]) -> list:
+    """The tracks of the folder ``data``, read; a held-out split is refused (the choice must
+    not see what it is then scored on), and so is a dataset's root, where chimera.evaluate
+    reads the test split (MUSDB18-HQ, DSD100)."""
+    folder = os.path.normpath(data)
+    files = [] if held_out(folder) else list_tracks(folder, names)
+    if not files or any(os.path.dirname(os.path.normpath(f.folder)) != folder for f in files):
+        raise SystemExit(f"{data}: a held-out split (or a dataset's root, read as its test split): "
+                         "choose on a validation folder of <track>/ folders")
+    return [read_track(f) for f in files]
 
 
 def improvement(estimate, reference, mixture) -> float:
@@ -35,7 +55,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     model = load(args.model) if args.model else load()
     names = list(model.source_names)
-    tracks = [load_track(args.data, n, names) for n in find_tracks(args.data, names)]
+    tracks = validation_tracks(args.data, names)
     print(f"{len(tracks)} tracks of {np.median([t.mixture.shape[-1] / t.rate for t in tracks]):.1f} s (median)")
     print("| segment (s) | " + " | ".join(f"{s} SI-SDRi (dB)" for s in names) + " |")
     print("| --- |" + " --- |" * len(names))

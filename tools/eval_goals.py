@@ -25,6 +25,7 @@ table. Run it under /work/coord/busy or quiet: it keeps both cores busy for minu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -48,6 +49,12 @@ SOLO_SPLITS = {"solo-instrumental": "vocals", "solo-synthetic": "accompaniment",
 
 def db(ratio: float) -> float:
     return float(10 * np.log10(max(ratio, 1e-30)))
+
+
+def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
+    """The leak: energy of output ``silent`` of ``estimates`` (C, channels, L) over ``played``'s
+    (the input), in dB."""
+    return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64)))
 
 
 def predict(split_dir: Path, names: list[str], work: Path, model: str | None, extra: list[str]) -> tuple[Path, float]:
@@ -99,7 +106,9 @@ def band_figures(track, est: np.ndarray, cutoff: float) -> dict:
 
 
 def median(values) -> float:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    # NaN (undefined) left out; -inf (a silent output's SI-SDR, nothing recovered) kept as the
+    # lowest score: left out, it raised the median as if the track had not been scored
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=np.float64)
     return float(np.median(v)) if v.size else float("nan")
 
 
@@ -115,11 +124,14 @@ def evaluate_split(data: Path, split: str, args, oracle_cache: dict) -> dict:
             est = read_estimates(out, name, track.references.shape)
             fig = band_figures(track, est, args.high_hz)
             if split in SOLO_SPLITS:
-                silent = SOLO_SPLITS[split]
-                fig["leak_db"] = db(fig["output_energy"][silent] / fig["input_energy"])
+                fig["leak_db"] = leak_db(est, SOURCES.index(SOLO_SPLITS[split]), track.mixture)
             else:
                 fig["scores"] = dict(zip(SOURCES, score_track(track, est)))
-                key = f"{split}/{name}/{args.oracle_stft}"
+                # keyed by the track's content too: a split rebuilt under the same names was
+                # scored with the oracle of its old tracks
+                digest = hashlib.sha1(track.mixture.tobytes())
+                digest.update(track.references.tobytes())
+                key = f"{split}/{name}/{args.oracle_stft}/{digest.hexdigest()[:16]}"
                 if key not in oracle_cache:
                     oracle_cache[key] = dict(zip(SOURCES, score_track(track, oracle_estimates(track, "irm", stft))))
                 fig["oracle_irm"] = oracle_cache[key]

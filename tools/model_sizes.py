@@ -9,6 +9,7 @@ mask-inference forward pass on 20 s of stereo with the embedding head skipped, a
 ``--threads`` torch threads (default 2). Run it under /work/coord/quiet.
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -37,7 +38,7 @@ def measure(hidden, layers, dim, n_fft, hop, batch=8, seconds=2.0):
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
-    step = sorted(times[1:])[len(times[1:]) // 2]
+    step = statistics.median(times[1:])  # of 4: the mean of the middle two, not the upper one
     model.eval()
     with torch.no_grad():
         x = 0.1 * torch.randn(2, 20 * RATE)
