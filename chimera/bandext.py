@@ -55,6 +55,8 @@ def band_weights(spec: torch.Tensor, n_fft: int, band=DEFAULT_BAND) -> torch.Ten
     """(..., C, F, T) complex source spectra → (..., C, T) weights that sum to one over C:
     each source's share of the power in `band` (fractions of the Nyquist frequency) per
     frame; 1 / C where the band is silent in every source, NaN where its power is NaN."""
+    if not 0 <= band[0] < band[1] <= 1:  # else no bins (an even split everywhere) or past Nyquist
+        raise ValueError(f"band must be fractions 0 <= low < high <= 1 of the Nyquist frequency, got {band!r}")
     half = n_fft // 2
     lo, hi = int(math.floor(band[0] * half)), int(math.ceil(band[1] * half)) + 1
     power = spec[..., lo:hi, :].abs().square_().sum(-2)
@@ -100,7 +102,8 @@ class HighBandSplit:
         low = np.concatenate([self._lowq, low]) if self._lowq.shape[0] else low
         n = min(x.shape[0], low.shape[0])  # the residual as soon as both sides have it
         self._rq = np.concatenate([self._rq, x[:n] - low[:n]])
-        self._xq, self._lowq = x[n:], low[n:]
+        # a copy: at equal rates x is the caller's block, which the caller may read into again
+        self._xq, self._lowq = x[n:].copy(), low[n:]
 
     def frames(self, spec: torch.Tensor, last=False):
         """(channels, C, F, n) complex source spectra of the next n model frames."""

@@ -20,6 +20,7 @@ less than one 24-bit PCM step (1.2e-7) and far below the model's own error.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,18 +47,19 @@ class SegmentPlan:
         joins are exact only where the shared frames reach past the edge frames of both
         segments, which see a segment's padding instead of the signal around it (a shorter
         overlap clicked at every join, up to -24 dB of error)."""
-        if not (isinstance(segment, (int, float)) and math.isfinite(segment) and segment > 0):
+        # numbers.Real: NumPy's float32 too; bool is no number of seconds (True ran as 1 s)
+        if not (_is_number(segment, numbers.Real) and math.isfinite(segment) and segment > 0):
             raise ValueError(f"segment must be a positive number of seconds, got {segment!r}")
-        if not (isinstance(overlap, (int, float)) and math.isfinite(overlap)):
+        if not (_is_number(overlap, numbers.Real) and math.isfinite(overlap)):
             raise ValueError(f"overlap must be a number of seconds, got {overlap!r}")
+        if not (_is_number(batch, numbers.Integral) and batch >= 1):  # int(1.5) ran as 1
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch!r}")
         rate, hop = stft.sample_rate, stft.hop_length
         edge = math.ceil(stft.n_fft / 2 / hop)
         seg = max(int(round(segment * rate / hop)), 2 * math.ceil(stft.n_fft / hop)) * hop
         ovl = int(round(overlap * rate / hop)) * hop
         if ovl < 0 or 2 * ovl + hop > seg:  # a frame is shared by two segments at most
             raise ValueError(f"overlap ({overlap} s) must be between 0 and half the segment ({segment} s)")
-        if batch < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch}")
         ovl = max(ovl, 2 * edge * hop)
         seg = max(seg, 2 * ovl + hop)
         return cls(hop, seg, seg - ovl, edge=edge, batch=int(batch))
@@ -133,20 +135,24 @@ class SeparationStream:
         self._next_seg = 0       # next segment to run
         self._pending = None     # (channels, C, F, shared) weighted spectra of the frames still open
         self._emitted = 0        # output-rate samples of the model's sources produced
+        self._pushed = 0         # input samples pushed
 
     # -------------------------------------------------------------- feeding
     def push(self, block):
-        block = np.asarray(block, dtype=np.float32)
-        if block.ndim != 2 or block.shape[1] != self.channels:
-            raise ValueError(f"expected (n, {self.channels}) blocks, got {block.shape}")
+        block = _as_block(block, self.channels)
         if not np.isfinite(block).all():
             raise ValueError("the audio contains NaN or Inf samples")
+        self._pushed += block.shape[0]
+        if self._pushed > self.length:  # the samples past it were dropped
+            raise ValueError(f"the stream was made for {self.length} samples, got {self._pushed}")
         model_block = self._trim(self._down.push(block))
         if self._ext is not None:
             self._ext.mixture(block, model_block)
         yield from self._consume(model_block, last=False)
 
     def finish(self):
+        if self._pushed < self.length:  # the rest would be separated silence
+            raise ValueError(f"finish: the stream got {self._pushed} of its {self.length} samples")
         model_block = self._trim(self._down.finish())
         short = self.model_length - self._received - model_block.shape[0]
         if short > 0:  # the resampler rounds its length: the model's signal is model_length long
@@ -239,6 +245,22 @@ class SeparationStream:
             yield out
 
 
+def _is_number(value, kind):
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _as_block(block, channels):
+    """`block` as an (n, `channels`) float32 array; a TypeError or ValueError saying what is
+    wrong with it otherwise."""
+    block = np.asarray(block)
+    if block.dtype.kind != "f":  # the cast dropped a complex block's imaginary part, took int16 as floats
+        raise TypeError(f"expected float samples in [-1, 1], got {block.dtype} "
+                        "(divide integer PCM by its full scale, e.g. 32768 for int16)")
+    if block.ndim != 2 or block.shape[1] != channels:
+        raise ValueError(f"expected (n, {channels}) blocks, got {block.shape}")
+    return block.astype(np.float32, copy=False)
+
+
 def _length_at(length, rate, new_rate):
     """Samples that `length` samples at `rate` last at `new_rate` (rounded up)."""
     return length if rate == new_rate else int(math.ceil(length * new_rate / rate))
@@ -254,9 +276,7 @@ class ChannelGroups:
         self._bounds = np.cumsum([0] + [s.channels for s in self.streams])
 
     def push(self, block):
-        block = np.asarray(block, dtype=np.float32)
-        if block.ndim != 2 or block.shape[1] != self._bounds[-1]:
-            raise ValueError(f"expected (n, {self._bounds[-1]}) blocks, got {block.shape}")
+        block = _as_block(block, self._bounds[-1])
         yield from self._join([s.push(block[:, a:b]) for s, a, b in zip(self.streams, self._bounds, self._bounds[1:])])
 
     def finish(self):

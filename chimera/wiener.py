@@ -36,17 +36,11 @@ def check_exponent(exponent, name: str = "exponent") -> float:
 
 
 def _solve_small(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``a x = b`` for batches of 1 x 1 and 2 x 2 matrices in closed form (batched LU
-    on millions of tiny matrices is far slower); larger ones go to ``torch.linalg.solve``."""
-    n = a.shape[-1]
-    if n == 1:
+    """Solve ``a x = b`` for batches of 1 x 1 matrices in closed form (batched LU on millions
+    of tiny matrices is far slower); larger ones go to ``torch.linalg.solve``. (Two channels
+    never come here: `_stereo_refine` has their closed form.)"""
+    if a.shape[-1] == 1:
         return b / a[..., 0, :]
-    if n == 2:
-        p, q, r, s = a[..., 0, 0], a[..., 0, 1], a[..., 1, 0], a[..., 1, 1]
-        det = p * s - q * r
-        x0 = (s * b[..., 0] - q * b[..., 1]) / det
-        x1 = (p * b[..., 1] - r * b[..., 0]) / det
-        return torch.stack([x0, x1], dim=-1)
     return torch.linalg.solve(a, b.unsqueeze(-1)).squeeze(-1)
 
 
@@ -117,41 +111,54 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
     Only the ridge couples the bins (it is relative to the mean power over all of them):
     a first pass sums it. Between iterations the sources are kept in the estimates' dtype.
     ``inplace=True`` writes the result into `estimates` (which the caller gives up) instead
-    of a new tensor of their size: the statistics of every block are taken before the first
-    block is written.
+    of a new tensor of their size: the spatial statistics of every block are taken before
+    the first block is written, and each block's powers just before it is.
     """
-    if iterations < 0:
-        raise ValueError(f"multichannel_wiener: iterations must be >= 0, got {iterations}")
+    if not isinstance(iterations, numbers.Integral) or iterations < 0:
+        raise ValueError(f"multichannel_wiener: iterations must be a whole number >= 0, got {iterations!r}")
+    # block_bins <= 0 ran no block: the result was torch.empty_like's uninitialised memory
+    if not isinstance(block_bins, numbers.Integral) or block_bins < 1:
+        raise ValueError(f"multichannel_wiener: block_bins must be a whole number >= 1, got {block_bins!r}")
     exponent = check_exponent(exponent, "multichannel_wiener: exponent")
+    # real spectra would lose the filter's imaginary part in the copy back (only a warning)
+    if not (estimates.is_complex() and mixture.is_complex()):
+        raise TypeError(f"multichannel_wiener: expected complex STFTs, got estimates {estimates.dtype} "
+                        f"and mixture {mixture.dtype}")
     if estimates.dim() < 4 or mixture.shape != estimates.shape[:-3] + estimates.shape[-2:]:
         raise ValueError(f"multichannel_wiener: estimates (..., I, C, F, T) {tuple(estimates.shape)} and "
                          f"mixture (..., I, F, T) {tuple(mixture.shape)} do not match")
-    if iterations == 0:
+    if iterations == 0 or estimates.numel() == 0:  # nothing to filter (no bins: the ridge's mean is 0 / 0)
         return estimates
     n_ch, F, T = mixture.shape[-3:]
     blocks = [slice(f0, min(F, f0 + block_bins)) for f0 in range(0, F, block_bins)]
     eye = torch.eye(n_ch, dtype=torch.complex128, device=mixture.device)
+
+    def stats(y, sl):  # power v (..., C, f, T) to the exponent, spatial covariance, its trace (..., C, f)
+        if n_ch == 2:
+            v, r = _stereo_stats(y[..., sl, :])
+            trace = r[0] + r[1]
+        else:
+            v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
+            trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)
+        return (v.pow_(exponent) if exponent != 1.0 else v), r, trace
+
     y = estimates
     for _ in range(iterations):
-        # Pass 1: power and spatial covariance per block, and the mean power of the mixture
-        # model over all bins, times and channels (what the ridge is relative to).
-        stats, power = [], 0.0
+        # Pass 1: spatial covariance per block, and the mean power of the mixture model over
+        # all bins, times and channels (what the ridge is relative to). The powers are not
+        # kept but made again in pass 2 (the same to the bit: its block is not written yet):
+        # in float64 for every bin they were half the size of complex64 stereo estimates.
+        spatial, power = [], 0.0
         for sl in blocks:
-            if n_ch == 2:
-                v, r = _stereo_stats(y[..., sl, :])
-                trace = r[0] + r[1]
-            else:
-                v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
-                trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)      # (..., C, f)
-            if exponent != 1.0:
-                v = v.pow_(exponent)
-            stats.append((v, r))
+            v, r, trace = stats(y, sl)
+            spatial.append(r)
             power = power + (v.sum(-1) * trace).sum((-2, -1))          # (...,)
         ridge = _RIDGE * power / (F * T * n_ch) + _FLOOR
         # Pass 2: the update, block by block, into the output (a tensor of our own after
         # the first iteration, so only the first may need a new one).
         out = y if inplace or y is not estimates else torch.empty_like(estimates)
-        for sl, (v, r) in zip(blocks, stats):
+        for sl, r in zip(blocks, spatial):
+            v = stats(y, sl)[0]
             x = mixture[..., sl, :].to(torch.complex128)               # (..., I, f, T)
             if n_ch == 2:
                 out[..., 0, :, sl, :], out[..., 1, :, sl, :] = _stereo_refine(v, r, x, ridge)

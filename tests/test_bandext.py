@@ -188,3 +188,61 @@ def test_every_length_adds_up_to_the_input_to_its_last_sample(rate):
         assert y.shape == (2, 2, n)
         assert rel_db(y.sum(0) - x, x) < -60, n
         assert np.abs(y.sum(0) - x)[:, -1].max() < 1e-4 * np.abs(x).max(), n
+
+
+def test_a_reused_input_buffer_does_not_change_the_output():
+    # A caller that reads each block into the same buffer (as audio callbacks do): the split
+    # kept a view of the block's tail (the input waiting for the model's side of the residual),
+    # and the next read overwrote it.
+    rate, size = 44100, 1000
+    x = white(2, rate * 3 + 5, seed=7)
+    plan = SegmentPlan.from_seconds(STFT, 1.0, 0.25, batch=2)
+
+    def run(reuse):
+        stream = SeparationStream(top_band_owner, plan, STFT, 2, 2, rate, x.shape[1])
+        buf, parts = np.empty((size, 2), np.float32), []
+        for start in range(0, x.shape[1], size):
+            block = np.ascontiguousarray(x[:, start:start + size].T)
+            if reuse and block.shape[0] == size:
+                buf[:] = block
+                block = buf
+            parts += list(stream.push(block))
+            buf[:] = np.nan  # the caller's next read
+        return np.concatenate(parts + list(stream.finish()))
+
+    np.testing.assert_array_equal(run(reuse=True), run(reuse=False))
+
+
+def test_the_stream_refuses_what_it_would_get_wrong():
+    # complex blocks lost their imaginary part (a warning), integer PCM was taken as floats
+    # (1000 for 1000 / 32768), samples past `length` were dropped and a stream finished short
+    # was padded with separated silence, all without a word
+    plan = SegmentPlan.from_seconds(STFT, 1.0, 0.25, batch=2)
+
+    def stream(length=8000):
+        return SeparationStream(top_band_owner, plan, STFT, 2, 1, 8000, length)
+    for block in (np.ones((100, 1), np.complex64), np.full((100, 1), 1000, np.int16), np.ones((100, 1), bool)):
+        with pytest.raises(TypeError, match="float"):
+            list(stream().push(block))
+    s = stream(100)
+    with pytest.raises(ValueError, match="100 samples"):
+        list(s.push(np.zeros((60, 1), np.float32))) + list(s.push(np.zeros((60, 1), np.float32)))
+    s = stream(100)
+    list(s.push(np.zeros((60, 1), np.float32)))
+    with pytest.raises(ValueError, match="60 of its 100 samples"):
+        list(s.finish())
+
+
+def test_band_and_plan_numbers_are_checked():
+    # a band upside down or past Nyquist sliced no bins: an even split everywhere, silently
+    spec = torch.ones(1, 2, 129, 3, dtype=torch.complex64)
+    for band in ((0.9, 0.1), (-0.5, 1.0), (0.5, 1.5), (0.5, float("nan"))):
+        with pytest.raises(ValueError, match="band"):
+            band_weights(spec, 256, band)
+    # a fractional batch was truncated (1.5 ran as 1), None failed in a comparison, and a
+    # NumPy float32 segment was "not a positive number of seconds"
+    for batch in (1.5, None, True, 0):
+        with pytest.raises(ValueError, match="batch_size"):
+            SegmentPlan.from_seconds(STFT, 1.0, 0.25, batch)
+    assert SegmentPlan.from_seconds(STFT, np.float32(1.0), np.float32(0.25), np.int64(2)) == \
+        SegmentPlan.from_seconds(STFT, 1.0, 0.25, 2)

@@ -118,3 +118,60 @@ def test_tolerance_is_relative_to_the_spread(scale):
     assert torch.equal(labels, base)
     exact, _ = cluster.kmeans(x * scale, 2, seed=0, tol=0.0, n_iter=500)
     assert (labels != exact).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("where", ["embedding", "weight"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_in_an_item_gives_it_nan(where, value):
+    # A NaN embedding made every point its nearest centre's (argmin takes NaN as the least),
+    # binary masks with all of the item in one source; a NaN weight counted the item as
+    # unweighted, an infinite one crashed in torch.multinomial. Now that item's centres
+    # and masks are NaN, and the other items cluster as before.
+    x, truth = blobs()
+    w = torch.ones(x.shape[:2])
+    (x if where == "embedding" else w)[1, 5, ...] = value
+    labels, centres = cluster.kmeans(x, 3, weight=w, seed=1)
+    assert centres[1].isnan().all() and not centres[[0, 2]].isnan().any()
+    assert same_partition(labels[[0, 2]], truth[[0, 2]])
+    masks = cluster.kmeans_masks(x, 3, weight=w, seed=1, reference=cluster.masks_from_labels(truth, 3))
+    assert masks[1].isnan().all()
+    assert torch.equal(masks[[0, 2]], cluster.masks_from_labels(truth[[0, 2]], 3))
+
+
+def test_a_nan_reference_gives_nan_masks():
+    # the order of an item whose reference is NaN is not known: argmax took the NaN total
+    x, truth = blobs()
+    reference = cluster.masks_from_labels(truth, 3)
+    reference[2, 0, 7] = float("nan")
+    masks = cluster.kmeans_masks(x, 3, seed=1, reference=reference)
+    assert masks[2].isnan().all()
+    assert torch.equal(masks[:2], cluster.masks_from_labels(truth[:2], 3))
+
+
+def test_bad_arguments_raise_one_clear_error():
+    x, truth = blobs()
+    with pytest.raises(ValueError, match="weight"):  # was torch.multinomial's "probability tensor contains ..."
+        w = torch.ones(x.shape[:2])
+        w[0, 3] = -1.0
+        cluster.kmeans(x, 3, weight=w)
+    with pytest.raises(ValueError, match="weight"):  # was a bmm shape error
+        cluster.kmeans(x, 3, weight=torch.ones(2, x.shape[1]))
+    for k in (0, -1, 2.0):  # an IndexError from amax, a RuntimeError from arange, a TypeError from range
+        with pytest.raises(ValueError, match="n_clusters"):
+            cluster.kmeans(x, k)
+    for bad in (x.long(), torch.complex(x, x)):
+        with pytest.raises(TypeError, match="embedding"):
+            cluster.kmeans(bad, 3)
+    with pytest.raises(ValueError, match="reference"):  # was an IndexError in align_masks
+        cluster.kmeans_masks(x, 3, reference=torch.rand(3, 2, x.shape[1]))
+    # one weight row for every item broadcasts, as it did
+    labels, _ = cluster.kmeans(x, 3, weight=torch.ones(x.shape[1]), seed=1)
+    assert same_partition(labels, truth)
+
+
+def test_an_empty_batch_gives_empty_results():
+    x = torch.randn(0, 10, 4)
+    labels, centres = cluster.kmeans(x, 2)
+    assert labels.shape == (0, 10) and centres.shape == (0, 2, 4)
+    masks = cluster.kmeans_masks(x, 2, shape=(2, 5), reference=torch.rand(0, 2, 2, 5))  # was torch.stack([])
+    assert masks.shape == (0, 2, 2, 5)

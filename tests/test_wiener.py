@@ -143,3 +143,28 @@ def test_one_iteration_is_the_filter_of_its_definition(channels, block_bins):
     inplace = est.clone()
     assert multichannel_wiener(inplace, mix, 1, block_bins=block_bins, inplace=True) is inplace
     torch.testing.assert_close(inplace, expect, rtol=1e-9, atol=1e-9)
+
+
+def test_bad_arguments_raise_one_clear_error():
+    # A negative block_bins ran no block and returned torch.empty_like (uninitialised
+    # memory); 0 failed inside range(); real spectra silently lost their imaginary part.
+    est, mix = _spec(2, 3, 5, 6), _spec(2, 5, 6)
+    for bins in (0, -1):
+        with pytest.raises(ValueError, match="block_bins"):
+            multichannel_wiener(est, mix, 1, block_bins=bins)
+    with pytest.raises(TypeError, match="complex"):
+        multichannel_wiener(est.real, mix, 1)
+    with pytest.raises(TypeError, match="complex"):
+        multichannel_wiener(est, mix.real, 1)
+    with pytest.raises(ValueError, match="iterations"):
+        multichannel_wiener(est, mix, 1.5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 0, 6), (2, 3, 5, 0), (0, 2, 3, 5, 6)])
+def test_empty_spectrograms_give_empty_results(shape):
+    # no bins at all divided the ridge's power by F * T * I = 0 (a ZeroDivisionError)
+    est = _spec(*shape)
+    mix = est.sum(-3)
+    for iterations in (1, 2):
+        out = multichannel_wiener(est, mix, iterations)
+        assert out.shape == est.shape and out.dtype == est.dtype
