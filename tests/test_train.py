@@ -775,3 +775,225 @@ def test_whole_tracks_of_different_lengths_in_one_batch_are_one_line(tmp_path):
                                                 r"set segment_seconds, or data\.valid_batch_size = 1$"):
             check_batch(next(iter(loader(ds, 2, workers))), "validation")
     assert [check_batch(b, "validation")["mixture"].shape for b in loader(ds, 1, 0)] == [(1, 4800), (1, 3200)]
+
+
+# ------------------------------------------------------------------ trainer review
+
+@pytest.mark.parametrize("mutate, match", [
+    # checked only by the DataLoader of the first validation, after a whole epoch of training (a traceback)
+    (lambda c: c["data"].update(valid_batch_size=0), r"^config: data.valid_batch_size must be an integer >= 1, got 0$"),
+    (lambda c: c["data"].update(valid_batch_size="8"), r"^config: data.valid_batch_size must be an integer"),
+    # a TypeError traceback (unhashable type: 'list')
+    (lambda c: c["data"].update(dataset=["demo"]), r"^config: unknown data.dataset \['demo'\]; choose one of"),
+    # with `alpha` beside it: a TypeError traceback ('int' object does not support item assignment)
+    (lambda c: c["stages"][0].update(options=5), r"^config: stages.0.options must be a table of the objective's"),
+    (lambda c: c["stages"][0].update(objective=["dc"]), r"^config: stages.0.objective must be the name of one of"),
+])
+def test_config_errors_of_the_review_name_the_key(data_root, mutate, match):
+    cfg = config(data_root)
+    mutate(cfg)
+    with pytest.raises(tr.TrainError, match=match):
+        tr.validate_config(cfg)
+
+
+def test_a_plateau_factor_of_one_keeps_the_rate(data_root, tmp_path):
+    # (0, 1] is the documented range, but ReduceLROnPlateau refuses 1.0: a ValueError traceback
+    # when the stage started; a factor of 1 never lowers the rate
+    torch.set_num_threads(1)
+    cfg = config(data_root, plateau_factor=1.0, plateau_patience=0, max_steps_per_epoch=1)
+    cfg["stages"] = cfg["stages"][:1]
+    tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    assert [float(r["lr"]) for r in _metrics_rows(tmp_path / "run")] == [3e-3, 3e-3]
+
+
+def test_cli_device_and_threads_mistakes_are_one_line(data_root, tmp_path, capsys):
+    from chimera.cli import main
+
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    # --device was not checked as train.device is: "mps" and "meta" ended in tracebacks
+    for device in ("mps", "meta"):
+        rc = main(["train", str(path), "--run-dir", str(tmp_path / device), "--device", device, "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"device {device!r}: not a device (auto, cpu, cuda or cuda:N)" in err, err
+    # --threads on a recipe whose [train] is not a table: a TypeError traceback
+    text = path.read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("train = 5\n" + text[:text.index("[train]")] + text[text.index("[[stages]]"):])
+    rc = main(["train", str(bad), "--run-dir", str(tmp_path / "t"), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "train must be a table, got 5" in err, err
+
+
+def _recording_validate(monkeypatch):
+    """solver.validate, recording the pit_metric of each call."""
+    calls, base = [], solver.validate
+
+    def recording(model, objective, batches, autocast, pit_metric, seed):
+        calls.append(pit_metric)
+        return base(model, objective, batches, autocast, pit_metric, seed)
+
+    monkeypatch.setattr(solver, "validate", recording)
+    return calls
+
+
+@pytest.mark.parametrize("preset, stages", [
+    # a speech recipe: DC first (PIT-free), then Chimera++ with PIT; the DC stage was scored in
+    # the fixed order, the next with the best permutation, and best.pt compared the two
+    ("chimerapp", [{"objective": "dc", "epochs": 1, "lr": 1e-3},
+                   {"objective": "chimera", "options": {"pit": True}, "epochs": 1, "lr": 1e-3}]),
+    # a model without a mask head: k-means clusters come in no source order
+    ("dc", [{"objective": "dc", "epochs": 2, "lr": 1e-3}]),
+])
+def test_validation_scores_every_stage_alike(data_root, tmp_path, monkeypatch, preset, stages):
+    torch.set_num_threads(1)
+    cfg = config(data_root, max_steps_per_epoch=1)
+    cfg["model"]["preset"] = preset
+    cfg["stages"] = stages
+    calls = _recording_validate(monkeypatch)
+    tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    assert calls == [True] * len(calls) and len(calls) == 2
+    # a music recipe with a mask head keeps the fixed order
+    calls.clear()
+    cfg["model"]["preset"], cfg["stages"] = "chimerapp", [{"objective": "dc", "epochs": 1, "lr": 1e-3}]
+    tr.Trainer(cfg, tmp_path / "run2", quiet=True).run()
+    assert calls == [False]
+
+
+def test_a_non_finite_gradient_of_a_finite_loss_stops_before_the_step(data_root, tmp_path, monkeypatch):
+    # the loss is finite, its gradient NaN (the derivative of sqrt at 0): the optimiser wrote NaN
+    # into every weight, last.pt saved them, and only the next step's loss stopped the run
+    torch.set_num_threads(1)
+    cfg = config(data_root, checkpoint_every=1, grad_clip=0.0)
+    base, calls = solver._LossModule.forward, [0]
+
+    def nan_gradient_at_the_third(self, mixture, sources):
+        loss = base(self, mixture, sources)
+        calls[0] += self.training
+        if self.training and calls[0] == 3:
+            p = next(self.model.parameters())
+            loss = loss + 0.0 * torch.sqrt((p - p.detach()).sum())
+        return loss
+
+    monkeypatch.setattr(solver._LossModule, "forward", nan_gradient_at_the_third)
+    with pytest.raises(tr.TrainError, match=r"^stage chimera epoch 1 batch 2: the gradient is not finite "
+                                             r"\(norm nan\); lower the learning rate or check the data$"):
+        tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    sd, state = weights(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_a_nan_estimate_in_validation_is_not_averaged_away(data_root, tmp_path, monkeypatch):
+    # the pairs with a non-finite SI-SDR were dropped, NaN (corrupt) estimates among them: a
+    # model giving NaN on some items scored on the others, and could become best.pt
+    torch.set_num_threads(1)
+    cfg = config(data_root, max_steps_per_epoch=1)
+    cfg["stages"] = cfg["stages"][:1]
+    base = solver.Separator.separate_batch
+
+    def nan_first_item(self, mixture, channels=1):
+        out = base(self, mixture, channels)
+        out[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(solver.Separator, "separate_batch", nan_first_item)
+    result = tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    rows = _metrics_rows(tmp_path / "run")
+    assert [r["valid_si_sdri"] for r in rows] == ["nan", "nan"] and np.isfinite(float(rows[0]["valid_loss"]))
+    assert result["best_si_sdri"] == -np.inf and not (tmp_path / "run" / "best.pt").exists()
+
+
+class _Killed(KeyboardInterrupt):
+    """The test's stand-in for kill -9 at a chosen point (nothing written while it unwinds)."""
+
+
+# where the run is killed: (Trainer method, the call's (stage, epoch, batch) or validation number)
+_KILLS = {
+    # in the epoch after the plateau lowered the rate, from a mid-epoch checkpoint
+    "mid-epoch after the rate dropped": ("_step", (0, 3, 1)),
+    # one validation into the plateau's patience: its counter of bad validations must survive
+    "between epochs, a bad validation counted": ("_step", (0, 2, 0)),
+    # the epoch's metrics row written, its checkpoint not: the row is dropped and the epoch redone
+    "between the metrics row and the checkpoint": ("_save", (0, 2, 0)),
+    "during validation": ("_validate", 3),
+    "at a stage boundary": ("_step", (1, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("kill", sorted(_KILLS))
+def test_killed_anywhere_then_resumed_is_bit_identical(data_root, tmp_path, monkeypatch, kill):
+    # tests the cases the kill -9 test leaves out, in process: the plateau's counters and
+    # lowered rate, dropout's generator, a metrics row without its checkpoint, a kill during
+    # validation and at a stage boundary
+    torch.set_num_threads(1)
+    cfg = config(data_root, checkpoint_every=1, max_steps_per_epoch=2, plateau_patience=1)
+    cfg["model"].update(layers=2, dropout=0.3)
+    cfg["stages"][0]["epochs"] = 4
+    real_validate, validations = solver.Trainer._validate, [0]
+
+    def flat_loss(self, *args):  # the validation loss never improves: the plateau lowers the rate
+        validations[0] += 1
+        if (where, validations[0]) == ("_validate", at):
+            raise _Killed
+        return {**real_validate(self, *args), "valid_loss": 1.0}
+
+    monkeypatch.setattr(solver.Trainer, "_validate", flat_loss)
+    where, at = None, None
+    tr.Trainer(cfg, tmp_path / "ref", quiet=True).run()
+    ref_rows = _metrics_rows(tmp_path / "ref")
+    assert [float(r["lr"]) for r in ref_rows] == [3e-3, 3e-3, 3e-3, 1.5e-3, 1e-3]
+
+    where, at = _KILLS[kill]
+    real_step, real_save = solver.Trainer._step, solver.Trainer._save
+
+    def step(self, model, run, progress, batch, b):
+        if (where, (progress.stage, progress.epoch, b)) == ("_step", at):
+            raise _Killed
+        return real_step(self, model, run, progress, batch, b)
+
+    def save(self, name, model, state):
+        if name == "last.pt" and (where, (state["stage"], state["epoch"], state["batch"])) == ("_save", at):
+            raise _Killed
+        return real_save(self, name, model, state)
+
+    monkeypatch.setattr(solver.Trainer, "_step", step)
+    monkeypatch.setattr(solver.Trainer, "_save", save)
+    validations[0] = 0
+    run = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        tr.Trainer(cfg, run, quiet=True).run()
+    where = None
+    tr.Trainer(cfg, run, resume="last", quiet=True).run()
+    for name in ("last.pt", "best.pt"):
+        (a, sa), (b, sb) = weights(tmp_path / "ref" / name), weights(run / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert (sa["global_step"], sa["best"]) == (sb["global_step"], sb["best"])
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(_metrics_rows(run)) == drop(ref_rows)
+
+
+def test_killed_before_the_first_checkpoint_then_started_again(data_root, tmp_path, monkeypatch):
+    # killed between the first epoch's metrics row and its checkpoint: there is no last.pt to
+    # resume from, so the run starts again in its folder, and appended its rows to the killed
+    # run's (the first epoch twice in metrics.csv, and in TensorBoard)
+    torch.set_num_threads(1)
+    cfg = config(data_root, max_steps_per_epoch=1)
+    cfg["stages"] = cfg["stages"][:1]
+    tr.Trainer(cfg, tmp_path / "ref", quiet=True).run()
+    real_save = solver.Trainer._save
+
+    def killed_at_the_first(self, name, model, state):
+        raise _Killed
+
+    monkeypatch.setattr(solver.Trainer, "_save", killed_at_the_first)
+    run = tmp_path / "run"
+    with pytest.raises(_Killed):
+        tr.Trainer(cfg, run, quiet=True).run()
+    assert len(_metrics_rows(run)) == 1 and not (run / "last.pt").exists()
+    with pytest.raises(tr.TrainError, match="no checkpoint at"):
+        tr.Trainer(cfg, run, resume="last", quiet=True)
+    monkeypatch.setattr(solver.Trainer, "_save", real_save)
+    tr.Trainer(cfg, run, quiet=True).run()
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(_metrics_rows(run)) == drop(_metrics_rows(tmp_path / "ref"))

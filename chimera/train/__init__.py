@@ -85,8 +85,8 @@ def _config(args) -> dict:
         if not 0 <= args.seed <= MAX_SEED:  # not the recipe's mistake: name the option
             raise TrainError(f"--seed must be >= 0 and <= {MAX_SEED}, got {args.seed}")
         config["seed"] = args.seed
-    if args.threads:
-        config.setdefault("train", {})["threads"] = args.threads
+    if args.threads and isinstance(config.setdefault("train", {}), dict):  # (else validation names it)
+        config["train"]["threads"] = args.threads
     try:  # here, so that a mistake names the recipe (the Trainer validates again, for API users)
         validate_config(config)
     except TrainError as e:

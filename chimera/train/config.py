@@ -12,8 +12,9 @@ import re
 import sys
 from pathlib import Path
 
-from ..objectives import objective
+from ..objectives import OPTIONS, objective
 from .data import DATASETS
+from .distrib import DEVICES
 from .errors import TrainError
 
 if sys.version_info >= (3, 11):
@@ -27,7 +28,7 @@ TRAIN_DEFAULTS = {
     "grad_clip": 5.0,  # max global gradient norm; 0 disables
     "weight_decay": 0.0,
     "scheduler": "plateau",  # one of SCHEDULERS
-    "plateau_factor": 0.5,
+    "plateau_factor": 0.5,  # in (0, 1]; 1 keeps the rate
     # PyTorch's ReduceLROnPlateau patience: the rate drops once plateau_patience + 1
     # validations in a row have not bettered the best validation loss
     "plateau_patience": 2,
@@ -36,7 +37,9 @@ TRAIN_DEFAULTS = {
     "stats_batches": 4,  # training batches used to fit the feature statistics
     "amp": "auto",  # one of AMP_MODES
     "device": "auto",
-    "pit_metric": None,  # SI-SDR with the best permutation; None: when the stage's objective uses PIT
+    # validation SI-SDR with the best permutation; None: when a stage's objective uses PIT or the
+    # model has no mask head (one choice for all stages, whose scores best.pt compares)
+    "pit_metric": None,
     "max_steps_per_epoch": 0,  # 0: the whole epoch
     "valid_every": 1,  # validate every N epochs (and always at the end of a stage)
     "init": None,  # start from this checkpoint's weights (and statistics) instead of a fresh model
@@ -170,12 +173,14 @@ def validate_config(config: dict) -> dict:
     data = cfg.get("data")
     if not isinstance(data, dict) or "dataset" not in data:
         raise TrainError("config: a [data] table with a `dataset` is required")
-    if data["dataset"] not in DATASETS:
+    if not isinstance(data["dataset"], str) or data["dataset"] not in DATASETS:  # (a list: unhashable)
         raise TrainError(f"config: unknown data.dataset {data['dataset']!r}; choose one of {sorted(DATASETS)}")
     data.setdefault("batch_size", 8)
     data.setdefault("num_workers", 0)
     _check_number("data.batch_size", data["batch_size"], True, 1)
     _check_number("data.num_workers", data["num_workers"], True, 0)
+    if "valid_batch_size" in data:  # (else the DataLoader of the first validation refused it, an epoch in)
+        _check_number("data.valid_batch_size", data["valid_batch_size"], True, 1)
     for split in ("train", "valid"):
         if not isinstance(data.setdefault(split, {}), dict):
             raise TrainError(f"config: data.{split} must be a table of the {split} set's options, "
@@ -198,7 +203,7 @@ def validate_config(config: dict) -> dict:
         raise TrainError(f"config: train.pit_metric must be true, false or absent, got {train['pit_metric']!r}")
     if train["init"] is not None and not isinstance(train["init"], str):
         raise TrainError(f"config: train.init must be a checkpoint's path, got {train['init']!r}")
-    if not isinstance(train["device"], str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", train["device"]):
+    if not isinstance(train["device"], str) or not re.fullmatch(DEVICES, train["device"]):
         raise TrainError(f"config: train.device must be auto, cpu, cuda or cuda:N, got {train['device']!r}")
     stages = cfg.get("stages")
     if not isinstance(stages, list) or not stages:
@@ -215,6 +220,9 @@ def _validate_stage(i: int, st) -> None:
     for need in ("objective", "epochs", "lr"):
         if need not in st:
             raise TrainError(f"config: stages.{i} needs `{need}`")
+    if not isinstance(st["objective"], str):
+        raise TrainError(f"config: stages.{i}.objective must be the name of one of {sorted(OPTIONS)}, "
+                         f"got {st['objective']!r}")
     _check_number(f"stages.{i}.epochs", st["epochs"], True, 0)
     _check_number(f"stages.{i}.lr", st["lr"], False, 0, low_ok=False)
     if "grad_clip" in st:
@@ -222,7 +230,9 @@ def _validate_stage(i: int, st) -> None:
     if "scheduler" in st:
         _check_choice(f"stages.{i}.scheduler", st["scheduler"], SCHEDULERS)
     st.setdefault("name", f"{i}-{st['objective']}")
-    st.setdefault("options", {})
+    if not isinstance(st.setdefault("options", {}), dict):
+        raise TrainError(f"config: stages.{i}.options must be a table of the objective's options, "
+                         f"got {st['options']!r}")
     if "alpha" in st:
         st["options"]["alpha"] = st.pop("alpha")
     try:

@@ -3,6 +3,7 @@ started by torchrun (``WORLD_SIZE`` > 1; gloo on CPU, NCCL on CUDA) with its sum
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import torch
@@ -10,6 +11,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import TrainError
+
+#: The devices a run may name (``train.device``, ``--device``).
+DEVICES = r"auto|cpu|cuda(:\d+)?"
 
 
 class Dist:
@@ -19,6 +23,9 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        # --device as train.device: torch also takes "mps", "meta", ... (a traceback later on)
+        if not isinstance(device_arg, str) or not re.fullmatch(DEVICES, device_arg):
+            raise TrainError(f"device {device_arg!r}: not a device (auto, cpu, cuda or cuda:N)")
         want = device_arg
         if want == "auto":
             want = "cuda" if torch.cuda.is_available() else "cpu"
@@ -26,10 +33,9 @@ class Dist:
             raise TrainError(f"device {device_arg!r}: CUDA is not available")
         if self.world > 1 and want == "cuda":
             want = f"cuda:{self.local_rank}"
-        try:
-            self.device = torch.device(want)
-        except RuntimeError:
-            raise TrainError(f"device {device_arg!r}: not a device (auto, cpu, cuda or cuda:N)") from None
+        self.device = torch.device(want)
+        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
+            raise TrainError(f"device {device_arg!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.enabled = self.world > 1

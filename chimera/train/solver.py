@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_write
 from ..models import SeparationModel, StftConfig, fit_statistics, load_checkpoint, preset, save_checkpoint
-from ..objectives import Objective, objective, pit, si_sdr
+from ..objectives import Objective, objective, permute_sources, pit, si_sdr
 from ..separate import Separator
 from .config import validate_config
 from .data import build_dataset, check_batch, epoch_indices, epoch_key, loader
@@ -73,6 +73,8 @@ def make_optimizer(model, stage: dict, tcfg: dict, steps_per_epoch: int):
     """A fresh Adam for ``stage`` and its learning-rate schedule: ``(optimizer, scheduler or None, kind)``."""
     opt = torch.optim.Adam(model.parameters(), lr=float(stage["lr"]), weight_decay=tcfg["weight_decay"])
     kind = stage.get("scheduler", tcfg["scheduler"])
+    if kind == "plateau" and tcfg["plateau_factor"] == 1:
+        kind = "constant"  # a factor of 1 never lowers the rate (and ReduceLROnPlateau refuses it)
     if kind == "plateau":
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=tcfg["plateau_factor"], patience=tcfg["plateau_patience"])
@@ -120,10 +122,13 @@ def validate(model, objective: Objective, batches, autocast, pit_metric: bool, s
             ref = src.to(torch.float64)
             if pit_metric:
                 _, perm = pit(lambda a, b: -si_sdr(a, b), est.to(torch.float64), ref)
-                est = torch.gather(est, 1, perm[..., None].expand_as(est))
+                est = permute_sources(est, perm)
             s_est = si_sdr(est, ref)
             s_mix = si_sdr(mix.unsqueeze(1).expand_as(src), ref)
-            ok = torch.isfinite(s_est) & torch.isfinite(s_mix)  # silent references have no SI-SDR
+            # silent references (or a mixture that is the reference alone) have no SI-SDR
+            # improvement; the estimates count whatever theirs is: a NaN (corrupt) or silent one
+            # dropped here left the others' mean, and such a model could become best.pt
+            ok = torch.isfinite(s_mix)
             est_sum += float(s_est[ok].sum())
             mix_sum += float(s_mix[ok].sum())
             pairs += int(ok.sum())
@@ -215,6 +220,9 @@ class Trainer:
             model = init if init is not None else self._build_model()
             if init is None:
                 self._fit_statistics(model)
+            # a run killed between its first metrics row and its first checkpoint starts again
+            # here (nothing to resume): its rows go, as a resumed run drops those after its checkpoint
+            self.metrics.trim(0)
         try:
             model.to(self.device).train()
         except torch.cuda.OutOfMemoryError as e:
@@ -229,9 +237,6 @@ class Trainer:
         """Set up stage ``si`` (continuing a ``resumed`` checkpoint's training state) and run its epochs."""
         tcfg, stage = self.cfg["train"], self.cfg["stages"][si]
         obj = objective(stage["objective"], **stage["options"])
-        pit_metric = tcfg["pit_metric"]
-        if pit_metric is None:
-            pit_metric = bool(stage["options"].get("pit", False))
         bs = int(self.cfg["data"]["batch_size"])
         n_items = len(epoch_indices(len(self.train_ds), self.seed, si, 0, self.dist.rank, self.dist.world))
         steps_per_epoch = math.ceil(n_items / bs)
@@ -253,7 +258,8 @@ class Trainer:
         net = self.dist.wrap(_LossModule(model, obj, self._autocast))
         self._info(f"stage {si} ({stage['name']}): {obj!r}, {stage['epochs']} epochs, lr {stage['lr']}, "
                    f"{steps_per_epoch} steps/epoch")
-        run = _Stage(si, stage, obj, net, opt, sched, sched_kind, scaler, clip, steps_per_epoch, pit_metric)
+        run = _Stage(si, stage, obj, net, opt, sched, sched_kind, scaler, clip, steps_per_epoch,
+                     self._pit_metric(model))
         while progress.stage == si and progress.epoch < stage["epochs"]:
             self._run_epoch(model, run, progress)
 
@@ -317,14 +323,17 @@ class Trainer:
         # in the gradients' all-reduce (a traceback from gloo when it went, or a wait)
         everywhere = self.dist.sum([float(not finite)])[0] == 0  # (without DDP: this rank's own)
         if not everywhere:
-            where = (f"loss is {loss.item()} (items {batch['name']})" if not finite
-                     else "the loss is not finite on another rank")
-            raise TrainError(f"stage {run.cfg['name']} epoch {progress.epoch + 1} batch {b}: {where}; "
-                             "lower the learning rate or check the data")
+            self._stop(run, progress, b, f"loss is {loss.item()} (items {batch['name']})" if not finite
+                       else "the loss is not finite on another rank")
         run.scaler.scale(loss).backward()
-        if run.clip:
-            run.scaler.unscale_(run.opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip)
+        run.scaler.unscale_(run.opt)  # (fp16 only) clipping sees the true gradients
+        # their norm, clipped to run.clip (math.inf leaves them as they are)
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), run.clip or math.inf))
+        if not math.isfinite(norm) and not run.scaler.is_enabled():
+            # a finite loss can have a non-finite gradient (sqrt at 0): the step wrote NaN into every
+            # weight and the next checkpoint saved them. (fp16's scaler skips such steps itself.)
+            # After DDP's all-reduce every rank has the same gradients, so every rank stops here.
+            self._stop(run, progress, b, f"the gradient is not finite (norm {norm})")
         run.scaler.step(run.opt)
         run.scaler.update()
         if run.sched_kind == "cosine":
@@ -336,6 +345,12 @@ class Trainer:
         every = int(self.cfg["train"]["checkpoint_every"])
         if every and progress.step % every == 0 and b + 1 < run.steps_per_epoch:
             self._save("last.pt", model, self._state(run, progress))
+
+    @staticmethod
+    def _stop(run: _Stage, progress: Progress, b: int, why: str):
+        """Stop the run at batch ``b`` of the epoch: the one line that names the step and ``why``."""
+        raise TrainError(f"stage {run.cfg['name']} epoch {progress.epoch + 1} batch {b}: {why}; "
+                         "lower the learning rate or check the data")
 
     def _validate(self, model, obj: Objective, pit_metric: bool) -> dict:
         """Validation loss and SI-SDR(i) over this rank's share of the validation set, summed over ranks."""
@@ -356,6 +371,14 @@ class Trainer:
                 "valid_si_sdri": (est_sum - mix_sum) / pairs if pairs else nan}
 
     # -------------------------------------------------------------- set-up
+    def _pit_metric(self, model) -> bool:
+        """Whether validation scores the estimates in their best permutation: ``train.pit_metric``,
+        else when any stage trains with PIT or the model has no mask head (k-means clusters come
+        in no source order). One choice for the run: best.pt compares SI-SDRi across stages."""
+        if self.cfg["train"]["pit_metric"] is not None:
+            return self.cfg["train"]["pit_metric"]
+        return model.mask_head is None or any(st["options"].get("pit", False) for st in self.cfg["stages"])
+
     def _autocast(self):
         if self.amp_dtype is None:
             return torch.autocast("cpu", enabled=False)
