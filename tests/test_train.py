@@ -3,6 +3,7 @@
 Everything runs on a few tiny generated tracks (8 kHz, 0.25 s segments) and the small model
 shrunk further (1 layer x 16 units), so the whole file takes seconds."""
 import csv
+import datetime
 import os
 import re
 import signal
@@ -115,6 +116,8 @@ def test_overrides_parse_toml_values_and_index_lists():
         tr.apply_override(cfg, "stages.5.epochs=1")
     with pytest.raises(tr.TrainError, match="KEY=VALUE"):
         tr.apply_override(cfg, "stages")
+    tr.apply_override(cfg, "stages.0.name=2026-12-07")  # TOML's date: the text, which config.json holds
+    assert cfg["stages"][0]["name"] == "2026-12-07"
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
@@ -788,6 +791,8 @@ def test_whole_tracks_of_different_lengths_in_one_batch_are_one_line(tmp_path):
     # with `alpha` beside it: a TypeError traceback ('int' object does not support item assignment)
     (lambda c: c["stages"][0].update(options=5), r"^config: stages.0.options must be a table of the objective's"),
     (lambda c: c["stages"][0].update(objective=["dc"]), r"^config: stages.0.objective must be the name of one of"),
+    # a date (TOML or YAML reads 2026-12-07 as one): the run's config.json could not be written
+    (lambda c: c["stages"][0].update(name=datetime.date(2026, 12, 7)), r"^config: stages.0.name must be a string"),
 ])
 def test_config_errors_of_the_review_name_the_key(data_root, mutate, match):
     cfg = config(data_root)

@@ -7,6 +7,7 @@ the choices ``SCHEDULERS`` and ``AMP_MODES``; data sets in :data:`.data.DATASETS
 from __future__ import annotations
 
 import copy
+import datetime
 import math
 import re
 import sys
@@ -83,9 +84,11 @@ def _load_yaml(path: Path) -> dict:
 
 def _parse_value(text: str):
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text  # bare strings need no quotes on the command line
+    # TOML reads 2026-12-07 as a date, which no setting is (and config.json cannot hold): the text
+    return text if isinstance(value, (datetime.date, datetime.time)) else value
 
 
 def apply_override(config: dict, item: str) -> None:
@@ -229,7 +232,8 @@ def _validate_stage(i: int, st) -> None:
         _check_number(f"stages.{i}.grad_clip", st["grad_clip"], False, 0)
     if "scheduler" in st:
         _check_choice(f"stages.{i}.scheduler", st["scheduler"], SCHEDULERS)
-    st.setdefault("name", f"{i}-{st['objective']}")
+    if not isinstance(st.setdefault("name", f"{i}-{st['objective']}"), str):  # (a date: config.json failed)
+        raise TrainError(f"config: stages.{i}.name must be a string, got {st['name']!r}")
     if not isinstance(st.setdefault("options", {}), dict):
         raise TrainError(f"config: stages.{i}.options must be a table of the objective's options, "
                          f"got {st['options']!r}")
