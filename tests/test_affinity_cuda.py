@@ -97,6 +97,20 @@ def test_forward_is_bitwise_reproducible():
 
 
 @pytest.mark.parametrize("form", ["index", "soft"])
+def test_batch_beyond_the_grid_y_limit(form):
+    """Items are gridDim.y (at most 65535): larger batches were refused, now launched in slices."""
+    B, N, D, C = 65535 + 17, 3, 2, 2
+    v, t, w = make_inputs(B, N, D, C, form, True, torch.float32)
+    got = affinity_stats(v, t, w, C)
+    want = reference.affinity_stats(f64_cpu(v), f64_cpu(t), f64_cpu(w), C)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and rel_err(g, r) <= 1e-5
+    g_vv, g_vy = torch.randn(B, D, D, dtype=torch.float64), torch.randn(B, D, C, dtype=torch.float64)
+    dv = affinity_stats_backward(g_vv.to(DEV), g_vy.to(DEV), v, t, w)
+    assert rel_err(dv, reference.affinity_stats_backward(g_vv, g_vy, f64_cpu(v), f64_cpu(t), f64_cpu(w))) <= 1e-5
+
+
+@pytest.mark.parametrize("form", ["index", "soft"])
 def test_non_contiguous_inputs(form):
     B, N, D, C = 2, 300, 6, 3
     v, t, w = make_inputs(B, N, 2 * D, C, form, True, torch.float32)

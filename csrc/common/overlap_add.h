@@ -89,7 +89,8 @@ inline Acc min_envelope(const W* window, int64_t n_fft, int64_t hop, int64_t n_f
   auto visit = [&](int64_t a, int64_t b) {
     for (int64_t p = a < begin ? begin : a; p < b && p < end; ++p) {
       const Acc e = envelope<Acc>(window, p, n_fft, hop, n_frames);
-      if (*where < 0 || e < best) {
+      // A NaN is the minimum and stays (torch.min in torch.istft's check): NaN out, no error.
+      if (*where < 0 || (best == best && (e < best || e != e))) {
         best = e;
         *where = p;
       }

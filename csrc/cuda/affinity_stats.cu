@@ -47,15 +47,15 @@ constexpr int kItemsPerThread = 4;   // statistics one thread owns per block (re
 constexpr int kMaxTile = 64;         // bins per shared-memory tile
 constexpr int kGradRows = 128;       // backward: bin rows per block (one thread each)
 constexpr size_t kDefaultSmem = 48 * 1024;
+constexpr int64_t kMaxGridY = 65535;  // gridDim.y limit: larger batches take several launches
 
 enum ItemKind : int { kPair = 0, kVY = 1, kYY = 2, kVSum = 3, kWSum = 4, kNone = 5 };
 
 using affinity::Shape;
 
 // What only the CUDA kernels need beyond the shared checks (common/affinity_host.h).
-void check_cuda(const char* op, const at::Tensor& emb, const Shape& s) {
+void check_cuda(const char* op, const at::Tensor& emb) {
   TORCH_CHECK(emb.is_cuda(), op, ": embedding must be a CUDA tensor");
-  TORCH_CHECK(s.B <= 65535, op, " (CUDA): batch size ", s.B, " exceeds 65535");
 }
 
 // Dynamic shared memory beyond 48 KiB must be requested per kernel; fail clearly when
@@ -99,7 +99,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __restrict__ Yd,
                              const int64_t* __restrict__ labels, const scalar_t* __restrict__ W,
                              int64_t N, int D, int C, int E, int64_t P, int64_t Q, int64_t chunk, int tile,
-                             double* __restrict__ partial, int* __restrict__ bad_label) {
+                             int64_t b0, double* __restrict__ partial, int* __restrict__ bad_label) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int ld = tile + 1;  // odd row stride: rows i != j of one column hit different banks
   acc_t* zt = reinterpret_cast<acc_t*>(smem);  // E rows x tile bins: z
@@ -107,7 +107,7 @@ __global__ void stats_kernel(const scalar_t* __restrict__ V, const scalar_t* __r
   acc_t* wt = wzt + E * ld;                     // weights of the tile
   int* lab = reinterpret_cast<int*>(wt + ld);   // labels of the tile (index target)
 
-  const int64_t b = blockIdx.y;
+  const int64_t b = b0 + blockIdx.y;  // launches of at most kMaxGridY items, from item b0
   const int64_t n0 = blockIdx.x * chunk, n1 = min(N, n0 + chunk);
   const bool index_target = labels != nullptr;
 
@@ -229,7 +229,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void grad_kernel(const scalar_t* __restrict__ V, const scalar_t* __restrict__ Yd,
                             const int64_t* __restrict__ labels, const scalar_t* __restrict__ W,
                             const acc_t* __restrict__ G, const acc_t* __restrict__ H, const acc_t* __restrict__ g,
-                            scalar_t* __restrict__ dV, int64_t N, int D, int C, int rows, int* __restrict__ bad_label) {
+                            scalar_t* __restrict__ dV, int64_t N, int D, int C, int rows, int64_t b0,
+                            int* __restrict__ bad_label) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int ld = D | 1;  // odd row stride: one row per thread without bank conflicts
   acc_t* sG = reinterpret_cast<acc_t*>(smem);  // D x D
@@ -239,7 +240,7 @@ __global__ void grad_kernel(const scalar_t* __restrict__ V, const scalar_t* __re
   acc_t* sy = so + rows * ld;                  // rows x C (dense target)
   acc_t* sg = sy + rows * C;                   // D: g (dense target)
 
-  const int64_t b = blockIdx.y;
+  const int64_t b = b0 + blockIdx.y;  // launches of at most kMaxGridY items, from item b0
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows;
   const int nr = static_cast<int>(min(static_cast<int64_t>(rows), N - r0));
   const bool index_target = labels != nullptr;  // nr > 0 here: the labels pointer is not that of an empty tensor
@@ -287,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_
     int64_t num_classes) {
   const char* op = "affinity_stats";
   const Shape s = affinity::check_inputs(op, embedding, target, weight, num_classes);
-  check_cuda(op, embedding, s);
+  check_cuda(op, embedding);
   const c10::cuda::CUDAGuard guard(embedding.device());
   auto out = affinity::allocate_stats(s, embedding);
   auto& [vv, vy, yy, wsum, vsum] = out;
@@ -321,13 +322,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> affinity_
     const size_t smem = bytes(tile);
     auto kernel = stats_kernel<scalar_t, acc_t>;
     reserve_smem(kernel, smem, op, s.D, s.C);
-    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(s.B), static_cast<unsigned>(zslices));
-    kernel<<<grid, kThreads, smem, stream>>>(
-        V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
-        s.index_target ? Y.const_data_ptr<int64_t>() : nullptr, s.weighted ? W.const_data_ptr<scalar_t>() : nullptr,
-        s.N, static_cast<int>(s.D), static_cast<int>(s.C), static_cast<int>(E), P, Q, chunk, tile,
-        partial.mutable_data_ptr<double>(), flag.mutable_data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    for (int64_t b0 = 0; b0 < s.B; b0 += kMaxGridY) {
+      const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(std::min(kMaxGridY, s.B - b0)),
+                      static_cast<unsigned>(zslices));
+      kernel<<<grid, kThreads, smem, stream>>>(
+          V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
+          s.index_target ? Y.const_data_ptr<int64_t>() : nullptr, s.weighted ? W.const_data_ptr<scalar_t>() : nullptr,
+          s.N, static_cast<int>(s.D), static_cast<int>(s.C), static_cast<int>(E), P, Q, chunk, tile, b0,
+          partial.mutable_data_ptr<double>(), flag.mutable_data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   reduce_kernel<<<static_cast<unsigned>(s.B), kThreads, 0, stream>>>(
       partial.const_data_ptr<double>(), chunks, Q, P, s.D, s.C, s.index_target, vv.mutable_data_ptr<double>(),
@@ -344,7 +348,7 @@ at::Tensor affinity_stats_backward_cuda(const at::Tensor& grad_vv, const at::Ten
                                         const std::optional<at::Tensor>& grad_vsum) {
   const char* op = "affinity_stats_backward";
   const Shape s = affinity::check_backward(op, grad_vv, grad_vy, grad_vsum, embedding, target, weight);
-  check_cuda(op, embedding, s);
+  check_cuda(op, embedding);
   const c10::cuda::CUDAGuard guard(embedding.device());
   const at::Tensor V = embedding.contiguous();
   at::Tensor dV = at::empty_like(V);
@@ -369,14 +373,16 @@ at::Tensor affinity_stats_backward_cuda(const at::Tensor& grad_vv, const at::Ten
     const size_t smem = bytes(rows);
     auto kernel = grad_kernel<scalar_t, acc_t>;
     reserve_smem(kernel, smem, op, s.D, s.C);
-    const dim3 grid(static_cast<unsigned>((s.N + rows - 1) / rows), static_cast<unsigned>(s.B));
-    kernel<<<grid, rows, smem, stream>>>(
-        V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
-        s.index_target ? Y.const_data_ptr<int64_t>() : nullptr, s.weighted ? W.const_data_ptr<scalar_t>() : nullptr,
-        o.G.const_data_ptr<acc_t>(), o.H.const_data_ptr<acc_t>(),
-        s.index_target ? nullptr : o.g.const_data_ptr<acc_t>(), dV.mutable_data_ptr<scalar_t>(), s.N,
-        static_cast<int>(s.D), static_cast<int>(s.C), rows, flag.mutable_data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    for (int64_t b0 = 0; b0 < s.B; b0 += kMaxGridY) {
+      const dim3 grid(static_cast<unsigned>((s.N + rows - 1) / rows), static_cast<unsigned>(std::min(kMaxGridY, s.B - b0)));
+      kernel<<<grid, rows, smem, stream>>>(
+          V.const_data_ptr<scalar_t>(), s.index_target ? nullptr : Y.const_data_ptr<scalar_t>(),
+          s.index_target ? Y.const_data_ptr<int64_t>() : nullptr, s.weighted ? W.const_data_ptr<scalar_t>() : nullptr,
+          o.G.const_data_ptr<acc_t>(), o.H.const_data_ptr<acc_t>(),
+          s.index_target ? nullptr : o.g.const_data_ptr<acc_t>(), dV.mutable_data_ptr<scalar_t>(), s.N,
+          static_cast<int>(s.D), static_cast<int>(s.C), rows, b0, flag.mutable_data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   if (s.index_target) check_labels(flag, op, s.C);
   return dV;
