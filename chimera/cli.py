@@ -39,14 +39,22 @@ def _info(args):
         lines.append(f"extension chimera._C: built against torch {ext['built_against_torch']}, {build}")
         lines.append(f"  {ext['path']}")
         supported = ", ".join(ops.supported_cpu_capabilities())
-        lines.append(f"CPU kernels: {ops.cpu_capability()} path (this CPU and build: {supported}; "
+        path = ops.cpu_capability()
+        wanted = os.environ.get("CHIMERA_CPU_CAPABILITY", "").strip()
+        how = ("the best this CPU and build run" if not wanted
+               else f"chosen by CHIMERA_CPU_CAPABILITY={wanted}" if wanted.lower() == path
+               else f"CHIMERA_CPU_CAPABILITY={wanted} not taken")
+        lines.append(f"CPU kernels: {path} path, {how} (this CPU and build: {supported}; "
                      "CHIMERA_CPU_CAPABILITY=default|avx2|avx512 chooses)")
     else:
         lines.append(f"extension chimera._C: not in use — {ext['reason']}")
+    lines.append(f"threads: {torch.get_num_threads()} (torch's intra-op threads, which the CPU kernels and the "
+                 "references use; OMP_NUM_THREADS sets them)")
     devices = ["cpu"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     lines.append("devices: " + ", ".join(devices))
+    lines += _bundled_models()
     table = ops.backend()
     width = max(len(op) for op in table)
     lines.append("ops:" + " " * (width - 1) + "cpu        cuda")
@@ -54,6 +62,24 @@ def _info(args):
         lines.append(f"  {op:<{width}}  {where['cpu']:<9}  {where['cuda']}")
     print("\n".join(lines))
     return 0
+
+
+def _bundled_models():
+    """`chimera info`'s lines on each bundled model: what it separates, or why it cannot load."""
+    lines = []
+    for name in pretrained.MODELS:
+        default = ", the default" if name == pretrained.DEFAULT else ""
+        path = pretrained.model_path(name)
+        try:
+            model = pretrained.load(name)
+        except (CheckpointError, OSError) as exc:
+            lines.append(f"model: {name} (bundled{default}): cannot be loaded — {exc}")
+            continue
+        size = sum(p.numel() for p in model.parameters())
+        lines.append(f"model: {name} (bundled{default}): {', '.join(model.source_names)} at "
+                     f"{model.stft.sample_rate} Hz, {size / 1e6:.2f} M parameters")
+        lines.append(f"  {path}")
+    return lines
 
 
 def separator_options(args):
@@ -182,7 +208,9 @@ def _add_separator_options(parser, device_note, jobs_help):
                    help=f"auto, cpu, cuda or cuda:N (default auto: the first GPU, else cpu); {device_note}")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"segments (x channels) per forward pass (default {DEFAULT_BATCH_SIZE})")
-    g.add_argument("--method", choices=METHODS, help="mask head (default) or k-means on DC embeddings")
+    g.add_argument("--method", choices=METHODS,
+                   help="mask head or k-means on DC embeddings (default: the mask head, k-means for a model "
+                        "without one)")
     g.add_argument("--misi", type=int, default=DEFAULT_MISI_ITERS, metavar="N",
                    help=f"MISI phase-reconstruction iterations (default {DEFAULT_MISI_ITERS})")
     g.add_argument("--wiener", type=int, default=DEFAULT_WIENER_ITERS, metavar="N",
@@ -221,9 +249,9 @@ def _device(value):
     return value
 
 
-def _add_output_options(parser):
+def _add_output_options(parser, quiet_help="no progress bar or summary; errors only"):
     g = parser.add_argument_group("messages")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary; errors only")
+    g.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     g.add_argument("-v", "--verbose", action="count", default=0,
                    help="per-file results and tracebacks for unexpected errors; -vv: debug details")
 
@@ -253,7 +281,11 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="chimera", description=chimera.__doc__)
     parser.add_argument("--version", action="version", version=f"chimera {chimera.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info = sub.add_parser("info", help="versions, extension build and the backend of each op")
+    info = sub.add_parser("info", help="versions, extension build, CPU path and threads, the bundled model, "
+                                       "the backend of each op",
+                          description="Print the chimera, torch and Python versions, the extension's build, the "
+                                      "CPU kernels' instruction-set path and torch's thread count, the devices "
+                                      "seen, the bundled models and where each op runs.")
     info.set_defaults(func=_info)
 
     p = sub.add_parser("predict", help="separate audio files (any length, bounded memory)",
@@ -309,7 +341,7 @@ def build_parser():
     _add_separator_options(e, "with -j every worker runs its own copy of the model on this one device",
                            "score N tracks at once in worker processes (at most one per track), sharing the "
                            "CPU threads and the -d device")
-    _add_output_options(e)
+    _add_output_options(e, "no progress bar or list of files written; the results table and errors only")
     e.set_defaults(func=_evaluate)
 
     t = sub.add_parser("train", help="train a model from a TOML recipe (staged, resumable, DDP)",

@@ -113,3 +113,81 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, model_file):
     assert proc.returncode == 130
     assert err.decode().splitlines()[-1].endswith("chimera: error: interrupted") and b"Traceback" not in err
     assert not (tmp_path / "sep").exists()
+
+
+def _help(capsys, command):
+    out = run_cli(capsys, command, "--help")
+    assert out.returncode == 0
+    return " ".join(out.stdout.split())  # argparse's line breaks undone
+
+
+def test_info_names_the_cpu_path_threads_and_bundled_model(capsys, monkeypatch, one_thread):
+    from chimera import ops, pretrained
+
+    monkeypatch.delenv("CHIMERA_CPU_CAPABILITY", raising=False)
+    out = run_cli(capsys, "info")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "threads: 1 (torch's intra-op threads, which the CPU kernels and the references use; " \
+           "OMP_NUM_THREADS sets them)" in lines
+    model = lines.index("model: vocals_accompaniment (bundled, the default): vocals, accompaniment at 16000 Hz, "
+                        "2.24 M parameters")
+    assert lines[model + 1] == f"  {pretrained.model_path()}"
+    if ops.cpu_capability() is None:
+        return  # the references run: no CPU path to name
+    best = ops.cpu_capability()
+    assert f"CPU kernels: {best} path, the best this CPU and build run (this CPU and build: " in out.stdout
+    monkeypatch.setenv("CHIMERA_CPU_CAPABILITY", "Default")  # as the extension read it when it loaded
+    with ops.use_cpu_capability("default"):
+        out = run_cli(capsys, "info")
+    assert "CPU kernels: default path, chosen by CHIMERA_CPU_CAPABILITY=Default (" in out.stdout
+    monkeypatch.setenv("CHIMERA_CPU_CAPABILITY", "sse9")  # refused by the extension, with a warning
+    out = run_cli(capsys, "info")
+    assert f"CPU kernels: {best} path, CHIMERA_CPU_CAPABILITY=sse9 not taken (" in out.stdout
+
+
+def test_info_says_a_bundled_model_that_cannot_load_in_one_line(capsys, monkeypatch, tmp_path):
+    from chimera import pretrained
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"truncated")
+    path_of = pretrained.model_path
+    monkeypatch.setitem(pretrained.MODELS, "broken", "broken.pt")
+    monkeypatch.setattr(pretrained, "model_path", lambda name=pretrained.DEFAULT:
+                        str(broken) if name == "broken" else path_of(name))
+    out = run_cli(capsys, "info")
+    assert out.returncode == 0, out.stderr
+    said = [ln for ln in out.stdout.splitlines() if ln.startswith("model: broken")]
+    assert len(said) == 1 and said[0].startswith(f"model: broken (bundled): cannot be loaded — {broken}: cannot "
+                                                 "be read as a checkpoint ("), out.stdout
+    assert "model: vocals_accompaniment (bundled, the default): vocals, accompaniment" in out.stdout
+
+
+def test_help_says_the_method_default_and_what_evaluate_quiet_keeps(capsys, tmp_path, one_thread):
+    for command in ("predict", "evaluate"):
+        assert "--method {mask,kmeans} mask head or k-means on DC embeddings (default: the mask head, k-means " \
+               "for a model without one)" in _help(capsys, command)
+    assert "-q, --quiet no progress bar or summary; errors only" in _help(capsys, "predict")
+    assert "-q, --quiet no progress bar or list of files written; the results table and errors only" \
+        in _help(capsys, "evaluate")
+    pytest.importorskip("museval")
+    track = tmp_path / "data" / "t0"
+    track.mkdir(parents=True)
+    for name, seed in (("vocals", 1), ("accompaniment", 2)):
+        sf.write(track / f"{name}.wav", noise(2, 16000, seed=seed).T, 8000)
+    sf.write(track / "mixture.wav", (noise(2, 16000, seed=1) + noise(2, 16000, seed=2)).T, 8000)
+    out = run_cli(capsys, "evaluate", tmp_path / "data", "--oracle", "mixture", "-q", "--out", tmp_path / "r.json")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split() == ["source", "SDR", "SIR", "SAR", "ISR", "SI-SDR"]
+    assert "wrote" not in out.stdout and out.stderr == ""
+
+
+def test_the_docs_name_demo_data_splits_that_make_demo_data_writes():
+    # README's evaluate examples named demo-data/musdb/test, which the data tool never writes
+    import re
+
+    from tools.demodata.tracks import SONG_SPLITS
+
+    docs = [ROOT / "README.md", ROOT / "chimera" / "pretrained" / "README.md", ROOT / "examples" / "README.md"]
+    named = {(d.name, m) for d in docs for m in re.findall(r"demo-data/musdb/([\w-]+)", d.read_text())}
+    assert named and {m for _, m in named} <= set(SONG_SPLITS), sorted(named)

@@ -205,3 +205,14 @@ def test_choosing_a_checkpoint_measures_what_predict_gives(stems, tmp_path):
     assert row["vocals alone: leak"] <= LEAK_GOAL_DB  # a real recorded voice alone
     assert abs(row["accompaniment alone: leak"] - EXAMPLE_ACCOMPANIMENT_LEAK_DB) <= TOLERANCE_DB, row
     assert row["accompaniment alone: leak"] <= LEAK_GOAL_DB
+
+
+def test_the_model_card_describes_the_shipped_file(bundled):
+    """The card's size, parameter count and architecture are the file's."""
+    card = " ".join((ROOT / "chimera" / "pretrained" / "README.md").read_text().split())
+    cfg, st = bundled.config, bundled.stft
+    assert f"Size: {os.path.getsize(default_model_path()) / 1e6:.1f} MB" in card
+    assert f"{sum(p.numel() for p in bundled.parameters()) / 1e6:.2f} M parameters" in card
+    assert f"hidden = {cfg.hidden}" in card and f"{cfg.layers}-layer bidirectional LSTM with {cfg.hidden} units" in card
+    assert f"D = {cfg.embedding_dim}, {cfg.embedding_activation}" in card
+    assert f"mono at {st.sample_rate // 1000} kHz, STFT with n_fft {st.n_fft}, hop {st.hop_length}" in card
