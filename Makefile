@@ -23,16 +23,24 @@ export MAX_JOBS ?= 2
 TORCH_CPU := torch==2.13.0
 PYTEST_ARGS ?=
 BENCH_THRESHOLD ?= 25%
-# The build requirements, read from pyproject.toml: --no-build-isolation builds with what is installed.
+# The build requirements, read from pyproject.toml: --no-build-isolation builds with what is installed
+# (and ninja, which the backend adds: pip builds the editable install before the [dev] extra's).
 BUILD_REQUIRES := $(shell sed -n 's/^requires = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
 
-EXT_SOURCES := $(shell sed -n 's/^[a-z]* *//p' csrc/sources.txt | grep -v '^\#') $(wildcard csrc/common/*.h csrc/cpu/*.h csrc/cpu/*.inc) csrc/sources.txt
+# What the extension is built from: every file of csrc/ (sources, headers, sources.txt) and the
+# torch it is compiled against (reinstalled: a new version.py). setup.py lists the same as the
+# extension's depends (without ninja, build_ext would otherwise skip the build).
+EXT_SOURCES := $(shell find csrc -type f) $(wildcard $(VENV)/lib/python3*/site-packages/torch/version.py)
+# True when chimera._C is importable: a build that failed and fell back (setup.py, no
+# compiler) leaves the stamp stale, so that the next make tries again.
+EXT_BUILT = $(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("chimera._C") is None)'
 
 .PHONY: help venv system-deps test-deps ext test test-ref demo bench bench-peers bench-compare cmake-check \
 	install-check clean
 
 help: ## list the targets with what each does
-	@awk -F ':.*## ' '/^[a-zA-Z0-9_-]+:.*## / {printf "  make %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-zA-Z0-9_-]+:.*## / {name[++n] = $$1; text[n] = $$2; if (length($$1) > w) w = length($$1)} \
+	  END {for (i = 1; i <= n; i++) printf "  make %-" w "s  %s\n", name[i], text[i]}' $(MAKEFILE_LIST)
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -42,21 +50,22 @@ system-deps: ## system packages the suite needs (ffmpeg: `import museval` requir
 
 # torch only when none is importable: a CUDA torch already installed is kept. This tree
 # installed under its former distribution name ("chimera") is uninstalled first. The
-# editable install builds the extension in place, so chimera/.ext-stamp is current after it.
+# editable install builds the extension in place, so chimera/.ext-stamp is current after it
+# (when it was built: see EXT_BUILT).
 $(STAMP): pyproject.toml setup.py build_backend/chimera_build.py | $(PY)
 	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	@if $(PY) -m pip show chimera 2>/dev/null | grep -qx "Editable project location: $(CURDIR)"; then \
 	  $(PY) -m pip uninstall -q -y chimera; fi
-	$(PY) -m pip install -q $(foreach r,$(BUILD_REQUIRES),'$(r)')
+	$(PY) -m pip install -q $(foreach r,$(BUILD_REQUIRES),'$(r)') ninja
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
-	@touch $@ && touch chimera/.ext-stamp
+	@touch $@ && if $(EXT_BUILT); then touch chimera/.ext-stamp; else rm -f chimera/.ext-stamp; fi
 
 venv: $(STAMP) system-deps ## create .venv (or use the active one) with torch and chimera installed for development
 
 # Rebuild the extension in place when a C++/CUDA source changed (ninja: incremental).
 chimera/.ext-stamp: $(EXT_SOURCES) $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
-	@touch $@
+	@if $(EXT_BUILT); then touch $@; fi
 
 ext: venv chimera/.ext-stamp ## build the extension in place (again only when a source changed)
 
@@ -69,7 +78,7 @@ test: ext test-deps ## set up, then run the test suite (benchmark bodies run onc
 	CHIMERA_REQUIRE_EXT=$${CHIMERA_REQUIRE_EXT:-1} $(PY) -m pytest -q --benchmark-disable $(PYTEST_ARGS)
 
 test-ref: ext test-deps ## the same suite on the pure-PyTorch references
-	CHIMERA_DISABLE_EXT=1 $(PY) -m pytest -q --benchmark-disable tests $(PYTEST_ARGS)
+	CHIMERA_REQUIRE_EXT=0 CHIMERA_DISABLE_EXT=1 $(PY) -m pytest -q --benchmark-disable tests $(PYTEST_ARGS)
 
 DEMO_INPUT := examples/demo-mixture.ogg
 demo: ext ## set up, then separate the bundled example with the bundled model
@@ -90,6 +99,7 @@ bench-compare: ext ## compare with the last saved run; fail when a median regres
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-compare --benchmark-compare-fail=median:$(BENCH_THRESHOLD) $(PYTEST_ARGS)
 
 cmake-check: venv ## build the same sources with CMake + find_package(Torch), for C++ tooling
+	@command -v cmake >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q cmake; }
 	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" -DPython3_EXECUTABLE=$(PY) >/dev/null
 	cmake --build build/cmake -j $(MAX_JOBS)
 

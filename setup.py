@@ -5,7 +5,9 @@ in-tree backend build_backend/chimera_build.py asks for that exact torch in the 
 build environment); `pip install --no-build-isolation .` uses the torch that is
 importable. The extension is a CppExtension (CPU kernels) that becomes a CUDAExtension
 when that torch is a CUDA build and a CUDA toolkit is found; CHIMERA_CUDA=0|1 overrides
-the choice. An sdist needs no torch.
+the choice. An sdist needs no torch. A build that fails (no compiler, a compile error)
+leaves chimera without chimera._C -- one message, and chimera.ops runs its pure-PyTorch
+references -- unless CHIMERA_REQUIRE_EXT=1, which makes it an error.
 """
 import glob
 import os
@@ -30,6 +32,13 @@ NO_TORCH = (  # keep this message short: it is what a user sees first
     "--no-build-isolation, install torch first (e.g. `pip install torch`)."
 )
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# The compile flags; CMakeLists.txt uses the same (but -g0: there the build type says).
+CXX_FLAGS = ["-O3", "-g0", "-fvisibility=hidden", "-Wno-psabi"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall"]
+NOT_BUILT = (  # one line: what `make demo` on a machine without a C++ compiler shows
+    "chimera: chimera._C was not built ({}); chimera runs on its pure-PyTorch reference kernels "
+    "(slower). Install a C++ compiler and rebuild, or set CHIMERA_REQUIRE_EXT=1 to make this an error."
+)
 
 
 def read_sources(kind):
@@ -37,6 +46,71 @@ def read_sources(kind):
     with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
         entries = [line.split() for line in f if line.strip() and not line.startswith("#")]
     return [path for k, path in entries if k == kind]
+
+
+def depends():
+    """What the objects depend on besides their sources. With ninja, torch's builder forces
+    every build and ninja recompiles what changed; without, setuptools skips the build when
+    no *source* is newer than the built library, so the headers (every other file of csrc/),
+    the source list, this file (the flags) and the torch compiled against are listed."""
+    files = [os.path.join("csrc", f) for f in glob.glob("**/*", root_dir=os.path.join(ROOT, "csrc"), recursive=True)]
+    sources = set(read_sources("cpp") + read_sources("cuda"))
+    return sorted(f for f in files if f not in sources and os.path.isfile(os.path.join(ROOT, f))) + [
+        "setup.py", os.path.join(os.path.dirname(torch.__file__), "version.py")]
+
+
+def ninja_available():
+    """torch's builder runs the ninja on PATH. A venv's own (the [dev] extra) is on PATH only
+    while the venv is active -- not for `.venv/bin/python setup.py` or `.venv/bin/pip install
+    --no-build-isolation -e .` as make runs them -- so the folder of this Python goes on PATH
+    when it holds one. Without ninja, files compile one after another (MAX_JOBS means nothing)
+    and every one again after any change."""
+    here = os.path.dirname(sys.executable)
+    if shutil.which("ninja") is None and shutil.which("ninja", path=here):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+    return shutil.which("ninja") is not None
+
+
+def require_ext():
+    """CHIMERA_REQUIRE_EXT, read as chimera.ops reads it (chimera/ops/_extension.py: flag)."""
+    return os.environ.get("CHIMERA_REQUIRE_EXT", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_ext_command():
+    """torch's BuildExtension, where a failed build is one line: an error with
+    CHIMERA_REQUIRE_EXT=1, else NOT_BUILT and no chimera._C (a library of earlier sources in
+    the build folder or, for an in-place or editable build, in the package is removed)."""
+    base = cpp_extension.BuildExtension.with_options(use_ninja=ninja_available())
+
+    class BuildExtension(base):
+        failed = False
+
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as exc:  # the compiler's own output is above
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if require_ext():
+                    sys.exit(f"chimera: building chimera._C failed (CHIMERA_REQUIRE_EXT=1): {reason}")
+                self.failed = True
+                for ext in self.extensions:
+                    ext.optional = True  # setuptools then copies nothing in place
+                    remove(self.get_ext_fullpath(ext.name))
+                print(NOT_BUILT.format(reason), file=sys.stderr)
+
+        def run(self):
+            inplace = self.inplace  # setuptools builds in build/ with it unset, then copies in place
+            super().run()
+            if self.failed and inplace:
+                for ext in self.extensions:
+                    remove(os.path.join(ROOT, self.get_ext_filename(ext.name)))
+
+    return BuildExtension
+
+
+def remove(path):
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def is_cuda_home(path):
@@ -130,7 +204,7 @@ def default_cuda_arch_list(cuda_home):
 
 def extension():
     # No -std flag: torch adds the standard its headers need (C++20 since 2.x).
-    cxx = ["-O3", "-g0", "-fvisibility=hidden", "-Wno-psabi", "-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
+    cxx = CXX_FLAGS + ["-DCHIMERA_TORCH_VERSION=\"%s\"" % torch.__version__]
     # at::parallel_for is inline in ATen's headers: without -fopenmp its `omp parallel` is
     # ignored and every kernel runs on one thread. libgomp resolves to torch's own copy
     # (same soname, already loaded), so there is one thread pool.
@@ -142,7 +216,7 @@ def extension():
     if not want_cuda():
         return cpp_extension.CppExtension(
             "chimera._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link,
-            include_dirs=[os.path.join(ROOT, "csrc")]
+            include_dirs=[os.path.join(ROOT, "csrc")], depends=depends(),
         )
     cuda_home = find_cuda_home()
     os.environ.setdefault("CUDA_HOME", cuda_home)
@@ -150,7 +224,7 @@ def extension():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or default_cuda_arch_list(cuda_home)
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     print(f"chimera: CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}", file=sys.stderr)
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-Xcompiler=-Wall", "-DCHIMERA_WITH_CUDA"]
+    nvcc = NVCC_FLAGS + ["-DCHIMERA_WITH_CUDA"]
     if os.environ.get("CHIMERA_WERROR") == "1":  # make cuda-check: our .cu files build without warnings
         nvcc += ["-Werror=all-warnings", "-Xcompiler=-Werror"]
     inc_cxx, inc_nvcc = after_system_includes(torch_nvidia_includes())
@@ -160,6 +234,7 @@ def extension():
         extra_compile_args={"cxx": cxx + ["-DCHIMERA_WITH_CUDA", f'-DCHIMERA_CUDA_ARCHS="{archs}"'] + inc_cxx, "nvcc": nvcc + inc_nvcc},
         extra_link_args=link,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        depends=depends(),
     )
 
 
@@ -170,7 +245,7 @@ def main():
         return setup()  # an sdist or metadata: nothing to compile
     return setup(
         ext_modules=[extension()],
-        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+        cmdclass={"build_ext": build_ext_command()},
     )
 
 

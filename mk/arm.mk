@@ -1,12 +1,12 @@
 # aarch64 build check (issue 15). Included by the main Makefile ($(PY), $(SUDO), venv).
 #   make arm-check
-# Compiles the CPU half of the extension (csrc/ops.cpp, csrc/cpu/*.cpp) for aarch64 with
+# Compiles the CPU half of the extension (the cpp entries of csrc/sources.txt) for aarch64 with
 # Debian's cross compiler against the installed torch headers, to objects that are thrown
 # away (-c, -O2: inlining and code generation run, so an x86-only attribute, builtin or
 # intrinsic outside a guarded path fails here; warnings are errors). Nothing is linked:
 # the torch libraries installed here are x86-64.
 ARM_CXX ?= aarch64-linux-gnu-g++
-ARM_SOURCES := csrc/ops.cpp $(sort $(wildcard csrc/cpu/*.cpp))
+ARM_SOURCES := $(shell sed -n 's/^cpp  *//p' csrc/sources.txt)
 ARM_FLAGS ?= -std=c++20 -O2 -Wall -Werror -fPIC -fvisibility=hidden -fopenmp -DCHIMERA_TORCH_VERSION='"arm-check"'
 
 .PHONY: arm-check

@@ -19,7 +19,7 @@ CUDA_TORCH ?= torch==2.14.1
 CUDA_REQUIREMENTS ?= $(CUDA_TORCH) numpy pytest ninja soundfile soxr tqdm
 CUDA_ARCH_LIST ?= 8.0;9.0
 CUDA_BUILD_DIR ?= build/cuda-check
-CUDA_MAX_JOBS ?= 2
+CUDA_MAX_JOBS ?= $(or $(MAX_JOBS),2)
 CUDA_TEST_PYTHON ?= python3
 
 # The stamp's name carries a hash of the requirements: change them and the venv is updated.
@@ -41,11 +41,11 @@ $(_CUDA_STAMP):
 	rm -f $(VENV_CUDA)/.stamp-chimera-*
 	touch $@
 
-# build_ext --force: setuptools would otherwise skip the build when only a header changed;
-# ninja still recompiles only the objects whose sources or headers changed.
+# CHIMERA_REQUIRE_EXT=1: a failed build is an error here, not a fallback to the references.
+# build_ext --force: ninja still recompiles only the objects whose sources or headers changed.
 cuda-build: $(_CUDA_STAMP) ## compile the CUDA extension into build/cuda-check/ against .venv-cuda's torch
 	mkdir -p $(CUDA_BUILD_DIR)
-	PATH="$(abspath $(VENV_CUDA))/bin:$$PATH" CHIMERA_CUDA=1 CHIMERA_WERROR=1 \
+	PATH="$(abspath $(VENV_CUDA))/bin:$$PATH" CHIMERA_CUDA=1 CHIMERA_WERROR=1 CHIMERA_REQUIRE_EXT=1 \
 	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCH_LIST)" MAX_JOBS=$(CUDA_MAX_JOBS) \
 	$(_CUDA_PY) setup.py -q egg_info --egg-base $(abspath $(CUDA_BUILD_DIR)) build_py --build-lib $(_CUDA_LIB) \
 	    build_ext --force --build-lib $(_CUDA_LIB) --build-temp $(abspath $(CUDA_BUILD_DIR))/temp
@@ -58,7 +58,7 @@ cuda-check: cuda-build ## build the CUDA extension without a GPU and check it lo
 	    $(CURDIR)/tests/cuda_check/test_cuda_build.py
 
 test-cuda: ## on a GPU machine: build in place against the installed torch, run the CUDA tests and benchmarks
-	$(CUDA_TEST_PYTHON) -m pip install --no-build-isolation -e .
+	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pip install --no-build-isolation -e .
 	CHIMERA_REQUIRE_EXT=1 $(CUDA_TEST_PYTHON) -m pytest -m cuda tests $(wildcard benchmarks)
 
 # gpu-wheels: the packages chimera needs that the lent GPU machines' image lacks (it has torch,

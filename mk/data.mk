@@ -28,13 +28,13 @@ demo-data-debs: ## install the Debian packages the demo data is made from (music
 	fi
 
 # Splits whose options did not change are skipped and utterances are cached: a rerun takes seconds.
-demo-data: venv demo-data-debs ## make the training and held-out data in $(DEMO_DATA_DIR)/ (tools/demodata)
+demo-data: venv demo-data-debs ## make the training and held-out data in demo-data/ (DEMO_DATA_DIR; tools/demodata)
 	$(PY) -m tools.demodata --out $(DEMO_DATA_DIR) $(DEMO_DATA_ARGS)
 
 # A second draw of training tracks (another seed: other excerpts of the training music, other
 # utterances and mixes; held-out material stays out by the same hash split). It shares the
 # demo data's utterance cache.
-demo-data-more: venv demo-data-debs ## make 1,440 more training tracks in $(DEMO_DATA_MORE_DIR)/ (recipes/demo-more.toml)
+demo-data-more: venv demo-data-debs ## make 1,440 more training tracks in demo-data-more/ (DEMO_DATA_MORE_DIR; recipes/demo-more.toml)
 	$(PY) -m tools.demodata --out $(DEMO_DATA_MORE_DIR) --seed $(DEMO_DATA_MORE_SEED) --train 1440 --valid 0 --test 0 --solo 0 \
 	  --speakers 0 0 0 --cache $(DEMO_DATA_DIR)/.cache/utterances
 

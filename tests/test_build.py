@@ -3,6 +3,8 @@ default, the sdist's contents and the package metadata. Fast checks; the install
 themselves (pip, pip wheel, sdist, uv) run in `make install-check` (.ci/install-check)."""
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -166,3 +168,112 @@ def test_cuda_archs_without_torch_archs_are_a_broad_list_nvcc_supports(setup_py,
     assert setup_py.default_cuda_arch_list(home) == "7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
     older = fake_nvcc(tmp_path / "old", ["75", "80", "86"])
     assert setup_py.default_cuda_arch_list(older) == "7.5;8.0;8.6+PTX"
+
+
+def test_version_agrees_with_the_package(tmp_path):
+    """The version is written twice: pyproject.toml (static: uv's match-runtime needs static
+    metadata, `dynamic` breaks `uv pip install .`) and chimera/_version.py."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "dynamic" not in pyproject["project"]
+    namespace = {}
+    exec((ROOT / "chimera/_version.py").read_text(), namespace)
+    assert pyproject["project"]["version"] == namespace["__version__"]
+    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=hide_torch(tmp_path),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == namespace["__version__"]
+
+
+def test_sdist_ships_no_partial_test_suite(tmp_path):
+    """setuptools adds tests/test*.py to an sdist by default, without the conftest, helpers and
+    data they import (nor the Makefile, tools/, .ci/ many need): the suite runs from a clone."""
+    out = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
+                          "sdist", "--dist-dir", str(tmp_path)], cwd=ROOT,
+                         env=hide_torch(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (sdist,) = tmp_path.glob("chimera_separation-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert not [n for n in names if n.startswith("tests")]
+
+
+def test_extension_depends_on_its_headers_and_build_inputs(setup_py):
+    """Without ninja (torch's builder then compiles with setuptools, which does not force the
+    build), `setup.py build_ext` (make ext) is skipped when no *source* is newer than the
+    built library: a changed header, source list, flag (setup.py) or torch must count too."""
+    ext = setup_py.extension()
+    sources = set(setup_py.read_sources("cpp") + setup_py.read_sources("cuda"))
+    others = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()} - sources
+    assert others and others <= set(ext.depends), sorted(others - set(ext.depends))
+    assert "setup.py" in ext.depends
+    assert str(Path(setup_py.torch.__file__).with_name("version.py")) in ext.depends
+
+
+def test_setup_py_finds_the_ninja_beside_its_python(setup_py, monkeypatch, tmp_path):
+    """make runs .venv/bin/python setup.py (and pip -e) without the venv on PATH: the ninja of
+    the [dev] extra is used all the same (without it MAX_JOBS means nothing)."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "ninja").write_text("#!/bin/sh\n")
+    (bin_dir / "ninja").chmod(0o755)
+    monkeypatch.setattr(setup_py.sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert setup_py.ninja_available()
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(bin_dir)
+    monkeypatch.setattr(setup_py.sys, "executable", str(tmp_path / "elsewhere" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert not setup_py.ninja_available()
+
+
+def copy_build_tree(tmp_path):
+    """The files `setup.py build_ext` reads, in a folder of their own (an in-place build there
+    touches nothing of this checkout)."""
+    tree = tmp_path / "tree"
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes((ROOT / name).read_bytes())
+    for folder in ("csrc", "LICENSES", "build_backend"):
+        shutil.copytree(ROOT / folder, tree / folder)
+    shutil.copytree(ROOT / "chimera", tree / "chimera", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pt"))
+    return tree
+
+
+def build_without_compiler(tree, **env):
+    """setup.py build_ext --inplace where the C++ compiler fails at once (as a missing one does)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHIMERA_")}
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree,
+                          env={**clean, "CXX": "/bin/false", "CC": "/bin/false", **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_failed_extension_build_leaves_the_references_with_one_message(setup_py, tmp_path):
+    import sysconfig
+    tree = copy_build_tree(tmp_path)
+    stale = tree / "chimera" / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
+    stale.write_text("a library of earlier sources")  # what a failed rebuild must not leave in use
+    out = build_without_compiler(tree)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("chimera:")]
+    assert "chimera._C was not built" in line and "pure-PyTorch" in line and "CHIMERA_REQUIRE_EXT=1" in line
+    assert not stale.exists()
+
+
+def test_failed_extension_build_is_an_error_with_require_ext(setup_py, tmp_path):
+    out = build_without_compiler(copy_build_tree(tmp_path), CHIMERA_REQUIRE_EXT="1")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("chimera: building chimera._C failed (CHIMERA_REQUIRE_EXT=1): ")
+
+
+def cmake_options(language):
+    text = (ROOT / "CMakeLists.txt").read_text()
+    return " ".join(re.findall(rf"\$<\$<COMPILE_LANGUAGE:{language}>:([^>]*)>", text)).split()
+
+
+def test_cmake_compiles_with_the_flags_of_setup_py(setup_py):
+    """CMakeLists.txt builds the sources setup.py builds (csrc/sources.txt) with its flags, but
+    for the debug level, which CMake's build type chooses (sanitizer builds want -g)."""
+    assert set(setup_py.CXX_FLAGS) - {"-g0"} <= set(cmake_options("CXX"))
+    assert set(setup_py.NVCC_FLAGS) <= set(cmake_options("CUDA"))  # --expt-relaxed-constexpr: codebook.h needs it
+

@@ -63,3 +63,42 @@ def test_module_level_skip_fails(tmp_path):
 def test_missing_report_fails(tmp_path):
     out = gate(tmp_path / "absent.xml")
     assert out.returncode == 1 and "no test report" in out.stderr
+
+
+def test_unreadable_report_or_allow_list_is_one_line(tmp_path):
+    """A report pytest left half-written, or a wrong allow-list path: one line, no traceback."""
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<testsuites><testsuite><testcase")
+    out = gate(broken)
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"check-skips: {broken}: not a JUnit report")
+    xml = report(tmp_path, TESTS)
+    out = subprocess.run([sys.executable, str(GATE), str(xml), str(tmp_path / "no-such-list")], capture_output=True,
+                         text=True)
+    assert out.returncode == 1
+    (line,) = out.stderr.splitlines()
+    assert line.startswith("check-skips: ") and "no-such-list" in line
+
+
+XFAIL = '''
+import pytest
+
+@pytest.mark.xfail(reason="a known bug, tracked")
+def test_known_bug():
+    assert False
+'''
+
+
+def test_xfail_that_ran_is_no_skip(tmp_path):
+    """junit reports an expected failure as <skipped type="pytest.xfail">, but the test ran."""
+    out = gate(report(tmp_path, TESTS + XFAIL))
+    assert out.returncode == 0, out.stderr
+    assert "1 skipped, 0 not on the allow-list" in out.stdout
+
+
+def test_xfail_that_did_not_run_is_a_skip(tmp_path):
+    source = "import pytest\n\n@pytest.mark.xfail(run=False, reason='crashes')\ndef test_not_run():\n    assert False\n"
+    out = gate(report(tmp_path, source))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == ["check-skips: test_case::test_not_run: skipped: [NOTRUN] crashes"]

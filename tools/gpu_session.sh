@@ -43,7 +43,7 @@ fi
 
 # Only this GPU's architecture: a third of the compile time of CUDA_ARCH_LIST's two.
 arch=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || echo 9.0)
-step build 200 build.log env CHIMERA_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+step build 200 build.log env CHIMERA_CUDA=1 CHIMERA_REQUIRE_EXT=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
     $PY setup.py -q build_ext --inplace || { echo "build failed: see build.log" | tee -a "$OUT/summary.txt"; exit 1; }
 step test-cuda 180 test-cuda.log env CHIMERA_REQUIRE_EXT=1 $PY -m pytest -m cuda tests -q -p no:cacheprovider -rs
 step bench 160 bench.log env CHIMERA_REQUIRE_EXT=1 $PY -m pytest -m cuda benchmarks -q -s -p no:cacheprovider \
