@@ -62,7 +62,15 @@ def balanced_shares(costs, n: int) -> list[list[int]]:
     return [sorted(s) for s in shares]
 
 
+# A terminated worker that has not exited this long after SIGTERM dies of SIGALRM: its exit
+# can be lost where Python code runs inside a C callback (chimera.separate._Sink keeps it,
+# other libraries may not), and Pool.terminate waits for every worker for ever.
+UNWIND_SECONDS = 10
+
+
 def _exit_on_sigterm(signum, frame):
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(UNWIND_SECONDS)
     raise SystemExit(128 + signum)
 
 

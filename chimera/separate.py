@@ -412,12 +412,23 @@ def _separate_open_file(separator, path, targets, ext, subtype, clip, force, blo
     with open_audio(path) as source, _output_files(targets, force) as files:
         sinks = [_Sink(f, t) for f, t in zip(files, targets)]
         try:
-            return _write_sources(separator, path, source, sinks, ext, subtype, clip, block_seconds, progress)
+            clipped = _write_sources(separator, path, source, sinks, ext, subtype, clip, block_seconds, progress)
         except Exception:  # soundfile's own error hides the system's (disk full): say that one
-            failed = next((s for s in sinks if s.error is not None), None)
-            if failed is None:
-                raise
-            raise _output_error(failed.error, failed.path) from None
+            _raise_sink_error(sinks)
+            raise
+        _raise_sink_error(sinks)  # one soundfile did not notice (the header written at close): no set placed
+        return clipped
+
+
+def _raise_sink_error(sinks):
+    """Raise what went wrong in a sink, if anything: an interrupt as itself, an OSError as
+    the AudioError naming its output."""
+    failed = next((s for s in sinks if s.error is not None), None)
+    if failed is None:
+        return
+    if not isinstance(failed.error, OSError):
+        raise failed.error from None
+    raise _output_error(failed.error, failed.path) from None
 
 
 @contextlib.contextmanager
@@ -453,7 +464,10 @@ def _output_error(exc, path):
 class _Sink:
     """The file object libsndfile writes an output through. soundfile calls it from C, where
     an exception (disk full) is printed as "Exception ignored" and lost, and the write only
-    fails later, unexplained: the first OSError is kept here, for the message."""
+    fails later, unexplained: the first OSError is kept here, for the message, and so is a
+    Ctrl-C or a -j worker's SIGTERM exit that lands in the call, raised again once soundfile
+    fails (lost, a terminated worker went on to its next input and Pool.terminate waited
+    for it for ever)."""
 
     def __init__(self, file, path):
         self.file, self.path, self.error = file, path, None
@@ -462,7 +476,7 @@ class _Sink:
         if self.error is None:
             try:
                 return getattr(self.file, method)(*args)
-            except OSError as exc:
+            except (OSError, KeyboardInterrupt, SystemExit) as exc:
                 self.error = exc
         return failed
 

@@ -123,3 +123,38 @@ def test_evaluate_starts_no_more_workers_than_tracks(tmp_path, monkeypatch):
     assert [t["track"] for t in results["tracks"]] == ["only"]
     with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
         ev.evaluate(tmp_path / "data", ["vocals", "accompaniment"], oracle="mixture", stft=StftConfig(), jobs=0)
+
+
+def test_a_worker_that_loses_its_sigterm_exit_still_dies(tmp_path):
+    """The SystemExit a terminated worker unwinds with can be lost (raised inside a C callback,
+    which cffi prints and drops): the worker went on, and Pool.terminate waited for ever (a
+    Ctrl-C with -j hung). It dies of SIGALRM UNWIND_SECONDS after SIGTERM instead. In a
+    subprocess, which the old code never finished."""
+    code = textwrap.dedent("""
+        import time
+        from chimera.parallel import UNWIND_SECONDS, process_pool
+
+        def swallow(_):
+            while True:
+                try:
+                    time.sleep(60)
+                except BaseException:
+                    pass
+
+        if __name__ == "__main__":
+            t0 = time.monotonic()
+            try:
+                with process_pool(1) as pool:
+                    pool.map_async(swallow, [0])
+                    time.sleep(2)  # the worker is in its task
+                    raise RuntimeError("stop")
+            except RuntimeError:
+                pass
+            print(round(time.monotonic() - t0 - 2), UNWIND_SECONDS)
+    """)
+    script = tmp_path / "swallow.py"  # a file: spawned workers import the task from it
+    script.write_text(code)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    waited, unwind = map(int, run.stdout.split())
+    assert unwind - 1 <= waited <= unwind + 5  # (at once: the task never ran)

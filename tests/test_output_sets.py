@@ -254,3 +254,37 @@ def test_folders_made_for_a_failed_input_are_removed_unless_others_may_write_the
     assert sorted(os.listdir(tmp_path)) == (["a.wav"] if tidy else ["a.wav", "sep"])
     if not tidy:
         assert os.listdir(tmp_path / "sep" / "deeper") == ["a"] and os.listdir(tmp_path / "sep" / "deeper" / "a") == []
+
+
+class _InterruptedFile:
+    """An output file whose `after`-th write is interrupted (Ctrl-C, or a -j worker's SIGTERM
+    exit) while libsndfile's callback runs it."""
+
+    def __init__(self, file, exc, after):
+        self.file, self.exc, self.writes = file, exc, after
+
+    def write(self, data):
+        self.writes -= 1
+        if self.writes < 0:
+            raise self.exc
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("after", [0, 3])
+def test_an_interrupt_inside_libsndfiles_write_is_raised_not_lost(tmp_path, monkeypatch, capfd, exc, after):
+    """cffi printed "Exception ignored" and dropped it; soundfile then failed an assertion, which
+    predict counted as one input's error: a -j worker went on to its next input and never
+    exited, so Pool.terminate waited for ever (a Ctrl-C with -j hung)."""
+    import chimera.separate as separate
+    sink = separate._Sink
+    monkeypatch.setattr(separate, "_Sink", lambda f, t: sink(_InterruptedFile(f, exc, after), t))
+    src = tmp_path / "a.wav"
+    sf.write(src, noise(2, 24000).T, 8000)
+    with pytest.raises(exc):
+        separate_file(Separator(tiny_model(), device="cpu"), src, out_dir=tmp_path / "sep")
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert not (tmp_path / "sep").exists()
