@@ -150,6 +150,13 @@ def existing_ancestor(path):
     return os.path.dirname(made[-1]) if made else os.path.dirname(os.path.abspath(path))
 
 
+def unwritable_folder(path):
+    """The existing folder above `path` that stops writing it -- a file where a folder goes,
+    or a folder this process may not write in -- else None."""
+    folder = existing_ancestor(path)
+    return None if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK) else folder
+
+
 def folders_to_make(paths):
     """The folders that writing `paths` would create, deepest first."""
     missing = set()

@@ -17,7 +17,7 @@ import torch
 import chimera
 from chimera import evaluate as ev
 from chimera import ops, predict, pretrained, train
-from chimera.atomic import existing_ancestor
+from chimera.atomic import unwritable_folder
 from chimera.audio import OUTPUT_FORMATS, AudioError
 from chimera.models import CheckpointError
 from chimera.separate import (DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_HIGH_BAND, DEFAULT_MISI_ITERS,
@@ -142,9 +142,9 @@ def _evaluate_outputs(args):
         raise ValueError(f"{museval_dir}: is a file, not a folder (museval's per-track files go in it)")
     for path in (args.out, csv_path, museval_dir, args.plot):
         if path:
-            folder = existing_ancestor(path)
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise ValueError(f"{path}: cannot be written ({folder} is not a writable folder)")
+            blocked = unwritable_folder(path)
+            if blocked is not None:
+                raise ValueError(f"{path}: cannot be written ({blocked} is not a writable folder)")
     if args.plot:
         ext = os.path.splitext(args.plot)[1].lstrip(".").lower()
         try:
@@ -281,7 +281,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="chimera", description=chimera.__doc__)
     parser.add_argument("--version", action="version", version=f"chimera {chimera.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info = sub.add_parser("info", help="versions, extension build, CPU path and threads, the bundled model, "
+    info = sub.add_parser("info", help="versions, extension build, CPU path and threads, the bundled models, "
                                        "the backend of each op",
                           description="Print the chimera, torch and Python versions, the extension's build, the "
                                       "CPU kernels' instruction-set path and torch's thread count, the devices "

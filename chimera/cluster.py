@@ -134,11 +134,11 @@ def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, 
     # points, now 30 (the same results to the bit; the predict peak 489 MB), from the seeding
     # in place, ‖x‖² and the one-hot freed when done, and the labels between iterations in one
     # byte, not argmin's eight.
-    small = torch.uint8 if n_clusters <= 256 else torch.int64
-    ks = torch.arange(n_clusters, device=x.device, dtype=small)
+    label_dtype = torch.uint8 if n_clusters <= 256 else torch.int64
+    ks = torch.arange(n_clusters, device=x.device, dtype=label_dtype)
     labels = None
     for _ in range(n_iter):
-        new_labels = _nearest(x, centres).to(small)
+        new_labels = _nearest(x, centres).to(label_dtype)
         mass, sums = _cluster_sums(x, w, new_labels, ks)                            # (B, K), (B, K, D)
         # an empty cluster keeps its previous centre
         new_centres = torch.where(mass.unsqueeze(-1) > 0, sums / mass.clamp_min(1e-30).unsqueeze(-1), centres)

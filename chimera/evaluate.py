@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from . import _deps, signal
-from .atomic import atomic_write, atomic_writes, existing_ancestor
+from .atomic import atomic_write, atomic_writes, unwritable_folder
 from .audio import AudioError, audio_info, read_audio, resample
 from .objectives import si_sdr
 from .parallel import process_pool
@@ -141,8 +141,8 @@ def _find_files(data_dir, split=None):
         mix = os.path.join(mixtures, split)
         # a track with its mixture or its stems only is not scored: said, as in the flat layout
         # (a mixture without stems was passed over silently, stems without a mixture stopped the run)
-        names = {d for f in (src, mix) if os.path.isdir(f)
-                 for d in os.listdir(f) if os.path.isdir(os.path.join(f, d))}
+        names = {d for f in (src, mix) if os.path.isdir(f)  # (hidden folders, .git say, are no tracks)
+                 for d in os.listdir(f) if os.path.isdir(os.path.join(f, d)) and not d.startswith(".")}
         out = []
         for name in sorted(names):
             folder, mixture = os.path.join(src, name), _audio_file(os.path.join(mix, name), "mixture")
@@ -172,7 +172,8 @@ def _find_files(data_dir, split=None):
     # a track folder without its mixture is not scored: say so, not silently (after the
     # root's test split is found: its tracks were passed over without a word)
     for d in sorted(os.listdir(base)):
-        if d not in names and os.path.isdir(os.path.join(base, d)) and _stems(os.path.join(base, d), None):
+        if d not in names and not d.startswith(".") and os.path.isdir(os.path.join(base, d)) \
+                and _stems(os.path.join(base, d), None):
             log.warning("%s: no mixture.wav or mixture.flac: not scored", os.path.join(base, d))
     return [_flat_track(base, n) for n in names]
 
@@ -339,7 +340,7 @@ def _nanmedian(x):
     return float(np.median(x)) if x.size else float("nan")
 
 
-def _track_median(x):
+def track_median(x):
     """The median over tracks: NaN (undefined, a silent reference) left out, -inf (a silent
     estimate's SI-SDR: nothing recovered) kept as the lowest score; left out, it raised the
     median as if the track had not been scored."""
@@ -423,9 +424,9 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
                 if os.path.exists(p) and not force:
                     raise AudioError.at(p, "exists (use --force to overwrite)")
                 # a file in the way of the folder was a traceback once the first track was separated
-                folder = existing_ancestor(p)
-                if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-                    raise AudioError.at(p, f"cannot be written ({folder} is not a writable folder)")
+                blocked = unwritable_folder(p)
+                if blocked is not None:
+                    raise AudioError.at(p, f"cannot be written ({blocked} is not a writable folder)")
     task = functools.partial(_evaluate_track, source_names=list(source_names), separate=separate, oracle=oracle,
                              stft=stft, estimates_dir=estimates_dir, force=force)
     bar = tqdm(total=len(tracks), desc="evaluate", leave=False, disable=not progress)
@@ -446,7 +447,7 @@ def evaluate(data_dir, source_names, separate=None, oracle=None, stft=None, prog
             log.warning("%s: the %s estimate is silent: BSS Eval cannot score the track, its SDR/SIR/SAR/ISR are "
                         "left out of the medians and of the museval folder (an SI-SDR of -inf, nothing recovered, "
                         "counts as the lowest)", entry["track"], " and ".join(entry["silent_estimates"]))
-    summary = {s: {m: _track_median([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
+    summary = {s: {m: track_median([t["scores"][s][m] for t in results]) for m in METRICS} for s in source_names}
     return {"data_dir": os.fspath(data_dir), "method": oracle or "model", "sources": list(source_names),
             # once per source where every track agrees, null where they differ (each track has its own)
             "references": {s: results[0]["references"][s] if len({t["references"][s] for t in results}) == 1

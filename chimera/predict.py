@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from . import pretrained
-from .atomic import existing_ancestor, folders_to_make, remove_empty_folders
+from .atomic import folders_to_make, remove_empty_folders, unwritable_folder
 from .audio import AUDIO_EXTENSIONS, OUTPUT_FORMATS, AudioError, check_output_format, format_of
 from .models import CheckpointError
 from .parallel import balanced_shares, device_for, joined, process_pool, sum_over_ranks, torchrun_rank
@@ -94,13 +94,13 @@ def output_problems(inputs, fmt):
     problems = {}
     for t in dict.fromkeys(t for i in inputs for t in i.targets):
         said = format_of(t)
-        folder = existing_ancestor(t)  # must be a writable folder
+        blocked = unwritable_folder(t)
         if os.path.isdir(t):
             problems.setdefault(t, f"{t}: is a folder, not a file name")
-        elif not os.path.isdir(folder):
-            problems.setdefault(folder, f"{folder}: is a file, not a folder (outputs such as {t} go under it)")
-        elif not os.access(folder, os.W_OK | os.X_OK):
-            problems.setdefault(folder, f"{folder}: cannot be written (outputs such as {t} go under it)")
+        elif blocked is not None and not os.path.isdir(blocked):
+            problems.setdefault(blocked, f"{blocked}: is a file, not a folder (outputs such as {t} go under it)")
+        elif blocked is not None:
+            problems.setdefault(blocked, f"{blocked}: cannot be written (outputs such as {t} go under it)")
         elif said is not None and OUTPUT_FORMATS[said][0] != OUTPUT_FORMATS[fmt][0]:
             problems.setdefault(t, f"{t}: would hold {fmt} data; give --format {said} or name it .{fmt}")
     return list(problems.values())

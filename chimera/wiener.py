@@ -132,16 +132,6 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
     n_ch, F, T = mixture.shape[-3:]
     blocks = [slice(f0, min(F, f0 + block_bins)) for f0 in range(0, F, block_bins)]
     eye = torch.eye(n_ch, dtype=torch.complex128, device=mixture.device)
-
-    def stats(y, sl):  # power v (..., C, f, T) to the exponent, spatial covariance, its trace (..., C, f)
-        if n_ch == 2:
-            v, r = _stereo_stats(y[..., sl, :])
-            trace = r[0] + r[1]
-        else:
-            v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
-            trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)
-        return (v.pow_(exponent) if exponent != 1.0 else v), r, trace
-
     y = estimates
     for _ in range(iterations):
         # Pass 1: power and spatial covariance per block, and the mean power of the mixture
@@ -150,7 +140,14 @@ def multichannel_wiener(estimates: torch.Tensor, mixture: torch.Tensor, iteratio
         # there cost 5-8 % of predict's time for 12 MB of its peak).
         kept, power = [], 0.0
         for sl in blocks:
-            v, r, trace = stats(y, sl)
+            if n_ch == 2:
+                v, r = _stereo_stats(y[..., sl, :])
+                trace = r[0] + r[1]
+            else:
+                v, r = _power_and_spatial(y[..., sl, :].to(torch.complex128).movedim(-4, -1))
+                trace = r.diagonal(dim1=-2, dim2=-1).real.sum(-1)      # (..., C, f)
+            if exponent != 1.0:
+                v = v.pow_(exponent)
             kept.append((v, r))
             power = power + (v.sum(-1) * trace).sum((-2, -1))          # (...,)
         ridge = _RIDGE * power / (F * T * n_ch) + _FLOOR

@@ -133,7 +133,6 @@ def test_a_failed_replace_leaves_no_partial_file(tmp_path, mode):
     assert os.listdir(tmp_path) == ["out.wav"] and path.is_dir()
 
 
-
 def test_folders_to_make_and_remove_empty_folders(tmp_path):
     (tmp_path / "old").mkdir()
     paths = [tmp_path / "old" / "new" / "deeper" / "a.bin", tmp_path / "old" / "new" / "deeper" / "b.bin",

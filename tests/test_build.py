@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from importlib import metadata
 from pathlib import Path
@@ -247,7 +248,6 @@ def build_without_compiler(tree, **env):
 
 
 def test_failed_extension_build_leaves_the_references_with_one_message(setup_py, tmp_path):
-    import sysconfig
     tree = copy_build_tree(tmp_path)
     stale = tree / "chimera" / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
     stale.write_text("a library of earlier sources")  # what a failed rebuild must not leave in use
@@ -276,4 +276,3 @@ def test_cmake_compiles_with_the_flags_of_setup_py(setup_py):
     for the debug level, which CMake's build type chooses (sanitizer builds want -g)."""
     assert set(setup_py.CXX_FLAGS) - {"-g0"} <= set(cmake_options("CXX"))
     assert set(setup_py.NVCC_FLAGS) <= set(cmake_options("CUDA"))  # --expt-relaxed-constexpr: codebook.h needs it
-

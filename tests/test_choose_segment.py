@@ -6,6 +6,7 @@ import soundfile as sf
 from chimera.models import save_checkpoint
 from test_separate import tiny_model
 from tools import choose_segment
+from tools.demodata.tracks import HELD_OUT_SPLITS
 
 
 def test_improvement_is_over_the_mixture():
@@ -52,3 +53,9 @@ def test_a_held_out_split_or_a_datasets_root_is_refused(tmp_path):
     noise_tracks(tmp_path / "root" / "test", seed=1)
     with pytest.raises(SystemExit, match="held-out"):
         choose_segment.main(["--data", str(tmp_path / "root"), "--model", str(model)])
+
+
+def test_held_out_knows_every_held_out_split_the_demo_data_has():
+    # choose_segment restates the names (it also runs as a script): kept in step here
+    assert all(choose_segment.held_out(f"demo-data/musdb/{n}") for n in HELD_OUT_SPLITS)
+    assert not choose_segment.held_out("demo-data/musdb/valid") and not choose_segment.held_out("valid48")

@@ -1,6 +1,7 @@
 """`chimera predict` as a demanding user drives it: inputs named twice, outputs that cannot
 be written, names whose extension says the format, a bad --device, Ctrl-C."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,7 +185,6 @@ def test_help_says_the_method_default_and_what_evaluate_quiet_keeps(capsys, tmp_
 
 def test_the_docs_name_demo_data_splits_that_make_demo_data_writes():
     # README's evaluate examples named demo-data/musdb/test, which the data tool never writes
-    import re
 
     from tools.demodata.tracks import SONG_SPLITS
 

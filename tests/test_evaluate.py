@@ -1,5 +1,6 @@
 """`chimera evaluate`: museval BSS Eval v4 + SI-SDR, oracles, outputs, the MUSDB18-HQ and
 DSD100 layouts, references from stems, tracks in parallel, museval's own JSON."""
+import csv
 import json
 import shutil
 import sys
@@ -400,7 +401,6 @@ def test_a_tracks_estimates_are_saved_together_or_not_at_all(musdb, tmp_path):
 def test_references_are_recorded_per_track_when_tracks_differ(dataset, model_file, tmp_path, run_cli):
     # track1 has no accompaniment stem: its accompaniment is the mixture minus its vocals,
     # track0's is its own stem; the results said track0's definitions for every track
-    import csv
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     (data / "track1" / "accompaniment.wav").unlink()
@@ -438,6 +438,7 @@ def test_dsd100_names_a_track_with_its_mixture_or_its_stems_only(dsd100, model_f
     shutil.copytree(dsd100, root)
     shutil.rmtree(root / "Sources" / "Test" / "C")
     shutil.copytree(root / "Sources" / "Test" / "B", root / "Sources" / "Test" / "D")
+    (root / "Mixtures" / "Test" / ".ipynb_checkpoints").mkdir()  # hidden: no track, no warning
     out = run_cli(root, "--model", model_file, "--oracle", "mixture", "--out", tmp_path / "r.json")
     assert out.returncode == 0, out.stderr
     warnings = [line for line in out.stderr.splitlines() if "warning" in line]

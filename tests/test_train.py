@@ -1002,3 +1002,29 @@ def test_killed_before_the_first_checkpoint_then_started_again(data_root, tmp_pa
     tr.Trainer(cfg, run, quiet=True).run()
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(_metrics_rows(run)) == drop(_metrics_rows(tmp_path / "ref"))
+
+
+def test_a_silent_validation_estimate_counts_as_a_poor_item_not_minus_infinity(data_root, tmp_path, monkeypatch):
+    # k-means can leave a cluster empty and a clipped-ReLU mask head give exact zeros on a
+    # correct model: SI-SDR -inf made the epoch's mean -inf, so it could never be best.pt;
+    # dropped (as once), a model silent on many items scored on the rest
+    torch.set_num_threads(1)
+    cfg = config(data_root, max_steps_per_epoch=1)
+    cfg["stages"] = cfg["stages"][:1]
+    base = solver.Separator.separate_batch
+    silent = {"on": False}
+
+    def maybe_silent(self, mixture, channels=1):
+        out = base(self, mixture, channels)
+        if silent["on"]:
+            out[0, 0] = 0.0
+        return out
+
+    monkeypatch.setattr(solver.Separator, "separate_batch", maybe_silent)
+    scores = {}
+    for on in (False, True):
+        silent["on"] = on
+        tr.Trainer(cfg, tmp_path / f"run{on}", quiet=True).run()
+        scores[on] = [float(r["valid_si_sdri"]) for r in _metrics_rows(tmp_path / f"run{on}")]
+    assert all(np.isfinite(scores[True])) and (tmp_path / "runTrue" / "best.pt").exists()
+    assert all(a < b for a, b in zip(scores[True], scores[False]))  # the silent items count, lowest

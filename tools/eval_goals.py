@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from chimera.evaluate import find_tracks, load_track, oracle_estimates, score_track
+from chimera.evaluate import find_tracks, load_track, oracle_estimates, score_track, track_median
 from chimera.models import StftConfig
 
 SOURCES = ("vocals", "accompaniment")
@@ -106,10 +106,8 @@ def band_figures(track, est: np.ndarray, cutoff: float) -> dict:
 
 
 def median(values) -> float:
-    # NaN (undefined) left out; -inf (a silent output's SI-SDR, nothing recovered) kept as the
-    # lowest score: left out, it raised the median as if the track had not been scored
-    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=np.float64)
-    return float(np.median(v)) if v.size else float("nan")
+    """chimera.evaluate's median over tracks (NaN left out, -inf the lowest); None: unscored."""
+    return track_median([x for x in values if x is not None])
 
 
 def evaluate_split(data: Path, split: str, args, oracle_cache: dict) -> dict:

@@ -88,6 +88,10 @@ def make_optimizer(model, stage: dict, tcfg: dict, steps_per_epoch: int):
 
 # settings that say where and how fast a run goes, not what it computes
 _RUN_ONLY = {"seed", "train.threads", "train.device"}
+#: A silent estimate's SI-SDR (-inf: nothing recovered) counts as this in validation's mean: a
+#: very poor item, not an epoch that can never be best (k-means can leave a cluster empty, a
+#: clipped-ReLU or codebook mask head can give exact zeros on a correct model).
+SILENT_SI_SDR = -100.0
 
 
 def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
@@ -105,7 +109,9 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
 @torch.no_grad()
 def validate(model, objective: Objective, batches, autocast, pit_metric: bool, seed: int) -> list[float]:
     """Sums over the validation ``batches`` of (loss × items, items, SI-SDR of the estimates,
-    SI-SDR of the mixture, source pairs with a finite SI-SDR). The estimates come from
+    SI-SDR of the mixture, source pairs whose mixture has a finite SI-SDR: a silent reference
+    has none). A silent estimate counts as ``SILENT_SI_SDR``, a NaN one makes the sum NaN.
+    The estimates come from
     :meth:`chimera.separate.Separator.separate_batch`, the engine predict uses (mask head, else
     k-means on the embeddings)."""
     loss_sum = est_sum = mix_sum = 0.0
@@ -123,7 +129,7 @@ def validate(model, objective: Objective, batches, autocast, pit_metric: bool, s
             if pit_metric:
                 _, perm = pit(lambda a, b: -si_sdr(a, b), est.to(torch.float64), ref)
                 est = permute_sources(est, perm)
-            s_est = si_sdr(est, ref)
+            s_est = si_sdr(est, ref).clamp_min(SILENT_SI_SDR)  # (NaN stays NaN)
             s_mix = si_sdr(mix.unsqueeze(1).expand_as(src), ref)
             # silent references (or a mixture that is the reference alone) have no SI-SDR
             # improvement; the estimates count whatever theirs is: a NaN (corrupt) or silent one
