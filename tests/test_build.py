@@ -107,8 +107,8 @@ def test_setup_py_without_torch_writes_metadata_and_refuses_to_compile(tmp_path)
     assert "PyTorch is not importable" in build.stderr and "--no-build-isolation" in build.stderr
 
 
-def test_sdist_holds_everything_the_build_reads(tmp_path):
-    """Built the way an isolated `python -m build --sdist` builds it: without torch."""
+def sdist_files(tmp_path):
+    """The paths in the sdist built into `tmp_path` without torch (as `python -m build --sdist`)."""
     # a fresh egg-info: setuptools would otherwise add every file a stale SOURCES.txt names
     out = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
                           "sdist", "--dist-dir", str(tmp_path)], cwd=ROOT,
@@ -117,6 +117,12 @@ def test_sdist_holds_everything_the_build_reads(tmp_path):
     (sdist,) = tmp_path.glob("chimera_separation-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    return names
+
+
+def test_sdist_holds_everything_the_build_reads(tmp_path):
+    """Built the way an isolated `python -m build --sdist` builds it: without torch."""
+    names = sdist_files(tmp_path)
     sources = [line.split()[1] for line in (ROOT / "csrc/sources.txt").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
     needed = {"setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "CMakeLists.txt",
@@ -188,13 +194,7 @@ def test_version_agrees_with_the_package(tmp_path):
 def test_sdist_ships_no_partial_test_suite(tmp_path):
     """setuptools adds tests/test*.py to an sdist by default, without the conftest, helpers and
     data they import (nor the Makefile, tools/, .ci/ many need): the suite runs from a clone."""
-    out = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
-                          "sdist", "--dist-dir", str(tmp_path)], cwd=ROOT,
-                         env=hide_torch(tmp_path), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    (sdist,) = tmp_path.glob("chimera_separation-*.tar.gz")
-    with tarfile.open(sdist) as tar:
-        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    names = sdist_files(tmp_path)
     assert not [n for n in names if n.startswith("tests")]
 
 

@@ -165,6 +165,16 @@ def test_train_mkldnn_chooses_the_lstm_kernels(data_root, tmp_path, mkldnn):
     # numpy's generators refused it with a traceback once the run started
     (lambda c: c.update(seed=-1), r"seed must be an integer >= 0 and <= \d+, got -1"),
     (lambda c: c.update(seed=2**64), r"seed must be an integer >= 0"),
+    # checked only by the DataLoader of the first validation, after a whole epoch of training (a traceback)
+    (lambda c: c["data"].update(valid_batch_size=0), r"^config: data.valid_batch_size must be an integer >= 1, got 0$"),
+    (lambda c: c["data"].update(valid_batch_size="8"), r"^config: data.valid_batch_size must be an integer"),
+    # a TypeError traceback (unhashable type: 'list')
+    (lambda c: c["data"].update(dataset=["demo"]), r"^config: unknown data.dataset \['demo'\]; choose one of"),
+    # with `alpha` beside it: a TypeError traceback ('int' object does not support item assignment)
+    (lambda c: c["stages"][0].update(options=5), r"^config: stages.0.options must be a table of the objective's"),
+    (lambda c: c["stages"][0].update(objective=["dc"]), r"^config: stages.0.objective must be the name of one of"),
+    # a date (TOML or YAML reads 2026-12-07 as one): the run's config.json could not be written
+    (lambda c: c["stages"][0].update(name=datetime.date(2026, 12, 7)), r"^config: stages.0.name must be a string"),
 ])
 def test_config_errors_name_the_problem(data_root, mutate, match):
     cfg = config(data_root)
@@ -781,25 +791,6 @@ def test_whole_tracks_of_different_lengths_in_one_batch_are_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------ trainer review
-
-@pytest.mark.parametrize("mutate, match", [
-    # checked only by the DataLoader of the first validation, after a whole epoch of training (a traceback)
-    (lambda c: c["data"].update(valid_batch_size=0), r"^config: data.valid_batch_size must be an integer >= 1, got 0$"),
-    (lambda c: c["data"].update(valid_batch_size="8"), r"^config: data.valid_batch_size must be an integer"),
-    # a TypeError traceback (unhashable type: 'list')
-    (lambda c: c["data"].update(dataset=["demo"]), r"^config: unknown data.dataset \['demo'\]; choose one of"),
-    # with `alpha` beside it: a TypeError traceback ('int' object does not support item assignment)
-    (lambda c: c["stages"][0].update(options=5), r"^config: stages.0.options must be a table of the objective's"),
-    (lambda c: c["stages"][0].update(objective=["dc"]), r"^config: stages.0.objective must be the name of one of"),
-    # a date (TOML or YAML reads 2026-12-07 as one): the run's config.json could not be written
-    (lambda c: c["stages"][0].update(name=datetime.date(2026, 12, 7)), r"^config: stages.0.name must be a string"),
-])
-def test_config_errors_of_the_review_name_the_key(data_root, mutate, match):
-    cfg = config(data_root)
-    mutate(cfg)
-    with pytest.raises(tr.TrainError, match=match):
-        tr.validate_config(cfg)
-
 
 def test_a_plateau_factor_of_one_keeps_the_rate(data_root, tmp_path):
     # (0, 1] is the documented range, but ReduceLROnPlateau refuses 1.0: a ValueError traceback
