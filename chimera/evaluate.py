@@ -36,7 +36,7 @@ from . import _deps, signal
 from .atomic import atomic_write, atomic_writes, unwritable_folder
 from .audio import AudioError, audio_info, read_audio, resample
 from .objectives import si_sdr
-from .parallel import process_pool
+from .parallel import process_pool, signals_deferred
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,8 @@ def _evaluate_track(files, source_names, separate, oracle, stft, estimates_dir, 
     if estimates_dir:
         with atomic_writes(estimate_paths(estimates_dir, files.name, source_names), force=force) as outs:
             for f, x in zip(outs, est):  # one track's estimates placed together or not at all
-                sf.write(f, x.T, track.rate, format="WAV", subtype="FLOAT")
+                with signals_deferred():  # soundfile writes f through Python callbacks
+                    sf.write(f, x.T, track.rate, format="WAV", subtype="FLOAT")
     silent = [s for s, ref in zip(source_names, track.references) if _museval_silent(ref)]
     silent_est = [s for s, x in zip(source_names, est) if _museval_silent(x)]
     if silent or silent_est:

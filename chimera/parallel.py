@@ -63,8 +63,8 @@ def balanced_shares(costs, n: int) -> list[list[int]]:
 
 
 # A terminated worker that has not exited this long after SIGTERM dies of SIGALRM: its exit
-# can be lost where Python code runs inside a C callback (chimera.separate._Sink keeps it,
-# other libraries may not), and Pool.terminate waits for every worker for ever.
+# can be lost where Python code runs inside a C callback (signals_deferred keeps soundfile's
+# writes out of that; other libraries may not), and Pool.terminate waits for every worker for ever.
 UNWIND_SECONDS = 10
 
 
@@ -116,6 +116,27 @@ def _sigint_ignored():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)  # None: set outside Python
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C (SIGINT) and SIGTERM noted inside, and delivered again once the block ends: for
+    C code that calls back into Python (soundfile writing to a file object), where the
+    exception a handler raises is printed by cffi and dropped (a -j worker then went on
+    instead of exiting). Nothing is deferred outside the main thread, which alone handles
+    signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted = []
+    before = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for s in dict.fromkeys(noted):
+            signal.raise_signal(s)  # its own handler, here, outside the C call
 
 
 @contextlib.contextmanager

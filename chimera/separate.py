@@ -26,6 +26,7 @@ from .audio import AudioError, _reason, check_output_channels, check_output_form
 from .cluster import kmeans_masks
 from .losses import voice_activity_weights
 from .models import SeparationModel, apply_masks, flatten_bins
+from .parallel import signals_deferred
 from .stream import ChannelGroups, SegmentPlan, SeparationStream
 from .wiener import check_exponent, multichannel_wiener
 
@@ -421,14 +422,10 @@ def _separate_open_file(separator, path, targets, ext, subtype, clip, force, blo
 
 
 def _raise_sink_error(sinks):
-    """Raise what went wrong in a sink, if anything: an interrupt as itself, an OSError as
-    the AudioError naming its output."""
+    """Raise the AudioError of the OSError a sink kept, naming its output, if any."""
     failed = next((s for s in sinks if s.error is not None), None)
-    if failed is None:
-        return
-    if not isinstance(failed.error, OSError):
-        raise failed.error from None
-    raise _output_error(failed.error, failed.path) from None
+    if failed is not None:
+        raise _output_error(failed.error, failed.path) from None
 
 
 @contextlib.contextmanager
@@ -464,10 +461,8 @@ def _output_error(exc, path):
 class _Sink:
     """The file object libsndfile writes an output through. soundfile calls it from C, where
     an exception (disk full) is printed as "Exception ignored" and lost, and the write only
-    fails later, unexplained: the first OSError is kept here, for the message, and so is a
-    Ctrl-C or a -j worker's SIGTERM exit that lands in the call, raised again once soundfile
-    fails (lost, a terminated worker went on to its next input and Pool.terminate waited
-    for it for ever)."""
+    fails later, unexplained: the first OSError is kept here, for the message. (Ctrl-C and
+    SIGTERM wait outside those calls: signals_deferred.)"""
 
     def __init__(self, file, path):
         self.file, self.path, self.error = file, path, None
@@ -476,7 +471,7 @@ class _Sink:
         if self.error is None:
             try:
                 return getattr(self.file, method)(*args)
-            except (OSError, KeyboardInterrupt, SystemExit) as exc:
+            except OSError as exc:
                 self.error = exc
         return failed
 
@@ -500,9 +495,15 @@ def _write_sources(separator, path, source, sinks, ext, subtype, clip, block_sec
         out_rate = output_rate(ext, rate)
         if out_rate != rate:
             log.info("%s: %s cannot be written at %d Hz: the outputs are at %d Hz", path, ext, rate, out_rate)
+        # libsndfile calls the sinks from C when it opens (the header), writes and closes an
+        # output: signals wait outside those calls (signals_deferred)
+        writers = []
+        outputs.callback(_close_all, writers)
         try:
-            writers = [outputs.enter_context(sf.SoundFile(s, "w", samplerate=out_rate, channels=channels,
-                                                          format=major, subtype=subtype)) for s in sinks]
+            with signals_deferred():
+                for s in sinks:
+                    writers.append(sf.SoundFile(s, "w", samplerate=out_rate, channels=channels, format=major,
+                                                subtype=subtype))
         except _WRITE_ERRORS as exc:
             if any(s.error is not None for s in sinks):
                 raise
@@ -522,8 +523,9 @@ def _write_sources(separator, path, source, sinks, ext, subtype, clip, block_sec
                     clipped["samples"] += int(over.sum())
                     clipped["peak"] = max(clipped["peak"], float(level.max()))
                     out = np.clip(out, -1.0, 1.0)
-            for c, w in enumerate(writers):
-                w.write(np.ascontiguousarray(out[:, :, c]))
+            with signals_deferred():
+                for c, w in enumerate(writers):
+                    w.write(np.ascontiguousarray(out[:, :, c]))
 
         for data in read_blocks(source, max(1, int(block_seconds * rate))):
             for out in stream.push(data):
@@ -532,6 +534,14 @@ def _write_sources(separator, path, source, sinks, ext, subtype, clip, block_sec
         for out in stream.finish():
             write(out)
     return clipped
+
+
+def _close_all(writers):
+    """Close every writer (their headers are written now), signals deferred, each even when
+    another's close failed."""
+    with signals_deferred(), contextlib.ExitStack() as closing:
+        for w in writers:
+            closing.callback(w.close)
 
 
 # What libsndfile raises for an output it refuses (e.g. a rate or channel count the format

@@ -255,35 +255,51 @@ def test_folders_made_for_a_failed_input_are_removed_unless_others_may_write_the
         assert os.listdir(tmp_path / "sep" / "deeper") == ["a"] and os.listdir(tmp_path / "sep" / "deeper" / "a") == []
 
 
-class _InterruptedFile:
-    """An output file whose `after`-th write is interrupted (Ctrl-C, or a -j worker's SIGTERM
-    exit) while libsndfile's callback runs it."""
+class _SignalledFile:
+    """An output file that sends this process `signum` during its `after`-th write: inside
+    libsndfile's callback, as a Ctrl-C or a -j worker's SIGTERM can arrive."""
 
-    def __init__(self, file, exc, after):
-        self.file, self.exc, self.writes = file, exc, after
+    def __init__(self, file, signum, after):
+        self.file, self.signum, self.writes = file, signum, after
+        self.signalled_write_done = False
 
     def write(self, data):
         self.writes -= 1
-        if self.writes < 0:
-            raise self.exc
+        if self.writes == -1:
+            os.kill(os.getpid(), self.signum)
+            n = self.file.write(data)
+            self.signalled_write_done = True  # the handler did not raise inside the callback
+            return n
         return self.file.write(data)
 
     def __getattr__(self, name):
         return getattr(self.file, name)
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def _exit_on_sigterm(signum, frame):  # a -j worker's handler, without its SIGALRM fallback
+    raise SystemExit(128 + signum)
+
+
+@pytest.mark.parametrize("signum, exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
 @pytest.mark.parametrize("after", [0, 3])
-def test_an_interrupt_inside_libsndfiles_write_is_raised_not_lost(tmp_path, monkeypatch, capfd, exc, after):
-    """cffi printed "Exception ignored" and dropped it; soundfile then failed an assertion, which
-    predict counted as one input's error: a -j worker went on to its next input and never
-    exited, so Pool.terminate waited for ever (a Ctrl-C with -j hung)."""
+def test_a_signal_inside_libsndfiles_write_is_raised_not_lost(tmp_path, monkeypatch, capfd, signum, exc, after):
+    """The handler's exception, raised inside the C callback, was printed by cffi ("Exception
+    ignored") and dropped; soundfile then failed an assertion, which predict counted as one
+    input's error: a -j worker went on to its next input and Pool.terminate waited for it (a
+    Ctrl-C with -j hung, or printed the traceback)."""
     import chimera.separate as separate
     sink = separate._Sink
-    monkeypatch.setattr(separate, "_Sink", lambda f, t: sink(_InterruptedFile(f, exc, after), t))
+    files = []
+    monkeypatch.setattr(separate, "_Sink", lambda f, t: sink(files.append(_SignalledFile(f, signum, after))
+                                                             or files[-1], t))
+    before = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     src = tmp_path / "a.wav"
     sf.write(src, noise(2, 24000).T, 8000)
-    with pytest.raises(exc):
-        separate_file(Separator(tiny_model(), device="cpu"), src, out_dir=tmp_path / "sep")
+    try:
+        with pytest.raises(exc):
+            separate_file(Separator(tiny_model(), device="cpu"), src, out_dir=tmp_path / "sep")
+    finally:
+        signal.signal(signal.SIGTERM, before)
     assert "Exception ignored" not in capfd.readouterr().err
+    assert any(f.signalled_write_done for f in files)  # it waited until libsndfile's call returned
     assert not (tmp_path / "sep").exists()
