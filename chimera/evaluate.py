@@ -105,15 +105,30 @@ def _audio_file(folder, stem):
     return next((p for p in paths if os.path.isfile(p)), paths[0])
 
 
-def _stems(folder, mixture):
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+def _audio_files(folder):
+    """{name: [paths]} of the wav and flac files of `folder` (a name with two: stem.wav and stem.flac)."""
     found = {}
-    for f in names:
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
         stem, ext = os.path.splitext(f)
         path = os.path.join(folder, f)
-        if ext.lower() in EXTENSIONS and os.path.isfile(path) and path != mixture:
-            found.setdefault(stem, path)
+        if ext.lower() in EXTENSIONS and os.path.isfile(path):
+            found.setdefault(stem, []).append(path)
     return found
+
+
+def _stems(folder, mixture):
+    return {stem: paths[0] for stem, paths in _audio_files(folder).items() if mixture not in paths}
+
+
+def _track_files(name, folder, mixture, split):
+    """The TrackFiles of one track; AudioError for a stem or mixture in two files (which one
+    is the reference? mixture.wav was read beside vocals.flac of the same folder)."""
+    for f in {folder, os.path.dirname(mixture)}:
+        for stem, paths in _audio_files(f).items():
+            if len(paths) > 1 and (stem == "mixture" or f == folder):
+                raise AudioError.at(paths[0], f"{stem} is also in {os.path.basename(paths[1])}: "
+                                              "keep one file per stem")
+    return TrackFiles(name, folder, mixture, _stems(folder, mixture), SUBSETS.get(split, "test"))
 
 
 def _has_mixture(folder):
@@ -124,7 +139,7 @@ def _flat_track(base, name):
     folder = os.path.join(base, name)
     mixture = _audio_file(folder, "mixture")
     split = os.path.basename(os.path.normpath(base))
-    return TrackFiles(name, folder, mixture, _stems(folder, mixture), SUBSETS.get(split, "test"))
+    return _track_files(name, folder, mixture, split)
 
 
 def _find_files(data_dir, split=None):
@@ -151,7 +166,7 @@ def _find_files(data_dir, split=None):
             elif not os.path.isfile(mixture):
                 log.warning("%s: no mixture.wav or mixture.flac: not scored", os.path.join(mix, name))
             else:
-                out.append(TrackFiles(name, folder, mixture, _stems(folder, mixture), SUBSETS.get(split, "test")))
+                out.append(_track_files(name, folder, mixture, split))
         if not out:
             raise AudioError.at(src, "no track folders inside")
         return out

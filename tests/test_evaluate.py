@@ -11,6 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from chimera.audio import AudioError
+from chimera.evaluate import Track, _evaluate_track, evaluate, list_tracks, oracle_estimates
 from chimera.models import SeparationModel, preset, save_checkpoint
 from test_separate import run_cli as _run_cli
 
@@ -173,7 +175,6 @@ def test_silent_estimates_panned_and_cancelling_stems_and_stale_museval_files(da
 def test_the_irm_oracle_masks_the_mixture_not_the_sum_of_the_references(tmp_path, model_file):
     # references that do not add up to the mixture (a target naming some stems only): the
     # oracle's estimates still add up to the mixture
-    from chimera.evaluate import Track, oracle_estimates
     from chimera.models import StftConfig
     rng = np.random.default_rng(3)
     mixture = (0.1 * rng.standard_normal((2, 2 * RATE))).astype(np.float32)
@@ -382,7 +383,6 @@ def test_a_tracks_estimates_are_saved_together_or_not_at_all(musdb, tmp_path):
     # An estimate file that appears in the way after the up-front check (another run): the
     # track's other estimates must not be left behind either (they were, one by one).
     from chimera.atomic import OutputExistsError
-    from chimera.evaluate import _evaluate_track, list_tracks
     files = next(t for t in list_tracks(musdb / "test", ("vocals", "accompaniment")) if t.name == "B")
     (tmp_path / "B").mkdir()
     (tmp_path / "B" / "accompaniment.wav").write_bytes(b"theirs")
@@ -469,7 +469,6 @@ def test_an_estimates_folder_that_cannot_be_written_is_one_line_before_any_work(
 def test_a_nan_estimate_is_an_error_naming_the_track_not_a_null_score(dataset, tmp_path):
     # a model that gives NaN (a diverged checkpoint): its scores were null like a silent
     # source's, without a word, and the NaN estimates were saved
-    from chimera.evaluate import evaluate
 
     def separate(mixture, rate):
         est = torch.stack([torch.as_tensor(mixture) / 2] * 2)
@@ -484,7 +483,6 @@ def test_a_nan_estimate_is_an_error_naming_the_track_not_a_null_score(dataset, t
 def test_a_silent_estimates_si_sdr_counts_as_the_lowest_in_the_median(dataset, tmp_path):
     # a source the model leaves silent on one track recovers nothing there (SI-SDR -inf):
     # the median over tracks left that track out, as if undefined, and rose
-    from chimera.evaluate import evaluate
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     shutil.copytree(data / "track0", data / "track2")
@@ -507,7 +505,6 @@ def test_a_silent_estimates_si_sdr_counts_as_the_lowest_in_the_median(dataset, t
 def test_the_oracles_take_a_track_shorter_than_the_window(model_file):
     # 100 samples under a 256-point window: the oracle stopped the run with the STFT's
     # "too short" error, which named no track (the model's separation pads such a track)
-    from chimera.evaluate import Track, oracle_estimates
     from chimera.models import StftConfig
     rng = np.random.default_rng(4)
     refs = (0.1 * rng.standard_normal((2, 2, 100))).astype(np.float32)
@@ -526,3 +523,27 @@ def test_a_failed_results_write_is_one_line(dataset, model_file, tmp_path, run_c
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == f"chimera: error: {tmp_path / 'r.json'}: cannot be written " \
                                                    "(no space left on device)"
+
+
+@pytest.mark.parametrize("layout", ["flat", "dsd100"])
+@pytest.mark.parametrize("doubled", ["vocals", "mixture"])
+def test_a_stem_in_both_wav_and_flac_is_refused_naming_both(musdb, dsd100, model_file, tmp_path, run_cli, layout,
+                                                             doubled):
+    # which one is the reference? The mixture took the .wav, a stem the .flac: scores of a
+    # file nobody chose
+    if layout == "flat":
+        root = tmp_path / "musdb"
+        shutil.copytree(musdb, root)
+        folder = root / "test" / "B"
+    else:
+        root = tmp_path / "DSD100"
+        shutil.copytree(dsd100, root)
+        folder = root / ("Mixtures" if doubled == "mixture" else "Sources") / "Test" / "B"
+    ext = ".wav" if layout == "dsd100" else ".flac"   # the other one of the layout's
+    x, rate = sf.read(next(folder.glob(f"{doubled}.*")))
+    sf.write(folder / f"{doubled}{ext}", 0.5 * x, rate, subtype="PCM_24")
+    with pytest.raises(AudioError, match=rf"{doubled}\.(flac|wav): {doubled} is also in {doubled}\.(flac|wav)"):
+        list_tracks(root, ["vocals", "accompaniment"])
+    out = run_cli(root, "--model", model_file, "--oracle", "mixture", "--out", tmp_path / "r.json")
+    assert out.returncode != 0 and f"{folder / doubled}." in out.stderr and "keep one file per stem" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r.json").exists()
