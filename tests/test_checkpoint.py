@@ -62,6 +62,10 @@ def test_half_precision_weights_halve_the_file_and_load_as_float32(tmp_path):
     torch.testing.assert_close(b, a, atol=5e-3, rtol=0)
     with pytest.raises(TypeError, match="floating dtype"):
         save_checkpoint(tmp_path / "bad.pt", model, weights_dtype=torch.int8)
+    # a dtype's name (as a config or command line gives it) was an AttributeError
+    with pytest.raises(TypeError, match="weights_dtype must be a floating dtype, got 'float16'"):
+        save_checkpoint(tmp_path / "bad.pt", model, weights_dtype="float16")
+    assert not (tmp_path / "bad.pt").exists()
 
 
 def test_training_state_and_plain_weights_only_load(tmp_path):
@@ -148,6 +152,16 @@ def test_refuses_truncated_corrupt_and_foreign_files(tmp_path):
     _expect_refusal(plain, "not a chimera checkpoint")
 
     _expect_refusal(tmp_path / "missing.pt", "no such")
+
+
+def test_map_location_that_is_no_device_is_refused(tmp_path):
+    """A torch.load-style dict (or an index, hubconf's device=0) was ignored: the model stayed on the CPU."""
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _model())
+    with pytest.raises(TypeError, match=r"map_location must be a device .* got \{'cuda:0': 'cpu'\}"):
+        load_checkpoint(path, map_location={"cuda:0": "cpu"})
+    meta, _ = load_checkpoint(path, map_location=torch.device("meta"))
+    assert all(p.is_meta for p in meta.parameters())
 
 
 def test_refuses_incompatible_files(tmp_path):
@@ -260,6 +274,7 @@ def test_checkpoint_saved_on_cuda_loads_on_cpu(tmp_path):
     save_checkpoint(path, model, {"optimizer": opt.state_dict()})
     loaded, state = load_checkpoint(path, map_location="cpu")
     assert all(p.device.type == "cpu" for p in loaded.parameters())
+    assert all(p.device == torch.device("cuda", 0) for p in load_checkpoint(path, map_location=0)[0].parameters())
     assert all(t.device.type == "cpu" for s in state["optimizer"]["state"].values() for t in s.values())
     x = torch.randn(1, 700)
     torch.testing.assert_close(loaded(x).masks, model(x.cuda()).masks.cpu(), atol=1e-4, rtol=1e-4)

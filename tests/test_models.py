@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -97,6 +98,9 @@ def test_config_round_trip_and_validation():
         ModelConfig(embedding_dim=0, mask=None)
     with pytest.raises(ValueError, match="unknown field"):
         ModelConfig.from_dict({**d, "colour": "red"})
+    for bad in (5, [("hidden", 8)]):  # "'int' object is not iterable"; a list of pairs was read as a dict
+        with pytest.raises(TypeError, match="ModelConfig: expected a dict, got"):
+            ModelConfig.from_dict(bad)
     with pytest.raises(ValueError, match="window"):
         StftConfig(window="kaiser")
     with pytest.raises(ValueError, match="hop_length"):
@@ -245,6 +249,47 @@ def test_codebook_heads_from_factory(kind):
     m = head(torch.randn(2, 5, 8))
     assert m.shape == (2, 2, 3, 5)
     assert m.is_complex() == (kind != "magbook")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["magbook", "phasebook", "combook"])
+def test_codebook_heads_run_in_half_precision(kind, dtype):
+    """A .half() magbook/phasebook head handed codebook_lookup a float16 codebook (TypeError) and
+    a combook head a complex32 (float16) or no complex view at all (bfloat16): the op takes such
+    logits with a float32 codebook only. Against the same rounded weights in float64."""
+    torch.manual_seed(0)
+    head = make_mask_head(kind, 8, 3, 2).to(dtype)
+    wide = copy.deepcopy(head).double()
+    x = torch.randn(2, 5, 8).to(dtype)
+    masks = head(x)
+    want = wide(x.double())
+    torch.testing.assert_close(masks.to(want.dtype), want, atol=32 * torch.finfo(dtype).eps, rtol=0)
+    masks.abs().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all()
+               for p in head.parameters())
+    model = SeparationModel(preset("chimerapp", mask=kind, **TINY)).to(dtype).eval()
+    assert torch.isfinite(model(torch.randn(1, 800)).masks).all()
+
+
+def test_embedding_head_with_a_frozen_weight_trains_its_bias():
+    """With the weight frozen and an input that needs no gradient, the head took its in-place
+    inference path while the bias still needed a gradient: backward raised (a tensor it needed
+    was modified in place)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    full = EmbeddingHead(8, 3, 4, "sigmoid")
+    frozen = copy.deepcopy(full)
+    frozen.linear.weight.requires_grad_(False)
+    w = torch.randn(2, 15, 4)
+    (frozen(x) * w).sum().backward()
+    (full(x) * w).sum().backward()
+    assert frozen.linear.weight.grad is None
+    torch.testing.assert_close(frozen.linear.bias.grad, full.linear.bias.grad, rtol=0, atol=0)
+
+
+def test_model_refuses_a_config_of_another_type():
+    with pytest.raises(TypeError, match="SeparationModel: config must be a ModelConfig or a dict, got 'chimerapp'"):
+        SeparationModel("chimerapp")
 
 
 def test_features_floor_and_statistics():

@@ -10,6 +10,7 @@ from chimera.objectives import (
     OBJECTIVES, csa_loss, dc_targets, ideal_binary_labels, msa_loss, objective, permute_sources, pit, pit_from_matrix, si_sdr,
     si_sdr_loss, tpsa_loss, tpsa_target,
 )
+from chimera.objectives.targets import magnitude_ratio_weights
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 
@@ -116,6 +117,15 @@ def test_si_sdr_loss_of_half_precision_is_the_float32_loss(dtype):
     torch.testing.assert_close(got.float(), si_sdr_loss(e.float(), r.float()), atol=0.05, rtol=0)
     silent = torch.zeros(2, 100, dtype=dtype)
     assert si_sdr_loss(silent, silent).item() == 0.0
+
+
+def test_si_sdr_loss_refuses_integer_samples():
+    """int16 samples were squared in int16 (300² overflowed) and the loss truncated to an int16."""
+    pcm = torch.full((1, 100), 300, dtype=torch.int16)
+    with pytest.raises(TypeError, match="si_sdr_loss: estimate and reference must be real floating point, got "
+                                        "torch.int16 and torch.int16"):
+        si_sdr_loss(pcm, pcm)
+    assert si_sdr(pcm, pcm).item() == math.inf  # the metric scores them in float64
 
 
 @pytest.mark.parametrize("name", OBJECTIVES)
@@ -314,6 +324,61 @@ def test_objective_registry_errors():
     sources = torch.randn(1, 2, 800)
     with pytest.raises(ValueError, match="mask head"):
         objective("msa")(dc_only(sources.sum(1)), sources.sum(1), sources)
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("msa", {"pit": "no"}, "pit must be true or false"),  # was accepted, and turned PIT on
+    ("chimera", {"pit": 1}, "pit must be true or false"),
+    ("tpsa", {"gamma": "2"}, "gamma must be a positive number"),  # was "'>' not supported between ..."
+    ("chimera", {"alpha": "0.5"}, "alpha must be a number in"),
+    ("chimera", {"alpha": True}, "alpha must be a number in"),
+    ("wa-misi", {"misi_iters": 2.5}, "misi_iters must be an integer"),  # was a TypeError at the first batch
+    ("wa-misi", {"misi_iters": True}, "misi_iters must be an integer"),
+    ("si-sdr", {"eps": -1.0}, "eps must be a finite number >= 0"),  # was accepted: a wrong (or NaN) loss
+    ("si-sdr", {"eps": math.nan}, "eps must be a finite number >= 0"),
+    ("si-sdr", {"eps": "1e-8"}, "eps must be a finite number >= 0"),
+])
+def test_objective_options_of_the_wrong_type_or_range_are_refused(name, options, match):
+    with pytest.raises(ValueError, match=f"objective '[a-z-]+': {match}"):
+        objective(name, **options)
+
+
+def test_objective_options_of_the_right_type_are_kept():
+    assert objective("chimera", alpha=1, gamma=3, pit=True).options["gamma"] == 3
+    assert objective("wa-misi", misi_iters=0).options["misi_iters"] == 0
+    assert objective("si-sdr", eps=0).options["eps"] == 0
+
+
+@pytest.mark.parametrize("loss", [deep_clustering_loss, whitened_kmeans_loss, deep_lda_loss])
+def test_dc_losses_of_float16_embeddings_take_weights_of_any_scale(loss):
+    """The weights were cast to float16 as they came: magnitudes above 65504 became inf and the
+    loss NaN. Each loss is invariant to an item's weight scale; against float64 on the same
+    rounded embeddings, an all-zero item still 0."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(3, 400, 6, generator=g), dim=-1).half()
+    labels = torch.randint(0, 2, (3, 400), generator=g)
+    weight = 1e6 * torch.rand(3, 400, generator=g, dtype=torch.float64)
+    weight[2] = 0
+    got = loss(v, labels, weight, reduction="none")
+    want = loss(v.double(), labels, weight, reduction="none")
+    assert got.dtype == torch.float16 and got[2].item() == 0
+    torch.testing.assert_close(got.double(), want, rtol=4 * torch.finfo(torch.float16).eps, atol=0)
+
+
+def test_magnitude_ratio_weights_keep_a_nan():
+    """A mixture holding a NaN had all-zero magnitude-ratio weights, so its DC loss was 0 (the
+    rule for a silent item): a corrupt item looked perfect. A silent one still weighs 0."""
+    mag = torch.rand(3, 5, 4, dtype=torch.float64)
+    mag[0, 2, 1] = math.nan
+    mag[2] = 0
+    w = magnitude_ratio_weights(mag)
+    assert w[0].isnan().all() and (w[2] == 0).all()
+    torch.testing.assert_close(w[1], mag[1].flatten() / mag[1].sum())
+    v = torch.nn.functional.normalize(torch.randn(3, 20, 4, dtype=torch.float64), dim=-1)
+    labels = torch.randint(0, 2, (3, 20))
+    for loss in (deep_clustering_loss, whitened_kmeans_loss, deep_lda_loss):
+        value = loss(v, labels, w, reduction="none")
+        assert value[0].isnan() and value[1].isfinite() and value[2] == 0, loss.__name__
 
 
 # ------------------------------------------------------------------ training lowers every objective

@@ -90,8 +90,8 @@ def save_checkpoint(path, model: SeparationModel, training_state: dict | None = 
     if bad:  # refused before writing: the file would replace `path` and never load
         raise TypeError(f"save_checkpoint: {bad}, which a weights_only load cannot read back; "
                         "store plain numbers, strings, containers and tensors")
-    if weights_dtype is not None and not weights_dtype.is_floating_point:
-        raise TypeError(f"save_checkpoint: weights_dtype must be a floating dtype, got {weights_dtype}")
+    if weights_dtype is not None and not (isinstance(weights_dtype, torch.dtype) and weights_dtype.is_floating_point):
+        raise TypeError(f"save_checkpoint: weights_dtype must be a floating dtype, got {weights_dtype!r}")
     cfg = model.config
 
     def stored(name, t):
@@ -134,10 +134,16 @@ def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns ``(model, training_state)``; the model is in eval mode on ``map_location``
-    and ``training_state`` is None when none was saved. Raises :class:`CheckpointError`
+    (anything ``torch.device`` takes: a name, a device or an index; None: the CPU) and
+    ``training_state`` is None when none was saved. Raises :class:`CheckpointError`
     for a missing, corrupt, truncated, foreign or incompatible file.
     """
     path = os.fspath(path)
+    try:  # an index (hubconf's device=0) or a torch.load-style dict was ignored: the model stayed on the CPU
+        device = None if map_location is None else torch.device(map_location)
+    except TypeError:  # (an unknown device name or index: torch's RuntimeError says which)
+        raise TypeError(f"load_checkpoint: map_location must be a device (a name, torch.device or index) or None, "
+                        f"got {map_location!r}") from None
 
     def fail(why):
         return CheckpointError(f"{path}: {why}")
@@ -189,8 +195,8 @@ def load_checkpoint(path, map_location="cpu"):
         problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise fail(f"weights do not fit the configured model: {problems[0].rstrip('.') if problems else e}{more}") from e
-    if map_location is not None and isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
+    if device is not None:
+        model.to(device)
     model.eval()
     # Training state stays on the CPU: optimizer.load_state_dict moves it to the parameters.
     return model, payload.get("training_state")

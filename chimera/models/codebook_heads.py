@@ -38,6 +38,13 @@ class _CodebookLogits(nn.Module):
         return self.linear(h).view(B, T, self.n_freq, self.n_sources, self.n_entries)
 
 
+def _book_dtype(linear):
+    """The codebook's real dtype for a head whose logits come from ``linear``: that of a float64
+    model, else float32 (codebook_lookup takes float16/bfloat16 logits with a float32 codebook
+    only, so a ``.half()`` model keeps it in float32)."""
+    return torch.float64 if linear.weight.dtype == torch.float64 else torch.float32
+
+
 def _to_bcft(mask):
     return mask.permute(0, 3, 2, 1)  # (B, T, F, C) -> (B, C, F, T)
 
@@ -63,7 +70,7 @@ class MagbookHead(nn.Module):
 
     def forward(self, h, mode="interpolate"):
         _check_mode(mode)
-        return _to_bcft(codebook_lookup(self.logits(h), self.codebook.to(self.linear.weight.dtype), mode))
+        return _to_bcft(codebook_lookup(self.logits(h), self.codebook.to(_book_dtype(self.linear)), mode))
 
 
 class PhasebookHead(nn.Module):
@@ -86,7 +93,7 @@ class PhasebookHead(nn.Module):
     @property
     def phasebook(self):
         """The K unit phasors e^{2πik/K}, complex64 (complex128 in a float64 model)."""
-        real = self.phasebook_real.to(torch.float64 if self.head.linear.weight.dtype == torch.float64 else torch.float32)
+        real = self.phasebook_real.to(_book_dtype(self.head.linear))
         return torch.view_as_complex(real.contiguous())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -132,7 +139,9 @@ class CombookHead(nn.Module):
 
     @property
     def codebook(self):
-        return torch.view_as_complex(self.codebook_real)
+        """The K entries, complex64 (complex128 in a float64 model; the parameter of a
+        float16/bfloat16 model is read in float32, with its gradient)."""
+        return torch.view_as_complex(self.codebook_real.to(_book_dtype(self.head.linear)))
 
     def logits(self, h):
         return self.head(h)

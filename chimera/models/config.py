@@ -205,6 +205,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if not isinstance(data, dict):  # dict() of it: "'int' object is not iterable", or a list of pairs taken
+            raise TypeError(f"ModelConfig: expected a dict, got {type(data).__name__}")
         data = dict(data)
         if "stft" in data:
             data["stft"] = StftConfig.from_dict(data["stft"])

@@ -48,7 +48,9 @@ class EmbeddingHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         v = self.linear(x).reshape(B, T * self.n_freq, self.dim)
-        if torch.is_grad_enabled() and (x.requires_grad or self.linear.weight.requires_grad):
+        # any input or parameter that needs a gradient (a frozen weight but a trained bias
+        # too): the in-place path below would overwrite what the backward needs
+        if v.requires_grad:
             v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
             return unit_norm(v)
         # inference: in place, one (B, T·F, D) tensor instead of three (a 10-second stereo

@@ -59,6 +59,8 @@ class SeparationModel(nn.Module):
         super().__init__()
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"SeparationModel: config must be a ModelConfig or a dict, got {config!r}")
         self.config = config
         st = config.stft
         n_freq = st.n_freq

@@ -30,6 +30,12 @@ def _stats(embedding, target, weight, num_classes=None):
         target = target.to(embedding.dtype)
         num_classes = target.shape[-1]
     if weight is not None:
+        if embedding.dtype in (torch.float16, torch.bfloat16):
+            # The op takes the weights in the embedding's dtype, where float16 turns weights above
+            # 65504 into inf (a NaN loss) and small ones into 0. Every loss here is invariant to
+            # scaling an item's weights: scale them to a maximum of 1 first.
+            peak = weight.amax(-1, keepdim=True)
+            weight = weight / torch.where(peak > 0, peak, torch.ones_like(peak))
         weight = weight.to(embedding.dtype)
     return ops.affinity_stats(embedding, target, weight, num_classes)
 
@@ -40,7 +46,8 @@ def deep_clustering_loss(embedding, target, weight=None, reduction="mean", num_c
     embedding: (B, N, D); target: (B, N) int64 class indices (never expanded to one-hot)
     or (B, N, C) float (one-hot or soft); weight: (B, N) non-negative or None.
     Without weights this is the mean over the N² bin pairs. An item whose weights are
-    all zero has loss 0. Gradients flow to the embedding only.
+    all zero has loss 0. Gradients flow to the embedding (and to weights or a dense target
+    that require them).
     """
     vv, vy, yy, wsum, _ = _stats(embedding, target, weight, num_classes)
     norm = wsum.square().clamp_min(_TINY)

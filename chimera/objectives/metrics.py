@@ -53,6 +53,10 @@ def si_sdr_loss(estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e
     differentiable for perfect estimates and silent references. Half-precision inputs are
     scored in float32 (energies overflow float16 and ``eps`` underflows it) and the loss is
     returned in their dtype."""
+    if not (estimate.is_floating_point() and reference.is_floating_point()):
+        # integer samples would square (and overflow) in their own dtype and the loss be truncated
+        raise TypeError(f"si_sdr_loss: estimate and reference must be real floating point, got {estimate.dtype} "
+                        f"and {reference.dtype} (si_sdr scores any dtype)")
     dtype = torch.promote_types(estimate.dtype, reference.dtype)
     work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     num, den = _si_sdr_parts(estimate.to(work), reference.to(work), zero_mean)

@@ -8,6 +8,8 @@ and every option's check once, in :data:`CHECKS`; :func:`objective` applies both
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 from .. import signal
 from ._common import check_choice
@@ -92,13 +94,20 @@ def _one_of(choices):
     return lambda what, value: check_choice(what, value, choices)
 
 
+def _number(v):
+    # a bool is an int to Python, a string from a config compares by a TypeError
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 #: How each option's value is checked (options not named here take any value).
 CHECKS = {
     "weights": _one_of(tuple(DC_WEIGHTS)),
     "norm": _one_of(NORMS),
-    "gamma": _requires(lambda v: v > 0, "positive"),
-    "misi_iters": _requires(lambda v: v >= 0, ">= 0"),
-    "alpha": _requires(lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "pit": _requires(lambda v: isinstance(v, bool), "true or false"),  # "no" would turn PIT on
+    "gamma": _requires(lambda v: _number(v) and v > 0, "a positive number"),
+    "misi_iters": _requires(lambda v: _number(v) and isinstance(v, numbers.Integral) and v >= 0, "an integer >= 0"),
+    "eps": _requires(lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0"),  # < 0: log of a negative
+    "alpha": _requires(lambda v: _number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "mi": _one_of(MI_NAMES),
     "dc": _one_of(DC_NAMES),
     "dc_weights": _one_of(("default", *DC_WEIGHTS)),

@@ -6,10 +6,12 @@ from ._common import check_choice
 
 
 def magnitude_ratio_weights(mix_mag):
-    """w = |X| / Σ|X| per item, flattened to (B, N) with N = the trailing dims of mix_mag."""
+    """w = |X| / Σ|X| per item, flattened to (B, N) with N = the trailing dims of mix_mag; 0 for
+    a silent item, NaN for one that holds a NaN (all-zero weights would make its loss 0)."""
     flat = mix_mag.reshape(mix_mag.shape[0], -1).abs()
     total = flat.sum(-1, keepdim=True)
-    return torch.where(total > 0, flat / total.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    keep = (total > 0) | total.isnan()
+    return torch.where(keep, flat / total.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
 
 
 def voice_activity_weights(mix_mag, threshold_db=40.0):
