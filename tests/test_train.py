@@ -21,7 +21,7 @@ from chimera.atomic import PARTIAL_PREFIX
 from chimera.data import write_audio
 from chimera.models import load_checkpoint
 from chimera.train import solver
-from chimera.train.state import STATE_KEYS
+from chimera.train.state import STATE_KEYS, seed_everything
 
 import train_probes
 from testutil import cuda
@@ -263,7 +263,8 @@ def test_two_stage_recipe_end_to_end(data_root, tmp_path):
     # The checkpoint format of earlier versions (a running job resumes across an upgrade).
     assert tuple(state) == STATE_KEYS == (
         "stage", "epoch", "batch", "global_step", "optimizer", "scheduler", "scaler", "rng", "accum", "best", "seed",
-        "world_size", "config_json")
+        "world_size", "config_json", "ranks")
+    assert state["ranks"] == []  # (a single process: its own are rng and accum)
     log = (run / "train.log").read_text()
     assert "stage 0 (chimera): objective('chimera', alpha=0.9" in log and "stage wa epoch 1/1: train loss" in log
     assert "trained 12 steps (12 in this session)" in log
@@ -607,6 +608,149 @@ def test_ddp_a_nan_loss_on_one_rank_stops_every_rank(data_root, tmp_path):
     assert "batch 1: the loss is not finite on another rank" in p.stderr, p.stderr[-3000:]
 
 
+def _torchrun(tmp_path, probe_args, chimera_args, timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                           "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", *probe_cmd(*probe_args)[1:],
+                           "train", *chimera_args, "--threads", "1", "--quiet", "--device", "cpu"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _dropout_config(data_root):
+    """One stage of 2 epochs x 4 steps with dropout (2 ranks x batch 2), a checkpoint every step."""
+    cfg = config(data_root, checkpoint_every=1)
+    cfg["model"].update(layers=2, dropout=0.3)
+    cfg["data"]["train"]["segments_per_track"] = 4
+    cfg["stages"] = cfg["stages"][:1]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(data_root, tmp_path_factory):
+    """A 2-rank gloo run of _dropout_config, with each rank's generators at its first step."""
+    tmp = tmp_path_factory.mktemp("ddp-ref")
+    path = write_toml(tmp / "r.toml", _dropout_config(data_root))
+    p = _torchrun(tmp, ["--rng", str(tmp / "rng")], [str(path), "--run-dir", str(tmp / "run")])
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp
+
+
+def test_ddp_ranks_draw_their_own_dropout_masks(ddp_reference):
+    # every rank seeded the global generators alike: the same dropout masks on every rank
+    r0, r1 = (torch.load(ddp_reference / f"rng.{k}", weights_only=False) for k in range(2))
+    assert not torch.equal(r0["torch"], r1["torch"])
+    assert not torch.equal(r0["numpy"]["keys"], r1["numpy"]["keys"]) and r0["python"] != r1["python"]
+    # the checkpoint holds each rank's own generators and running loss
+    state = load_checkpoint(ddp_reference / "run" / "last.pt")[1]
+    assert len(state["ranks"]) == 2
+    assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
+    assert torch.equal(state["rng"]["torch"], state["ranks"][0]["rng"]["torch"])
+
+
+def test_a_single_process_draws_what_it_always_drew(data_root, tmp_path, monkeypatch):
+    # world 1: the generators go on from the seed through the model's initialisation into the
+    # first step, untouched (the ranks' own seeds are for DDP only): recipes keep their results
+    torch.set_num_threads(1)
+    cfg = _dropout_config(data_root)
+    cfg["train"]["max_steps_per_epoch"] = 1
+    seen = {}
+    build, forward = solver.Trainer._build_model, solver._LossModule.forward
+
+    def built(self):
+        model = build(self)
+        seen["built"] = torch.get_rng_state()
+        return model
+
+    def first_forward(self, mixture, sources):
+        seen.setdefault("first", torch.get_rng_state())
+        return forward(self, mixture, sources)
+
+    monkeypatch.setattr(solver.Trainer, "_build_model", built)
+    monkeypatch.setattr(solver._LossModule, "forward", first_forward)
+    tr.Trainer(cfg, tmp_path / "run", quiet=True).run()
+    assert torch.equal(seen["built"], seen["first"])
+    seed_everything(cfg["seed"])
+    assert not torch.equal(torch.get_rng_state(), seen["first"])  # (the model drew from it)
+
+
+def test_ddp_killed_then_resumed_is_bit_identical_on_every_rank(data_root, tmp_path, ddp_reference):
+    # each rank resumes its own generators (rank 1 continued rank 0's: other dropout masks) and
+    # its own running loss (rank 1 took rank 0's: another train_loss for the resumed epoch)
+    path = write_toml(tmp_path / "r.toml", _dropout_config(data_root))
+    run = tmp_path / "run"
+    p = _torchrun(tmp_path, ["--stop-at", "5"], [str(path), "--run-dir", str(run)])
+    assert p.returncode != 0 and "interrupted" in p.stderr, p.stderr[-3000:]
+    state = load_checkpoint(run / "last.pt")[1]
+    assert (state["global_step"], state["epoch"], state["batch"]) == (5, 1, 1)  # mid-epoch
+    p = _torchrun(tmp_path, [], ["--resume", "--run-dir", str(run)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    (a, sa), (b, sb) = weights(ddp_reference / "run" / "last.pt"), weights(run / "last.pt")
+    assert sa["global_step"] == sb["global_step"] == 8
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = _metrics_rows(ddp_reference / "run"), _metrics_rows(run)
+    assert [r["train_loss"] for r in ra] == [r["train_loss"] for r in rb]
+
+
+def test_ddp_a_run_folder_mistake_leaves_no_process_group(data_root, tmp_path):
+    # "already holds a run" was raised after the process group was up, and nothing closed it
+    # (NCCL warns at exit that it was not destroyed, and can hang there)
+    cfg = config(data_root)
+    path = write_toml(tmp_path / "r.toml", cfg)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    p = _torchrun(tmp_path, ["--pg", str(tmp_path / "pg")], [str(path), "--run-dir", str(tmp_path / "run")])
+    assert p.returncode != 0 and "already holds a run" in p.stderr, p.stderr[-3000:]
+    assert [(tmp_path / f"pg.{k}").read_text() for k in range(2)] == ["False", "False"]
+
+
+def test_device_choice_per_rank():
+    from chimera.train.distrib import choose_device
+
+    assert choose_device("cpu", 2, 1, cuda_count=2) == "cpu"
+    assert choose_device("auto", 1, 0, cuda_count=0) == "cpu"
+    assert choose_device("auto", 1, 0, cuda_count=2) == "cuda"
+    assert choose_device("cuda:1", 1, 0, cuda_count=2) == "cuda:1"
+    # under torchrun: each process on its LOCAL_RANK's GPU
+    assert [choose_device(d, 2, k, cuda_count=2) for d in ("auto", "cuda") for k in range(2)] == \
+        ["cuda:0", "cuda:1"] * 2
+    # an explicit index put every rank on that GPU (NCCL refuses two ranks on one device)
+    with pytest.raises(tr.TrainError, match=r"device 'cuda:0': with 2 processes \(torchrun\) each uses the GPU of "
+                                            r"its LOCAL_RANK: use --device cuda"):
+        choose_device("cuda:0", 2, 1, cuda_count=2)
+    with pytest.raises(tr.TrainError, match=r"this machine has 2 CUDA device\(s\), too few for local rank 2"):
+        choose_device("cuda", 3, 2, cuda_count=2)
+    with pytest.raises(tr.TrainError, match="this machine has 2 CUDA device"):
+        choose_device("cuda:2", 1, 0, cuda_count=2)
+    with pytest.raises(tr.TrainError, match="CUDA is not available"):
+        choose_device("cuda", 2, 0, cuda_count=0)
+    with pytest.raises(tr.TrainError, match="not a device"):
+        choose_device("mps")
+
+
+def test_loader_gives_an_unseeded_data_set_fresh_draws_every_epoch(data_root):
+    # the loader's own generator seeded the workers alike every epoch: a data set without a seed
+    # (drawing from the workers' generators) repeated its segments and gains each epoch
+    from chimera.train.data import loader
+
+    def epochs(ds, workers, n=2):
+        return [torch.cat([b["mixture"] for b in loader(ds, 2, workers)]) for _ in range(n)]
+
+    kw = dict(split="train", sample_rate=8000, segment_seconds=0.25, gain_db=(-3.0, 3.0))
+    unseeded = tr.DATASETS["demo"](data_root, **kw)
+    torch.manual_seed(0)
+    a = epochs(unseeded, 2)
+    assert not torch.equal(a[0], a[1])
+    torch.manual_seed(0)
+    assert all(torch.equal(x, y) for x, y in zip(a, epochs(unseeded, 2)))  # torch.manual_seed repeats them
+    # a seeded data set: the same items with or without workers, and the global generator untouched
+    seeded = tr.DATASETS["demo"](data_root, seed=3, **kw)
+    before = torch.get_rng_state()
+    b = epochs(seeded, 2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(b[0], b[1]) and torch.equal(b[0], epochs(seeded, 0, 1)[0])
+
+
 def test_unreadable_file_is_skipped_with_its_path(data_root, tmp_path):
     root = tmp_path / "data"
     make_tracks(root / "train", 3)
@@ -751,7 +895,7 @@ def test_cuda_generators_resume_on_fewer_gpus_and_on_each_ddp_rank(monkeypatch):
     drawn = torch.full((4,), 7, dtype=torch.uint8)
     fake.states[0] = drawn
     state = rng_state()
-    # rank 1 resumes: its own device continues the drawn stream (every rank draws alike)
+    # resumed by a process on device 1 (--device cuda:1): its own device continues the drawn stream
     rank1 = _FakeCuda(monkeypatch, n=2, device=1)
     set_rng_state(state)
     assert torch.equal(rank1.states[1], drawn)

@@ -6,7 +6,10 @@ train ...`` runs ``chimera train ...`` with the probes in place). The trainer ca
 - ``--count FILE``: FILE receives the number of training items read (an independent step count);
 - ``--sgd FILE``: plain SGD replaces Adam, and the gradients of the first step, as the optimiser
   sees them (after DDP's reduction), go to FILE.<rank>;
-- ``--nan-rank R``: the training loss is NaN on rank R (DDP) from its second step on.
+- ``--nan-rank R``: the training loss is NaN on rank R (DDP) from its second step on;
+- ``--rng FILE``: the generators' state as the first training forward starts go to FILE.<rank>;
+- ``--stop-at N``: every rank raises KeyboardInterrupt as it starts optimiser step N + 1;
+- ``--pg FILE``: FILE.<rank> receives whether the process group is still up once the command returns.
 """
 import argparse
 import os
@@ -14,10 +17,12 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 
 from chimera.cli import main as chimera_main
 from chimera.train import data as train_data
 from chimera.train import solver
+from chimera.train.state import rng_state
 
 
 def slow_and_counted(delay: float, counter: list):
@@ -74,12 +79,41 @@ def nan_on_rank(rank: int):
     solver._LossModule.forward = forward
 
 
+def record_rng(path):
+    """Wrap the trainer's loss module: the generators' state at the first training forward goes to path.<rank>."""
+    base = solver._LossModule.forward
+    done = [False]
+
+    def forward(self, mixture, sources):
+        if self.training and not done[0]:
+            done[0] = True
+            torch.save(rng_state(), f"{path}.{os.environ.get('RANK', '0')}")
+        return base(self, mixture, sources)
+
+    solver._LossModule.forward = forward
+
+
+def stop_at(step: int):
+    """Wrap Trainer._step: KeyboardInterrupt (on every rank alike) before optimiser step ``step`` + 1."""
+    base = solver.Trainer._step
+
+    def _step(self, model, run, progress, batch, b):
+        if progress.step == step:
+            raise KeyboardInterrupt
+        return base(self, model, run, progress, batch, b)
+
+    solver.Trainer._step = _step
+
+
 def main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--slow", type=float, default=0.0)
     p.add_argument("--count")
     p.add_argument("--sgd")
     p.add_argument("--nan-rank", type=int)
+    p.add_argument("--rng")
+    p.add_argument("--stop-at", type=int)
+    p.add_argument("--pg")
     p.add_argument("chimera_args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     counter = [0]
@@ -88,11 +122,18 @@ def main(argv):
         solver.make_optimizer = sgd_optimizer(args.sgd)
     if args.nan_rank is not None:
         nan_on_rank(args.nan_rank)
+    if args.rng:
+        record_rng(args.rng)
+    if args.stop_at is not None:
+        stop_at(args.stop_at)
     rest = args.chimera_args[1:] if args.chimera_args[:1] == ["--"] else args.chimera_args
     rc = chimera_main(rest)
     if args.count:
         with open(args.count, "w") as f:
             f.write(str(counter[0]))
+    if args.pg:
+        with open(f"{args.pg}.{os.environ.get('RANK', '0')}", "w") as f:
+            f.write(str(dist.is_initialized()))
     return rc
 
 

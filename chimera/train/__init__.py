@@ -40,6 +40,12 @@ Design choices:
   ``set_epoch(epoch_key(stage, epoch))`` (``epoch + 1000·stage`` below 1000 epochs), and the
   data sets' own draws depend on ``(seed, epoch_key, index)`` only.
   A resumed run therefore rebuilds the epoch's order and skips the batches already consumed.
+- Under DDP (``torchrun``) the ranks build the same model from ``seed``, then each reseeds the
+  global generators with its own seed (``state.rank_seed``): dropout masks differ between
+  ranks; each rank's generators (and running loss) are saved for resume. A single process
+  keeps the one stream.
+  ``train.device`` "auto"/"cuda" is the GPU of each process's ``LOCAL_RANK``; "cuda:N" is
+  refused there (every rank would take GPU N).
 - ``best.pt`` is the checkpoint with the highest validation SI-SDR improvement (comparable
   across stages, unlike the losses).
 - The run folder holds ``last.pt``/``best.pt``, ``config.json`` (the validated recipe, which

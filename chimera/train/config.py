@@ -37,6 +37,8 @@ TRAIN_DEFAULTS = {
     "checkpoint_every": 0,  # also write last.pt every N optimiser steps (0: only at epoch ends)
     "stats_batches": 4,  # training batches used to fit the feature statistics
     "amp": "auto",  # one of AMP_MODES
+    # auto | cpu | cuda | cuda:N; under torchrun auto/cuda mean each process's LOCAL_RANK GPU
+    # (cuda:N is refused there: every rank would take GPU N)
     "device": "auto",
     # validation SI-SDR with the best permutation; None: when a stage's objective uses PIT or the
     # model has no mask head (one choice for all stages, whose scores best.pt compares)

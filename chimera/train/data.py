@@ -83,13 +83,20 @@ def check_batch(batch: dict, what: str = "training") -> dict:
 
 
 def loader(dataset, batch_size: int, num_workers: int, indices=None) -> DataLoader:
-    """Batches of ``dataset`` (items ``indices`` in that order, default all), unshuffled."""
+    """Batches of ``dataset`` (items ``indices`` in that order, default all), unshuffled. A
+    seeded data set draws the same with any number of workers; one with ``seed = None`` draws
+    afresh each epoch (from torch's global generator, so ``torch.manual_seed`` repeats them)."""
     ds = _Guarded(dataset)
     if indices is not None:
         ds = Subset(ds, indices)
-    # Own generator: creating an iterator must not draw from the global RNG (exact resume).
+    # Own generator: creating an iterator must not draw from the global RNG (exact resume). It
+    # seeds the workers' generators alike every epoch, so a data set without a seed (which draws
+    # from them) repeated its draws each epoch: its workers are seeded from the global RNG
+    # instead, torch's default (without workers such a data set draws from that RNG itself).
+    unseeded = num_workers > 0 and getattr(dataset, "seed", None) is None
     return _Loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate,
-                   generator=torch.Generator().manual_seed(0), worker_init_fn=_leave_ctrl_c_to_the_main_process)
+                   generator=None if unseeded else torch.Generator().manual_seed(0),
+                   worker_init_fn=_leave_ctrl_c_to_the_main_process)
 
 
 class _Loader(DataLoader):

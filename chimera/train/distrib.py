@@ -16,6 +16,32 @@ from .errors import TrainError
 DEVICES = r"auto|cpu|cuda(:\d+)?"
 
 
+def choose_device(device_arg: str, world: int = 1, local_rank: int = 0, cuda_count: int | None = None) -> str:
+    """The device of this process for ``train.device``/``--device`` (``cuda_count``: the CUDA
+    devices there are, default this machine's). Under torchrun (``world`` > 1) "auto" and "cuda"
+    mean the GPU of this process's ``LOCAL_RANK``, and "cuda:N" is refused: every rank would take
+    GPU N (NCCL refuses two ranks on one device); CUDA_VISIBLE_DEVICES chooses the GPUs there."""
+    # --device as train.device: torch also takes "mps", "meta", ... (a traceback later on)
+    if not isinstance(device_arg, str) or not re.fullmatch(DEVICES, device_arg):
+        raise TrainError(f"device {device_arg!r}: not a device (auto, cpu, cuda or cuda:N)")
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    want = device_arg
+    if want == "auto":
+        want = "cuda" if cuda_count else "cpu"
+    if want.startswith("cuda") and not cuda_count:
+        raise TrainError(f"device {device_arg!r}: CUDA is not available")
+    if world > 1 and ":" in want:
+        raise TrainError(f"device {device_arg!r}: with {world} processes (torchrun) each uses the GPU of its "
+                         "LOCAL_RANK: use --device cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+    if world > 1 and want == "cuda":
+        want = f"cuda:{local_rank}"
+    if want.startswith("cuda") and int(want.partition(":")[2] or 0) >= cuda_count:
+        raise TrainError(f"device {device_arg!r}: this machine has {cuda_count} CUDA device(s)"
+                         + (f", too few for local rank {local_rank}" if world > 1 else ""))
+    return want
+
+
 class Dist:
     """This process's rank and device; every method is a no-op in a single process."""
 
@@ -23,19 +49,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        # --device as train.device: torch also takes "mps", "meta", ... (a traceback later on)
-        if not isinstance(device_arg, str) or not re.fullmatch(DEVICES, device_arg):
-            raise TrainError(f"device {device_arg!r}: not a device (auto, cpu, cuda or cuda:N)")
-        want = device_arg
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want.startswith("cuda") and not torch.cuda.is_available():
-            raise TrainError(f"device {device_arg!r}: CUDA is not available")
-        if self.world > 1 and want == "cuda":
-            want = f"cuda:{self.local_rank}"
-        self.device = torch.device(want)
-        if self.device.type == "cuda" and (self.device.index or 0) >= torch.cuda.device_count():
-            raise TrainError(f"device {device_arg!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        self.device = torch.device(choose_device(device_arg, self.world, self.local_rank))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.enabled = self.world > 1
@@ -61,6 +75,14 @@ class Dist:
         t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t)
         return t.tolist()
+
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
     def barrier(self):
         if self.enabled:

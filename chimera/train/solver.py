@@ -27,7 +27,7 @@ from .data import build_dataset, check_batch, epoch_indices, epoch_key, loader
 from .distrib import Dist, amp_dtype
 from .errors import TrainError
 from .records import MetricsLog, log_file
-from .state import Progress, seed_everything, set_rng_state, training_state
+from .state import Progress, rank_part, rank_seed, seed_everything, set_rng_state, training_state
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +172,8 @@ class Trainer:
         tcfg = self.cfg["train"]
         if tcfg["threads"]:
             torch.set_num_threads(int(tcfg["threads"]))
-        self.dist = Dist(device or tcfg["device"])
-        self.device = self.dist.device
-        self.seed = self.cfg["seed"]
+        # the run folder's checks first: a TrainError raised once the process group is up left
+        # it to the caller, which closes that of a Trainer it got (NCCL warns at exit, or hangs)
         self.resume_path = None
         if resume is not None:
             self.resume_path = self.run_dir / "last.pt" if resume in ("", "last") else Path(resume)
@@ -183,6 +182,9 @@ class Trainer:
         elif (self.run_dir / "last.pt").exists():
             raise TrainError(f"{self.run_dir} already holds a run (last.pt); use --resume to continue it "
                              f"or choose another --run-dir")
+        self.dist = Dist(device or tcfg["device"])
+        self.device = self.dist.device
+        self.seed = self.cfg["seed"]
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.dist.barrier()
@@ -233,6 +235,10 @@ class Trainer:
             model.to(self.device).train()
         except torch.cuda.OutOfMemoryError as e:
             raise TrainError(f"model: does not fit on {self.device}: {e}") from None
+        if state is None and self.dist.world > 1:
+            # the model is built alike on every rank; from here each rank draws its own dropout
+            # masks (with one seed they drew the same ones). A single process keeps its stream.
+            seed_everything(rank_seed(self.seed, self.dist.rank))
         if self.dist.main:
             with atomic_write(self.run_dir / "config.json", force=True) as f:
                 f.write(json.dumps(self.cfg, indent=2).encode())
@@ -257,7 +263,7 @@ class Trainer:
                 sched.load_state_dict(resumed["scheduler"])
             if resumed["scaler"] is not None:
                 scaler.load_state_dict(resumed["scaler"])
-            set_rng_state(resumed["rng"])
+            self._resume_rank(resumed, progress)
         else:
             progress.stage, progress.epoch, progress.batch = si, 0, 0
         clip = float(stage.get("grad_clip", tcfg["grad_clip"]) or 0)
@@ -450,8 +456,29 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def _state(self, run: _Stage, progress: Progress, fresh: bool = False) -> dict:
+        """The training state to save (every rank calls it: under DDP it gathers the ranks' parts)."""
+        ranks = self.dist.gather(rank_part(progress)) if self.dist.enabled else None
         return training_state(progress, run.opt, run.sched, run.scaler, seed=self.seed, world_size=self.dist.world,
-                              config=self.cfg, fresh=fresh)
+                              config=self.cfg, fresh=fresh, ranks=ranks)
+
+    def _resume_rank(self, state: dict, progress: Progress) -> None:
+        """This rank's generators and running loss as saved: its own under DDP, the run's in a
+        single process. A checkpoint of another number of ranks has none for this rank: its
+        generators then start from its own seed, and rank 0 carries the saved ranks' loss."""
+        ranks = state.get("ranks") or []
+        if self.dist.world > 1 and len(ranks) == self.dist.world:
+            own = ranks[self.dist.rank]
+            set_rng_state(own["rng"])
+            progress.loss_sum, progress.count = own["accum"]["loss_sum"], own["accum"]["count"]
+            return
+        if self.dist.world == 1:
+            set_rng_state(state["rng"])
+        else:
+            seed_everything(rank_seed(self.seed, self.dist.rank, progress.step))
+        if ranks:  # (a checkpoint without them holds the only running loss there is)
+            main = self.dist.main
+            progress.loss_sum = sum(r["accum"]["loss_sum"] for r in ranks) if main else 0.0
+            progress.count = sum(r["accum"]["count"] for r in ranks) if main else 0
 
     def _save(self, name, model, state):
         if self.dist.main:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 STATE_KEYS = ("stage", "epoch", "batch", "global_step", "optimizer", "scheduler", "scaler", "rng", "accum",
-              "best", "seed", "world_size", "config_json")
+              "best", "seed", "world_size", "config_json", "ranks")
 
 
 @dataclass
@@ -46,9 +46,11 @@ class Progress:
 
 
 def training_state(progress: Progress, optimizer, scheduler, scaler, *, seed: int, world_size: int,
-                   config: dict, fresh: bool = False) -> dict:
+                   config: dict, fresh: bool = False, ranks: list | None = None) -> dict:
     """The ``training_state`` of a checkpoint at ``progress``. ``fresh``: the position is the
-    start of a stage, which begins with a new optimiser, scheduler and scaler (none is saved)."""
+    start of a stage, which begins with a new optimiser, scheduler and scaler (none is saved).
+    ``ranks``: under DDP every rank's :func:`rank_part`, in rank order (each rank draws its own
+    dropout masks and sums its own items' loss); ``rng`` and ``accum`` are the saving process's."""
     return {
         "stage": progress.stage, "epoch": progress.epoch, "batch": progress.batch, "global_step": progress.step,
         "optimizer": {} if fresh else optimizer.state_dict(),
@@ -56,7 +58,13 @@ def training_state(progress: Progress, optimizer, scheduler, scaler, *, seed: in
         "scaler": None if fresh or not scaler.is_enabled() else scaler.state_dict(),
         "rng": rng_state(), "accum": {"loss_sum": progress.loss_sum, "count": progress.count},
         "best": progress.best, "seed": seed, "world_size": world_size, "config_json": json.dumps(config),
+        "ranks": list(ranks or []),
     }
+
+
+def rank_part(progress: Progress) -> dict:
+    """What differs between DDP ranks: the generators and the epoch's running loss."""
+    return {"rng": rng_state(), "accum": {"loss_sum": progress.loss_sum, "count": progress.count}}
 
 
 def rng_state() -> dict:
@@ -88,8 +96,8 @@ def set_rng_state(state: dict) -> None:
         # (set_rng_state_all raised an IndexError).
         for i, s in enumerate(cuda[:torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s, i)
-        # This process's device continues the saving process's own. Under DDP rank 0 saves and
-        # every rank draws alike: rank k's device k got rank 0's unused copy of it (as seeded).
+        # This process's device continues the saving process's own (saved on device k, resumed
+        # on device 0: device 0 got the saver's unused copy of it, as seeded).
         own = state.get("cuda_device", -1)
         if 0 <= own < len(cuda) and torch.cuda.is_initialized():
             torch.cuda.set_rng_state(cuda[own], torch.cuda.current_device())
@@ -99,3 +107,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of DDP rank ``rank``'s own draws (dropout) from optimiser step ``step`` on: one
+    per (seed, rank, step), none of them a run's seed (as seed + rank would be)."""
+    return int(np.random.SeedSequence([seed, rank, step, 0xD15EED]).generate_state(1, np.uint64)[0])
