@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from chimera.models import SeparationModel, preset, save_checkpoint
@@ -99,3 +100,20 @@ def test_a_held_out_split_is_refused(folder, tmp_path):
     noise_tracks(tmp_path / "musdb" / "solo-real", seed=3)
     with pytest.raises(SystemExit, match="held-out"):
         choose_checkpoint.scores(str(model), [str(folder[0]), str(tmp_path / "musdb" / "solo-real")])
+
+
+def test_a_track_with_a_silent_stem_is_left_out_of_that_stems_medians(folder, tmp_path):
+    # an instrumental among the validation tracks: its vocals have no SI-SDRi and, played
+    # alone, no leak (nothing played); one NaN made the whole column NaN
+    data, model = folder
+    with_solo = tmp_path / "with-solo"
+    noise_tracks(with_solo, seed=2, count=3)  # t0, t1 as in `data`, then t2
+    acc, rate = sf.read(with_solo / "t2" / "accompaniment.wav", dtype="float32")
+    sf.write(with_solo / "t2" / "vocals.wav", np.zeros_like(acc), rate, subtype="FLOAT")
+    sf.write(with_solo / "t2" / "mixture.wav", acc, rate, subtype="FLOAT")
+    two, three = (choose_checkpoint.scores(str(model), str(d)) for d in (data, with_solo))
+    assert three["vocals SI-SDRi"] == two["vocals SI-SDRi"]
+    assert three["vocals alone: leak"] == two["vocals alone: leak"]
+    assert all(np.isfinite(v) for v in three.values())
+    # whatever comes out of silence, nothing was played: undefined, not +inf (kept as the highest)
+    assert np.isnan(choose_checkpoint.leak_db(np.ones((2, 2, 4)), 1, np.zeros((2, 4))))

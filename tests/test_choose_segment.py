@@ -59,3 +59,25 @@ def test_held_out_knows_every_held_out_split_the_demo_data_has():
     # choose_segment restates the names (it also runs as a script): kept in step here
     assert all(choose_segment.held_out(f"demo-data/musdb/{n}") for n in HELD_OUT_SPLITS)
     assert not choose_segment.held_out("demo-data/musdb/valid") and not choose_segment.held_out("valid48")
+
+
+def test_a_track_with_a_silent_stem_leaves_the_column_a_number(tmp_path, capsys):
+    # an instrumental's vocals have no SI-SDRi (NaN): left out of the median, not its result
+    model = tmp_path / "tiny.pt"
+    save_checkpoint(model, tiny_model())
+    noise_tracks(tmp_path / "valid", seed=1, count=3)
+    acc, rate = sf.read(tmp_path / "valid" / "t2" / "accompaniment.wav", dtype="float32")
+    sf.write(tmp_path / "valid" / "t2" / "vocals.wav", np.zeros_like(acc), rate, subtype="FLOAT")
+    sf.write(tmp_path / "valid" / "t2" / "mixture.wav", acc, rate, subtype="FLOAT")
+    assert choose_segment.main(["--data", str(tmp_path / "valid"), "--model", str(model), "--segments", "2.5"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2.5 |"))
+    assert all(np.isfinite(float(c)) for c in row.strip("|").split("|")[1:])
+
+
+def test_a_link_to_a_held_out_split_is_refused_and_a_missing_folder_is_one_line(tmp_path):
+    noise_tracks(tmp_path / "musdb" / "test-real", seed=1)
+    (tmp_path / "my-valid").symlink_to(tmp_path / "musdb" / "test-real")
+    with pytest.raises(SystemExit, match="held-out"):
+        choose_segment.validation_tracks(str(tmp_path / "my-valid"), ["vocals", "accompaniment"])
+    with pytest.raises(SystemExit, match="no such folder"):
+        choose_segment.validation_tracks(str(tmp_path / "missing"), ["vocals", "accompaniment"])

@@ -14,7 +14,7 @@ from tools.demodata import material, packages, singing, speech
 from tools.demodata.build import make
 from tools.demodata.__main__ import main as demodata_main
 from tools.demodata.dsp import bandwidth_extend, formant_frames, formant_warp, quantise_pair, tilt, vibrato
-from tools.demodata.tracks import HELD_OUT_SPLITS, SONG_SPLITS
+from tools.demodata.tracks import HELD_OUT_SPLITS, SONG_SPLITS, Options
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_debs = pytest.mark.skipif(bool(packages.missing_packages()),
@@ -210,6 +210,22 @@ def test_recorded_clips_never_cross_splits():
 
 
 @needs_debs
+def test_recorded_clips_never_cross_splits_by_their_samples():
+    # memressp/console/pcv48x.ogg and memressp/missmesg/pcv48x.ogg: one recording, other bytes
+    from tools.demodata import build
+    seen = {}
+    for split, clips in material.recorded_clips().items():
+        for c in clips:
+            x, sr = material.load_clip(c.name)
+            seen.setdefault((sr, x.tobytes()), set()).add(split)
+    assert all(len(splits) == 1 for splits in seen.values())
+    # splits that draw clips are stamped anew: one built with the copies is not taken as current
+    for split, spec in SONG_SPLITS.items():
+        cfg = build._split_config("song", split, 1, 6.0, Options())
+        assert ("held_out_clips" in cfg) == (spec.material != "train" and "recorded" in spec.kinds)
+
+
+@needs_debs
 @pytest.mark.slow
 def test_tiny_build(tmp_path):
     cache = tmp_path / "cache"
@@ -387,3 +403,18 @@ def test_an_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(f) in err and err.count("\n") == 1
     assert f.read_text() == "x"
+
+
+def test_texts_come_from_the_listed_fortune_packages_only(tmp_path, monkeypatch):
+    # another fortune package's file in the same folder added its texts to training
+    quotes = [f"Quotation number {w} says something worth reading aloud." for w in "abcdefghijkl"]
+    (tmp_path / "listed").write_text("\n%\n".join(quotes))
+    (tmp_path / "other").write_text("A quotation from a package nobody listed for training.")
+    monkeypatch.setattr(material, "FORTUNE_DIR", tmp_path)
+    monkeypatch.setattr(material, "dpkg_files", lambda pkg: [str(tmp_path / "listed")] if pkg == "fortunes" else [])
+    material.fortune_texts.cache_clear()
+    try:
+        texts = sum(material.fortune_texts().values(), [])
+    finally:
+        material.fortune_texts.cache_clear()
+    assert sorted(texts) == sorted(quotes)

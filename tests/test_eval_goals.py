@@ -1,6 +1,7 @@
 """tools/eval_goals.py: the arithmetic of its figures, and one run through `chimera predict`."""
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,28 @@ def test_the_oracle_cache_does_not_outlive_a_rebuilt_split(tmp_path, monkeypatch
     again = eval_goals.evaluate_split(data, "test-real", args, cache)["tracks"]["t"]["oracle_irm"]
     fresh = eval_goals.evaluate_split(data, "test-real", args, {})["tracks"]["t"]["oracle_irm"]
     assert again == fresh and fresh != first
+
+
+def test_an_interrupted_cache_write_leaves_the_old_cache_readable(tmp_path, monkeypatch):
+    def evaluate_split(data, split, args, cache):
+        cache[f"{split}/t"] = {"new": True}
+        return {"tracks": {"t": {"reconstruction_db": -30.0, "high_band_share": {s: 0.5 for s in eval_goals.SOURCES},
+                                 "leak_db": -20.0}}, "predict_seconds": 0.0, "audio_seconds": 1.0}
+    monkeypatch.setattr(eval_goals, "evaluate_split", evaluate_split)
+    (tmp_path / "musdb" / "solo-real").mkdir(parents=True)
+    cache = tmp_path / "oracle-cache.json"
+    cache.write_text(json.dumps({"old": 1}))
+    real_write = Path.write_text
+
+    def killed_midway(self, text, *a, **k):  # half the text on disk, then the run is stopped
+        real_write(self, text[: len(text) // 2], *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    argv = ["--data", str(tmp_path / "musdb"), "--out", str(tmp_path / "r.json"), "--splits", "solo-real"]
+    with pytest.raises(KeyboardInterrupt):
+        eval_goals.main(argv)
+    monkeypatch.setattr(Path, "write_text", real_write)
+    assert json.loads(cache.read_text()) == {"old": 1}
+    cache.write_text('{"old": ')  # cut short by an older version: recomputed, not a traceback
+    assert eval_goals.main(argv) == 0
+    assert json.loads(cache.read_text()) == {"solo-real/t": {"new": True}}

@@ -26,8 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from chimera.evaluate import track_median
 from chimera.pretrained import load
 from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, METHODS, Separator
 from tools.choose_segment import improvement, validation_tracks
@@ -76,7 +75,8 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
                     by_kind_rows.setdefault(f"{s} SI-SDRi ({kinds[t.name]})", []).append(gain)
                 alone = sep.separate(t.references[i], t.rate).numpy()
                 rows[f"{s} alone: leak"].append(leak_db(alone, 1 - i, t.references[i]))
-    return {k: float(np.median(v)) for k, v in (rows | by_kind_rows).items()}  # the usual columns first
+    # a track with a silent stem has no SI-SDRi nor leak for it (NaN): left out, not the column's NaN
+    return {k: track_median(v) for k, v in (rows | by_kind_rows).items()}  # the usual columns first
 
 
 def main(argv=None) -> int:

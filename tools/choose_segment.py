@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import torch
 
-from chimera.evaluate import list_tracks, read_track
+from chimera.audio import AudioError
+from chimera.evaluate import list_tracks, read_track, track_median
 from chimera.objectives import si_sdr
 from chimera.pretrained import load
 from chimera.separate import DEFAULT_SEGMENT, Separator
@@ -34,7 +35,10 @@ def validation_tracks(data: str, names: list[str]) -> list:
     not see what it is then scored on), and so is a dataset's root, where chimera.evaluate
     reads the test split (MUSDB18-HQ, DSD100)."""
     folder = os.path.normpath(data)
-    files = [] if held_out(folder) else list_tracks(folder, names)
+    try:  # the real path's name: a link to a held-out split, or "." inside one, is held out too
+        files = [] if held_out(os.path.realpath(folder)) else list_tracks(folder, names)
+    except AudioError as exc:  # no such folder, a stem that does not fit its mixture: one line
+        raise SystemExit(str(exc)) from None
     if not files or any(os.path.dirname(os.path.normpath(f.folder)) != folder for f in files):
         raise SystemExit(f"{data}: a held-out split (or a dataset's root, read as its test split): "
                          "choose on a validation folder of <track>/ folders")
@@ -66,7 +70,8 @@ def main(argv=None) -> int:
             est = sep.separate(t.mixture, t.rate).numpy()  # (C, channels, L)
             for i, s in enumerate(names):
                 gains[s].append(improvement(est[i], t.references[i], t.mixture))
-        print(f"| {seg:g} | " + " | ".join(f"{np.median(gains[s]):.2f}" for s in names) + " |", flush=True)
+        # a track with a silent stem has no SI-SDRi for it (NaN): left out, not the column's NaN
+        print(f"| {seg:g} | " + " | ".join(f"{track_median(gains[s]):.2f}" for s in names) + " |", flush=True)
     return 0
 
 

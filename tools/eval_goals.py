@@ -53,8 +53,11 @@ def db(ratio: float) -> float:
 
 def leak_db(estimates: np.ndarray, silent: int, played: np.ndarray) -> float:
     """The leak: energy of output ``silent`` of ``estimates`` (C, channels, L) over ``played``'s
-    (the input), in dB."""
-    return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / np.sum(np.square(played, dtype=np.float64)))
+    (the input), in dB; NaN (undefined, left out of medians) when ``played`` is silent."""
+    played_energy = np.sum(np.square(played, dtype=np.float64))
+    if played_energy == 0:
+        return float("nan")
+    return db(np.sum(np.square(estimates[silent], dtype=np.float64)) / played_energy)
 
 
 def predict(split_dir: Path, names: list[str], work: Path, model: str | None, extra: list[str]) -> tuple[Path, float]:
@@ -156,6 +159,13 @@ def summarise(split: str, r: dict) -> dict:
     return s
 
 
+def write_json(path: Path, doc) -> None:
+    """``path`` whole or not at all: an interrupted run leaves the previous file readable."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
 def table(summary: dict) -> str:
     rows = ["| split | vocals SDR | IRM oracle | gap | accomp. SDR | IRM oracle | gap | leak | sum vs input | >8 kHz out/in |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -183,7 +193,11 @@ def main(argv=None) -> int:
     data, out = Path(args.data), Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_path = Path(args.oracle_cache) if args.oracle_cache else out.parent / "oracle-cache.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except ValueError:  # cut short by an older version, which wrote it in place: recomputed
+        print(f"eval_goals: {cache_path}: unreadable, the oracle scores are recomputed", file=sys.stderr)
+        cache = {}
     results, summary = {}, {}
     for split in args.splits:
         if not (data / split).is_dir():
@@ -191,15 +205,13 @@ def main(argv=None) -> int:
             continue
         results[split] = evaluate_split(data, split, args, cache)
         summary[split] = summarise(split, results[split])
-        cache_path.write_text(json.dumps(cache, indent=1))
+        write_json(cache_path, cache)
         print(f"{split}: done ({results[split]['predict_seconds']} s predict for "
               f"{results[split]['audio_seconds']} s of audio)", file=sys.stderr, flush=True)
     doc = {"model": args.model or "bundled", "predict_args": args.predict_args, "data": str(data),
            "high_hz": args.high_hz, "oracle_stft": json.loads(args.oracle_stft), "summary": summary,
            "results": results}
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, out)
+    write_json(out, doc)
     print(table(summary))
     return 0
 

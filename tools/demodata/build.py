@@ -23,6 +23,9 @@ MIN_SECONDS = 2.0          # a voice starts within 1.5 s and needs 0.5 s: shorte
 # Valid and held-out material lists lost copies of training material (music, texts) in this
 # revision: their splits are stamped with it so that older builds are not taken as current.
 HELD_OUT_MATERIAL = 2
+# And recorded clips lost decoded copies of training clips (same samples, other Ogg bytes)
+# in the next: the splits that draw clips are stamped with that too.
+HELD_OUT_CLIPS = 1
 
 
 def _job(args):
@@ -124,6 +127,8 @@ def _split_config(kind: str, split: str, count: int, seconds: float, opts: Optio
         cfg["voices"] = [":".join(v) for v in speech.voices_of(material_split == "test")]
     if material_split != "train":
         cfg["held_out_material"] = HELD_OUT_MATERIAL
+        if kind == "song" and "recorded" in SONG_SPLITS[split].kinds:
+            cfg["held_out_clips"] = HELD_OUT_CLIPS
     return cfg
 
 

@@ -50,6 +50,7 @@ PACKAGES = (
 )
 NAMES = tuple(p.name for p in PACKAGES)
 MUSIC_PACKAGES = tuple(p.name for p in PACKAGES if p.role == MUSIC)
+TEXT_PACKAGES = tuple(p.name for p in PACKAGES if p.role == TEXT)
 
 
 def dpkg_files(pkg: str) -> list[str]:
