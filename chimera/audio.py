@@ -122,10 +122,8 @@ def open_audio(path: PathLike) -> sf.SoundFile:
     problem = None
     if f.samplerate <= 0 or f.channels <= 0:
         problem = f"invalid header (rate {f.samplerate}, channels {f.channels})"
-    elif f.frames <= 0:
-        problem = "the audio has no samples"
-    else:
-        problem = _truncation(f)
+    else:  # a WAV cut right after its header has no samples left: say it was cut
+        problem = _truncation(f) or ("the audio has no samples" if f.frames <= 0 else None)
     if problem:
         f.close()
         raise AudioError.at(path, problem)
@@ -147,6 +145,18 @@ def _truncation(f) -> str | None:
     if said in _UNKNOWN_SIZES or there >= said:
         return None
     return f"truncated: it holds {there} of the {said} bytes of samples its header promises ({said - there} missing)"
+
+
+def _ffmpeg_input(path: str) -> str:
+    """`path` as ffmpeg's input argument: with the file: protocol, so that a relative name
+    with a colon ("take:2.m4a") is not read as a protocol, nor one starting with "-" as an
+    option of ffprobe."""
+    return "file:" + path
+
+
+def _ffmpeg_reason(lines: list[str], path: str, fallback: str) -> str:
+    """ffmpeg's last error line, without the input name it starts with (the message names the file)."""
+    return lines[-1].removeprefix(_ffmpeg_input(path) + ": ") if lines else fallback
 
 
 def _open_with_ffmpeg(path: str, sndfile_reason: str) -> "FfmpegFile":
@@ -184,8 +194,8 @@ class FfmpegFile:
 
     def _start(self, start: int) -> None:
         self.close()
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", self.name, "-map", "0:a:0", "-ac", str(self.channels),
-               "-ar", str(self.samplerate)]
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", _ffmpeg_input(self.name), "-map", "0:a:0",
+               "-ac", str(self.channels), "-ar", str(self.samplerate)]
         if start:
             cmd += ["-af", f"atrim=start_sample={start}"]  # exact, unlike -ss on compressed audio
         cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
@@ -196,7 +206,7 @@ class FfmpegFile:
         if self._proc.wait() != 0:
             self._errors.seek(0)
             lines = self._errors.read().decode(errors="replace").strip().splitlines()
-            raise RuntimeError(lines[-1] if lines else f"exit status {self._proc.returncode}")
+            raise RuntimeError(_ffmpeg_reason(lines, self.name, f"exit status {self._proc.returncode}"))
 
     def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
         width = 4 * self.channels
@@ -239,10 +249,11 @@ class FfmpegFile:
 def _ffprobe(path: str) -> tuple[int, int]:
     """(sample rate, channels) of the first audio stream; RuntimeError with ffprobe's reason."""
     run = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                          "stream=sample_rate,channels", "-of", "json", path], capture_output=True, text=True)
+                          "stream=sample_rate,channels", "-of", "json", _ffmpeg_input(path)], capture_output=True,
+                         text=True)
     if run.returncode != 0:
         lines = run.stderr.strip().splitlines()
-        raise RuntimeError(lines[-1] if lines else f"ffprobe exit status {run.returncode}")
+        raise RuntimeError(_ffmpeg_reason(lines, path, f"ffprobe exit status {run.returncode}"))
     streams = json.loads(run.stdout or "{}").get("streams") or []
     if not streams:
         raise RuntimeError("no audio stream")
@@ -283,10 +294,16 @@ def read_audio(path: PathLike, start: int = 0, frames: int = -1) -> tuple[np.nda
     """Read ``frames`` samples (all when -1) from sample ``start`` as float32
     ``(frames, channels)`` and the sample rate. Reading past the end returns fewer frames
     (callers pad); any problem with the file raises :class:`AudioError` naming it."""
+    if start < 0:
+        raise ValueError(f"read_audio: start must be >= 0, got {start} (for {os.fspath(path)})")
     with open_audio(path) as f:
         if start >= f.frames:
             return np.zeros((0, f.channels), np.float32), f.samplerate
-        f.seek(int(start))
+        if start:  # an open file is at sample 0 already
+            try:
+                f.seek(int(start))
+            except _DECODE_ERRORS as exc:  # a FLAC cut short: libsndfile's bare "psf_fseek() failed"
+                raise AudioError.at(f.name, f"seek to sample {start} failed ({_reason(exc)})") from None
         n = f.frames - start if frames < 0 else frames
         blocks = list(read_blocks(f, max(n, 1), n))
         x = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
@@ -329,15 +346,28 @@ def output_rate(ext: str, rate: int) -> int:
 def write_audio(path: PathLike, data: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:
     """Write ``(frames,)`` or ``(frames, channels)`` audio, creating parent folders.
 
-    int16 arrays are written verbatim as PCM_16 (bit-exact); float arrays default to FLOAT."""
+    int16 arrays are written verbatim as PCM_16 (bit-exact); float arrays default to FLOAT,
+    or to the format's own default where it has no FLOAT (FLAC: PCM_16, OGG: VORBIS, MP3).
+    A write libsndfile refuses (format, rate, channels, shape) is a ValueError naming the
+    file, and leaves no new file behind."""
     path = os.fspath(path)
     data = np.asarray(data)
     if subtype is None:
         subtype = "PCM_16" if data.dtype == np.int16 else "FLOAT"
+        major = os.path.splitext(path)[1][1:].upper()
+        if major in sf.available_formats() and not sf.check_format(major, subtype):
+            subtype = sf.default_subtype(major)  # FLOAT was refused for every .flac/.ogg/.mp3
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise ValueError(f"refusing to write NaN/Inf samples to {path}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sf.write(path, data, int(sample_rate), subtype=subtype)
+    existed = os.path.lexists(path)
+    try:
+        sf.write(path, data, int(sample_rate), subtype=subtype)
+    except _DECODE_ERRORS as exc:
+        # libsndfile creates the file before it checks the rate: an empty file was left behind
+        if not existed and os.path.isfile(path):
+            os.remove(path)
+        raise ValueError(f"{path}: cannot write it as {subtype} at {int(sample_rate)} Hz ({_reason(exc)})") from None
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int, quality: str = "HQ", axis: int = 0) -> np.ndarray:

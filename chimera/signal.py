@@ -44,11 +44,13 @@ def stft(x, n_fft, hop_length=None, window=None, center=True):
         raise ValueError(f"stft: a signal of {L} samples is too short for n_fft={n_fft} with center={center} (needs "
                          f"{'more than ' + str(n_fft // 2) if center else 'at least ' + str(n_fft)})")
     w = _window(window, n_fft, x.dtype, x.device)
-    rows = x.reshape(-1, L) if x.numel() else x.new_zeros(1, L)  # torch.stft refuses an empty batch
-    spec = torch.stft(rows, n_fft, hop, window=w, center=center, pad_mode="reflect",
-                      normalized=False, onesided=True, return_complex=True)
     if not x.numel():
-        spec = spec[:0]
+        # torch.stft refuses an empty batch; an empty view of x (not new zeros) keeps the
+        # result in autograd's graph, so that a loss over it still has a backward
+        empty = x[..., :1, None].expand(*x.shape[:-1], n_fft // 2 + 1, _n_frames(L, n_fft, hop, center))
+        return torch.complex(empty, empty)
+    spec = torch.stft(x.reshape(-1, L), n_fft, hop, window=w, center=center, pad_mode="reflect",
+                      normalized=False, onesided=True, return_complex=True)
     return spec.reshape(*x.shape[:-1], *spec.shape[-2:])
 
 
@@ -75,8 +77,8 @@ def istft(spec, n_fft, hop_length=None, window=None, center=True, length=None):
 
 def _irfft_frames(spec, n_fft):
     """(..., F, T) complex -> (..., T, n_fft) real frames (the FFT fails on an empty batch)."""
-    if spec.numel() == 0:
-        return spec.real.new_zeros(*spec.shape[:-2], spec.shape[-1], n_fft)
+    if spec.numel() == 0:  # an empty view of spec, not new zeros: it stays in autograd's graph
+        return spec.real[..., :1, :].transpose(-1, -2).expand(*spec.shape[:-2], spec.shape[-1], n_fft)
     return torch.fft.irfft(spec, n=n_fft, dim=-2).transpose(-1, -2)
 
 

@@ -1,5 +1,8 @@
 """chimera.audio: one reader, one error naming the file, one resampler, for every consumer."""
 import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -131,3 +134,76 @@ def test_write_audio_refuses_nan_before_making_folders(tmp_path):
     with pytest.raises(ValueError, match="NaN/Inf samples to .*out.wav"):
         write_audio(tmp_path / "new" / "out.wav", data, 16000)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="needs ffmpeg")
+def test_ffmpeg_reads_relative_names_with_a_colon_or_a_leading_dash(tmp_path, monkeypatch):
+    """ffprobe took "-take.m4a" for an option and ffmpeg "take:2.m4a" for a protocol:
+    both files were refused as unreadable."""
+    x = (0.5 * np.sin(np.arange(8000) / 7)).astype(np.float32)
+    sf.write(tmp_path / "plain.wav", x, 16000)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "plain.wav"), "-c:a", "aac",
+                    str(tmp_path / "plain.m4a")], check=True)
+    want, rate = read_audio(tmp_path / "plain.m4a")
+    monkeypatch.chdir(tmp_path)
+    for name in ("-take.m4a", "take:2.m4a"):
+        shutil.copy("plain.m4a", name)
+        got, got_rate = read_audio(name)
+        assert got_rate == rate == 16000
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(AudioError, match=r"^-bad\.m4a: not a readable audio file \(libsndfile: .+; ffmpeg: "
+                                         r"Invalid data found when processing input\)$"):
+        pathlib.Path("-bad.m4a").write_text("not audio\n" * 10)
+        read_audio("-bad.m4a")
+
+
+@pytest.mark.parametrize("ext", ["flac", "ogg", "mp3"])
+def test_write_audio_float_to_a_format_without_float(tmp_path, ext):
+    """The default FLOAT subtype made every float write to these formats fail."""
+    x = (0.5 * np.sin(np.arange(8000) / 7)).astype(np.float32)
+    write_audio(tmp_path / f"out.{ext}", x, 16000)
+    y, rate = read_audio(tmp_path / f"out.{ext}")
+    assert rate == 16000 and y.shape == (8000, 1)
+    if ext == "flac":  # lossless: what PCM_16 holds of x
+        np.testing.assert_array_equal(y[:, 0], np.round(x * 32768) / 32768)
+
+
+def test_a_refused_write_names_the_file_and_leaves_nothing(tmp_path):
+    """libsndfile's refusals did not name the file (LibsndfileError, or 'Invalid combination
+    of format, subtype and endian'), and the mp3 one left an empty file behind."""
+    x = np.zeros(800, np.float32)
+    path = tmp_path / "out.mp3"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: cannot write it as MPEG_LAYER_III at 7000 Hz "
+                                         r"\(MPEG-1/2/2.5 only supports sample rates of 8000, .*\)$"):
+        write_audio(path, x, 7000)
+    assert not path.exists()
+    path = tmp_path / "out.wav"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: cannot write it as ULAW at 8000 Hz "):
+        write_audio(path, np.zeros((10, 2, 2), np.float32), 8000, subtype="ULAW")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_flac_cut_short_is_an_audio_error_naming_it(tmp_path):
+    """read_audio's seek raised libsndfile's bare 'Internal psf_fseek() failed.' (no file
+    name, not an AudioError) for a FLAC download that stopped early."""
+    path = tmp_path / "cut.flac"
+    x = (0.1 * np.random.default_rng(0).standard_normal(30000)).astype(np.float32)
+    sf.write(path, x, 8000, subtype="PCM_16")
+    whole = path.read_bytes()
+    for cut in (44, 1000):
+        path.write_bytes(whole[:cut])
+        for start in (0, 100):
+            with pytest.raises(AudioError, match=rf"^{re.escape(str(path))}: (read|seek to sample) .*failed"):
+                read_audio(path, start)
+    with pytest.raises(ValueError, match="start must be >= 0, got -5"):
+        read_audio(tmp_path / "cut.flac", -5)
+
+
+def test_a_wav_cut_after_its_header_is_truncated_not_silent(tmp_path):
+    """Was 'the audio has no samples', as for a file written empty."""
+    path = tmp_path / "cut.wav"
+    sf.write(path, np.zeros(3000, np.float32), 8000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:44])
+    with pytest.raises(AudioError, match=r"cut\.wav: truncated: it holds 0 of the 6000 bytes of samples its header "
+                                         r"promises \(6000 missing\)$"):
+        read_audio(path)

@@ -460,6 +460,24 @@ def test_empty_batches_give_empty_results():
     assert out.shape == (0, 20)
 
 
+def test_empty_batches_stay_differentiable():
+    # The empty results were new zeros, outside autograd's graph: a loss over an empty
+    # batch raised "element 0 of tensors does not require grad" in backward.
+    n_fft, hop = 16, 4
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    x = torch.randn(2, 0, 100, dtype=torch.float64, requires_grad=True)
+    spec = stft(x, n_fft, hop, w, center=False)
+    assert spec.shape == (2, 0, 9, 22) and spec.dtype == torch.complex128
+    spec.abs().sum().backward()
+    assert x.grad.shape == x.shape
+    spec = torch.randn(0, 3, 9, 5, dtype=torch.complex128, requires_grad=True)
+    stream = StreamingISTFT(n_fft, hop, w, length=20)
+    for y in (istft(spec, n_fft, hop, w), torch.cat([stream.push(spec[:, 0]), stream.flush()], -1)):
+        spec.grad = None
+        y.sum().backward()
+        assert spec.grad.shape == spec.shape
+
+
 def test_stft_rejects_short_and_integer_signals_in_one_line():
     w = torch.hann_window(16)
     with pytest.raises(ValueError, match="8 samples is too short for n_fft=16 with center=True"):
