@@ -352,7 +352,8 @@ def build_parser():
                    help="continue from RUN_DIR/last.pt (or the given checkpoint)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. stages.0.epochs=2 (repeatable)")
-    t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the recipe's train.device)")
+    t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the recipe's train.device); under "
+                                    "torchrun each process takes the GPU of its LOCAL_RANK (cuda:N is refused there)")
     t.add_argument("--seed", type=int, help="override the config's seed")
     t.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
