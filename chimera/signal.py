@@ -287,7 +287,8 @@ def misi(mixture, estimates, n_iter, n_fft, hop_length=None, window=None, center
     mixture's phase). Each iteration: ŝ_c = iSTFT(|Ŝ_c| e^{jθ_c}), δ = y − Σ_c ŝ_c,
     θ_c ← ∠STFT(ŝ_c + δ / C). Returns the waveforms (..., C, L) after n_iter updates;
     with ``mixture_consistent`` the residual δ / C is added to each so that they sum
-    to the mixture exactly; with ``return_spectra`` also their (consistent) STFTs.
+    to the mixture exactly; with ``return_spectra`` also their (consistent) STFTs. The
+    waveforms' dtype is the real one that the mixture's and the estimates' dtypes promote to.
     """
     if estimates.dim() < 3:
         raise ValueError(f"misi: estimates must be (..., C, F, T), got shape {tuple(estimates.shape)}")
@@ -296,6 +297,10 @@ def misi(mixture, estimates, n_iter, n_fft, hop_length=None, window=None, center
                          f"{tuple(estimates.shape[:-3])}")
     if n_iter < 0:
         raise ValueError(f"misi: n_iter must be >= 0, got {n_iter}")
+    # One dtype for every n_iter (the STFTs of the iterations promote to it; n_iter=0 did not):
+    # that of the two inputs' promotion, as for torch's own ops.
+    estimates = estimates.to(torch.promote_types(estimates.dtype, mixture.dtype))
+    mixture = mixture.to(estimates.real.dtype)
     C = estimates.shape[-3]
     L = mixture.shape[-1]
     y = mixture.unsqueeze(-2)

@@ -61,8 +61,36 @@ def test_disabled_extension_runs_references():
 
 
 def test_require_and_disable_contradict():
-    out = run([sys.executable, "-c", "import chimera.ops"], {"CHIMERA_DISABLE_EXT": "1"} | {"CHIMERA_REQUIRE_EXT": "1"})
-    assert out.returncode != 0 and "contradict" in out.stderr
+    # An import error, with its traceback, as any import error: an application can catch it as
+    # ImportError (a library must not exit the process or hide its callers), and it ends in the reason.
+    env = {"CHIMERA_DISABLE_EXT": "1", "CHIMERA_REQUIRE_EXT": "true"}
+    out = run([sys.executable, "-c", "import chimera.ops"], env)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == ("chimera.ops._extension.ExtensionError: "
+                                                   "CHIMERA_REQUIRE_EXT=1 and CHIMERA_DISABLE_EXT=1 contradict each other")
+    caught = "try:\n    import chimera.ops\nexcept ImportError as e:\n    print(type(e).__name__)"
+    out = run([sys.executable, "-c", caught], env)
+    assert out.returncode == 0 and out.stdout.strip() == "ExtensionError", out.stderr
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("true", True), (" Yes\n", True), ("ON", True), ("", False),
+                                       ("0", False), ("false", False), ("no", False), ("off", False), ("2", False)])
+def test_flag_parsing(monkeypatch, value, on):
+    monkeypatch.setenv("CHIMERA_TEST_FLAG", value)
+    assert _extension.flag("CHIMERA_TEST_FLAG") is on
+    monkeypatch.delenv("CHIMERA_TEST_FLAG")
+    assert _extension.flag("CHIMERA_TEST_FLAG") is False
+
+
+def test_tests_read_the_disable_flag_as_the_loader_does():
+    """testutil compared the variable with "1": CHIMERA_DISABLE_EXT=true disabled the extension
+    but the tests that need it still ran."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import testutil; "
+            "from chimera.ops import _extension; print(testutil.EXT_DISABLED, _extension.module is None)")
+    for value, disabled in (("true", True), ("On", True), ("0", False)):
+        out = run([sys.executable, "-c", code], {"CHIMERA_DISABLE_EXT": value})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [str(disabled), str(disabled or _extension.module is None)], value
 
 
 def _fake_import(exc):

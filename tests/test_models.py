@@ -1,5 +1,8 @@
 import copy
+import io
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from chimera.models import (
 )
 from chimera.objectives import objective, si_sdr
 from chimera.separate import Separator
-from testutil import cuda
+from testutil import ROOT, cuda
 
 STFT = StftConfig(sample_rate=8000, n_fft=128, hop_length=32)
 TINY = dict(hidden=16, layers=2, stft=STFT)
@@ -405,3 +408,53 @@ def test_unit_norm_is_normalize_with_its_gradient():
                                                                             requires_grad=True),))
     x = torch.randn(2, 5, 3).requires_grad_()
     assert unit_norm(x).dtype == torch.float32 and torch.isnan(unit_norm(torch.full((1, 1, 3), float("nan")))).all()
+
+
+# ------------------------------------------------------------------ torch.export / torch.compile
+
+def _assert_same_output(got, want):
+    assert type(got) is type(want) and got.stft == want.stft and got.length == want.length
+    for name in ("mixture_spec", "embedding", "masks", "estimates"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("name", ["chimerapp", "dc"])  # dc: embedding only, masks and estimates None
+def test_exported_model_returns_the_eager_outputs(name):
+    """torch.export.export failed: ModelOutput was no pytree node."""
+    model = SeparationModel(preset(name, **TINY)).eval()
+    x = torch.randn(2, 1000)
+    want = model(x)
+    program = torch.export.export(model, (x,))
+    _assert_same_output(program.module()(x), want)
+    if name == "chimerapp":  # the STFT settings go through the saved program's JSON
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        buffer.seek(0)
+        _assert_same_output(torch.export.load(buffer).module()(x), want)
+
+
+def test_compiled_model_returns_the_eager_outputs():
+    model = SeparationModel(preset("chimerapp", **TINY)).eval()
+    x = torch.randn(2, 1000)
+    _assert_same_output(torch.compile(model, backend="aot_eager")(x), model(x))
+
+
+def test_model_output_registration_survives_a_reload():
+    # A fresh interpreter: a reload leaves two ModelOutput classes, which other tests must not see.
+    code = """if True:
+        import importlib, warnings
+        import torch
+        import chimera.models.model as m
+        from chimera.models import StftConfig, preset
+        warnings.simplefilter("error", UserWarning)  # pytree warns when it overwrites a registration
+        m = importlib.reload(m)
+        warnings.resetwarnings()
+        model = m.SeparationModel(preset("dc", hidden=8, layers=1, stft=StftConfig(8000, 128, 32))).eval()
+        out = torch.export.export(model, (torch.randn(1, 500),)).module()(torch.randn(1, 500))
+        assert type(out) is m.ModelOutput, type(out)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

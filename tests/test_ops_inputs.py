@@ -37,3 +37,11 @@ def test_conjugate_view_codebook(mode):
         ops.codebook_lookup(logits, cb, mode).abs().sum().backward()
         grads.append(c.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xpu:0"])
+def test_backend_of_a_device_type_without_an_entry_is_named(device):
+    """Was a bare KeyError: 'mps'."""
+    with pytest.raises(ValueError, match=rf"device type '{device.split(':')[0]}'.*cpu, cuda"):
+        ops.backend(device)
+    assert set(ops.backend("cpu").values()) <= {"cpp", "reference"}  # the known types still answer

@@ -523,6 +523,24 @@ def test_misi_zero_iterations_is_istft():
     torch.testing.assert_close(misi(src.sum(0), est, 0, n_fft, hop, w), istft(est, n_fft, hop, w, length=1000))
 
 
+@pytest.mark.parametrize("mixture_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("estimates_dtype", [torch.complex64, torch.complex128, torch.float32])
+@pytest.mark.parametrize("mixture_consistent", [False, True])
+def test_misi_dtype_does_not_depend_on_n_iter(mixture_dtype, estimates_dtype, mixture_consistent):
+    """complex64 estimates with a float64 mixture gave float32 for n_iter=0, float64 after."""
+    n_fft, hop = 128, 32
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    src = _sources(2, 1000)
+    est = stft(src, n_fft, hop, w)
+    est = est.to(estimates_dtype) if estimates_dtype.is_complex else est.abs().to(estimates_dtype)
+    mix = src.sum(0).to(mixture_dtype)
+    real = torch.promote_types(mixture_dtype, est.real.dtype)
+    for n_iter in (0, 1, 2):
+        wav, spectra = misi(mix, est, n_iter, n_fft, hop, w, mixture_consistent=mixture_consistent,
+                            return_spectra=True)
+        assert wav.dtype == real and spectra.dtype == real.to_complex(), (n_iter, wav.dtype, spectra.dtype)
+
+
 def test_misi_mixture_consistent_and_magnitude_input():
     n_fft, hop = 128, 32
     w = torch.hann_window(n_fft, dtype=torch.float64)

@@ -7,7 +7,11 @@ import sys
 import pytest
 import torch
 
-EXT_DISABLED = os.environ.get("CHIMERA_DISABLE_EXT", "") == "1"
+from chimera.ops._extension import flag
+
+# The loader's own reading of the variable ("1", "true", "yes", "on"), so that a test skips
+# exactly when the extension is off.
+EXT_DISABLED = flag("CHIMERA_DISABLE_EXT")
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from .. import signal
@@ -50,6 +51,34 @@ class ModelOutput:
     estimates: torch.Tensor | None
     stft: StftConfig
     length: int
+
+
+# A pytree node, so that torch.export.export(model, ...) can return it: the tensors (or None)
+# are its children; the STFT settings and the length, fixed by the input's shape, its context.
+_TENSOR_FIELDS = ("mixture_spec", "embedding", "masks", "estimates")
+
+
+def _flatten_output(out):
+    return [getattr(out, name) for name in _TENSOR_FIELDS], (out.stft, out.length)
+
+
+def _flatten_output_with_keys(out):
+    children, context = _flatten_output(out)
+    return [(pytree.GetAttrKey(name), child) for name, child in zip(_TENSOR_FIELDS, children)], context
+
+
+def _unflatten_output(children, context):
+    stft, length = context
+    return ModelOutput(**dict(zip(_TENSOR_FIELDS, children)), stft=stft, length=length)
+
+
+if ModelOutput not in pytree.SUPPORTED_NODES:  # registering a class twice raises
+    pytree.register_pytree_node(
+        ModelOutput, _flatten_output, _unflatten_output, flatten_with_keys_fn=_flatten_output_with_keys,
+        serialized_type_name=f"{__name__}.ModelOutput",
+        # JSON for torch.export.save / load
+        to_dumpable_context=lambda context: [context[0].to_dict(), context[1]],
+        from_dumpable_context=lambda dumped: (StftConfig.from_dict(dumped[0]), dumped[1]))
 
 
 class SeparationModel(nn.Module):

@@ -17,6 +17,8 @@ class ExtensionError(ImportError):
 
 
 def flag(name):
+    """Whether environment variable `name` is on: 1, true, yes or on (any case). tests/testutil.py reads
+    CHIMERA_DISABLE_EXT with it too."""
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 

@@ -169,6 +169,9 @@ def backend(device=None):
     if device is None:
         return {op: dict(b) for op, b in _backends.items()}
     device = torch.device(device)
+    if device.type not in DEVICES:  # say so, rather than a KeyError from the lookup below
+        raise ValueError(f"backend: no entry for device type {device.type!r}; "
+                         f"the device types are {', '.join(DEVICES)}")
     if device.type == "cuda" and device.index is not None and not kernel_image_ok(device):
         return {op: "reference" for op in _backends}
     return {op: b[device.type] for op, b in _backends.items()}
