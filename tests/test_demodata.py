@@ -1,6 +1,8 @@
 """tools/demodata, the demo-data tool beside the package: signal helpers, held-out splits that
 never meet training, sung phrases, one package list, and a tiny build end to end."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from tools.demodata import material, packages, singing, speech
 from tools.demodata.build import make
 from tools.demodata.__main__ import main as demodata_main
 from tools.demodata.dsp import bandwidth_extend, formant_frames, formant_warp, quantise_pair, tilt, vibrato
+from tools.demodata.external import DataError
 from tools.demodata.tracks import HELD_OUT_SPLITS, SONG_SPLITS, Options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +326,7 @@ def test_every_voice_is_installed(monkeypatch):
 
 
 def _fake_job(args):
-    kind, split, index, opts, out_dir, cache, seconds = args
+    kind, split, index, opts, out_dir, *_ = args
     (Path(out_dir) / split).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / split / f"{index}.txt").write_text(str(opts.seed))
     return {"index": index}
@@ -418,3 +421,106 @@ def test_texts_come_from_the_listed_fortune_packages_only(tmp_path, monkeypatch)
     finally:
         material.fortune_texts.cache_clear()
     assert sorted(texts) == sorted(quotes)
+
+
+@pytest.mark.parametrize("option, value, allowed", [
+    ("--seconds", "inf", "at least 2"), ("--test-seconds", "inf", "at least 2"), ("--seconds", "1", "at least 2"),
+    ("--lowpass-share", "nan", "from 0 to 1"), ("--bwe-share", "nan", "from 0 to 1"),
+    ("--sung-share", "nan", "from 0 to 1"), ("--formant-share", "nan", "from 0 to 1"),
+    ("--formant-share", "1.5", "from 0 to 1"), ("--seed", "-1", "at least 0"), ("--jobs", "0", "at least 1"),
+    ("--train", "-1", "at least 0"), ("--speakers", "-1", "at least 0"),
+])
+def test_numeric_options_are_checked_when_parsed(tmp_path, capsys, option, value, allowed):
+    # inf ended in an OverflowError traceback, NaN in a split stamp that never matched again
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--train", "0", "--valid", "0", "--test", "0", "--solo", "0", "--quiet",
+            "--speakers", "0", "0", "0"]
+    args += [option, value] + (["0", "0"] if option == "--speakers" else [])
+    with pytest.raises(SystemExit) as exc:
+        demodata_main(args)
+    assert exc.value.code == 2 and not out.exists()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}: " in line and allowed in line and repr(value) in line
+
+
+def test_numeric_options_at_their_limits_are_taken(tmp_path, monkeypatch):
+    from tools.demodata import __main__ as cli
+    seen = {}
+    monkeypatch.setattr(cli, "make", lambda out, **kw: seen.update(kw) or {"out": out, "built": {}, "seconds": 0})
+    assert cli.main(["--out", str(tmp_path), "--seconds", "2", "--test-seconds", "2.5", "--lowpass-share", "0",
+                     "--bwe-share", "1", "--formant-share", "1", "--seed", "0", "--jobs", "1", "--train", "0",
+                     "--speakers", "0", "0", "0", "--quiet"]) == 0
+    assert (seen["seconds"], seen["test_seconds"], seen["lowpass_share"], seen["bwe_share"]) == (2.0, 2.5, 0.0, 1.0)
+    assert (seen["formant_share"], seen["jobs"], seen["train"], seen["speakers"]) == (1.0, 1, 0, (0, 0, 0))
+
+
+def test_no_dpkg_is_one_line_saying_a_debian_system_is_needed(tmp_path, monkeypatch, capsys):
+    args = ["--out", str(tmp_path / "out"), "--train", "1", "--valid", "0", "--test", "0", "--solo", "0",
+            "--speakers", "0", "0", "0", "--quiet"]
+    dpkg = shutil.which("dpkg")
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither dpkg nor dpkg-query
+    assert packages.missing_packages() == list(packages.NAMES)  # not a FileNotFoundError: the tests skip
+    assert demodata_main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: dpkg and dpkg-query not found") and "Debian-based system" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+    if dpkg:  # dpkg without dpkg-query (read for the licence notes)
+        os.symlink(dpkg, tmp_path / "dpkg")
+        assert demodata_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: dpkg-query not found") and "Debian-based system" in err
+
+
+def _fail_after_first_split(args):
+    if args[1] != "valid":
+        raise DataError(f"cut short in {args[1]}")
+    return _fake_job(args)
+
+
+def test_licences_are_written_with_the_first_finished_split(tmp_path, monkeypatch):
+    from tools.demodata import build
+    monkeypatch.setattr(build, "_job", _fail_after_first_split)
+    monkeypatch.setattr(build, "missing_tools", lambda: [], raising=False)
+    monkeypatch.setattr(build, "missing_packages", lambda: [])
+    monkeypatch.setattr(speech, "check_voices", lambda: None)
+    monkeypatch.setattr(build, "package_version", lambda name: "1.0-test")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="cut short in test-synthetic"):
+        make(out, train=1, valid=1, test=1, solo=0, speakers=(0, 0, 0), seconds=3.0, test_seconds=6.0,
+             cache=tmp_path / "cache", quiet=True, jobs=1)
+    assert (out / "musdb" / "valid" / build.STAMP).exists()
+    expected = build.write_licences(tmp_path).read_text()
+    assert "| espeak-ng | 1.0-test |" in expected
+    assert (out / "LICENSES.md").read_text() == expected
+    # replaced, not rewritten in place: a reader never sees half a file, and no temp file stays
+    inode = (out / "LICENSES.md").stat().st_ino
+    build.write_licences(out)
+    assert (out / "LICENSES.md").stat().st_ino != inode and (out / "LICENSES.md").read_text() == expected
+    assert sorted(p.name for p in out.iterdir()) == ["LICENSES.md", "musdb"]
+
+
+@needs_debs
+def test_music_decoded_by_ffmpeg_stays_inside_the_given_cache(tmp_path, monkeypatch):
+    from tools.demodata import tracks
+    song = tmp_path / "song.ogg"
+    song.write_bytes(b"not a file soundfile reads")
+    rng = np.random.default_rng(0)
+    tone = 0.1 * rng.standard_normal((44100 * 8, 2)).astype(np.float32)
+
+    def ffmpeg(cmd, what):  # writes what ffmpeg would decode, to the file it was asked for
+        assert cmd[0] == "ffmpeg" and str(song) in cmd
+        sf.write(cmd[-1], tone, 44100, subtype="PCM_16")
+        return ""
+
+    monkeypatch.setattr(tracks, "run", ffmpeg)
+    files = [material.MusicFile(str(song), "test-music")]
+    monkeypatch.setattr(material, "music_files", lambda: {"train": files, "valid": files, "test": files})
+    kw = dict(train=1, valid=0, test=0, solo=0, speakers=(0, 0, 0), seconds=3.0, quiet=True, jobs=1)
+    make(tmp_path / "out", cache=tmp_path / "mine", **kw)
+    assert len(list((tmp_path / "mine" / "music").glob("*.wav"))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out", "song.ogg"]  # nothing beside it
+    assert not (tmp_path / "out" / ".cache").exists()
+    # the default layout stays: utterances and music side by side in OUT/.cache
+    make(tmp_path / "default", **kw)
+    assert sorted(p.name for p in (tmp_path / "default" / ".cache").iterdir()) == ["music", "utterances"]
+    assert len(list((tmp_path / "default" / ".cache" / "music").glob("*.wav"))) == 1

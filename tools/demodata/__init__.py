@@ -48,8 +48,9 @@ Band limits (measured; the highest band within 60 dB of the loudest)
   the envelope of the voice's top octave, as sibilants and breath are.
 
 Music is decoded with soundfile (libsndfile >= 1.0.29 reads Opus and Vorbis), falling back to
-``ffmpeg``. Utterances and sung phrases are cached (``OUT/.cache/utterances``) and a split
-whose options did not change is skipped, so a rerun takes seconds; a finished split built
-with other options is replaced only with ``--force``, and a folder the tool did not make is
-never touched.
+``ffmpeg`` (once, into ``OUT/.cache/music``). Utterances and sung phrases are cached
+(``OUT/.cache/utterances``; ``--cache DIR`` keeps both inside DIR, the music in DIR/music) and
+a split whose options did not change is skipped, so a rerun takes seconds; a finished split
+built with other options is replaced only with ``--force``, and a folder the tool did not
+make is never touched.
 """

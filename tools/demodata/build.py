@@ -3,6 +3,7 @@ LICENSES.md."""
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from . import singing, speech
 from .external import DataError
-from .packages import PACKAGES, missing_packages, package_version
+from .packages import PACKAGES, missing_packages, missing_tools, package_version
 from .tracks import HELD_OUT_SPLITS, LATER_OPTIONS, SONG_SPLITS, WSJ_SPLITS, Options, build_song, build_speaker_mix
 
 VERSION = 3  # bump when the same options would give other tracks
@@ -29,9 +30,10 @@ HELD_OUT_CLIPS = 1
 
 
 def _job(args):
-    kind, split, index, opts, out_dir, cache, seconds = args
+    kind, split, index, opts, out_dir, cache, seconds, music_cache = args
     if kind == "song":
-        return build_song(split, index, opts, Path(out_dir), Path(cache), seconds)
+        return build_song(split, index, opts, Path(out_dir), Path(cache), seconds,
+                          Path(music_cache) if music_cache else None)
     return build_speaker_mix(split, index, opts, Path(out_dir), Path(cache))
 
 
@@ -53,7 +55,8 @@ def _clear_split(split_dir: Path, force: bool) -> None:
 
 
 def _build_split(kind: str, split: str, count: int, seconds: float, opts: Options, out_dir: Path,
-                 cache: Path, jobs: int, config: dict, progress, force: bool = False) -> bool:
+                 cache: Path, jobs: int, config: dict, progress, force: bool = False,
+                 music_cache: Path | None = None) -> bool:
     """Build one split unless it already exists with the same options. Returns True if built."""
     stamp = out_dir / split / STAMP
     if count <= 0:
@@ -67,7 +70,8 @@ def _build_split(kind: str, split: str, count: int, seconds: float, opts: Option
     _clear_split(out_dir / split, force)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     (out_dir / split / BUILDING).write_text("")
-    work = [(kind, split, i, opts, str(out_dir), str(cache), seconds) for i in range(count)]
+    music = str(music_cache) if music_cache else None
+    work = [(kind, split, i, opts, str(out_dir), str(cache), seconds, music) for i in range(count)]
     meta = []
     if jobs > 1:
         with mp.get_context("fork").Pool(jobs) as pool:
@@ -108,7 +112,9 @@ def write_licences(out_dir: Path, doc_dir: Path = Path("/usr/share/doc")) -> Pat
             lines += ["", f"## {p.name}", "", f"`{path}` was missing on the machine that built this data; "
                       f"the package's licence: {p.licence}. Read its copyright file before redistributing."]
     out = out_dir / "LICENSES.md"
-    out.write_text("\n".join(lines) + "\n")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # never a half-written notice
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
     return out
 
 
@@ -143,11 +149,18 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 720, valid: int 
     split (``test-*``, ``solo-*``) of ``test_seconds``. A finished split built with other
     options is replaced only with ``force``."""
     for name, value in (("seconds", seconds), ("test_seconds", test_seconds)):
-        if not value >= MIN_SECONDS:
-            raise DataError(f"{name} must be at least {MIN_SECONDS:g} s (room for a voice), got {value:g}")
+        if not (value >= MIN_SECONDS and math.isfinite(value)):  # inf: an OverflowError later
+            raise DataError(f"{name} must be at least {MIN_SECONDS:g} s (room for a voice) and finite, got {value:g}")
     out = Path(out)
+    # Everything cached stays inside a given --cache; the default layout (OUT/.cache/utterances
+    # and OUT/.cache/music) is kept, so that older builds keep their caches.
+    music_cache = Path(cache) / "music" if cache else out / ".cache" / "music"
     cache = Path(cache) if cache else out / ".cache" / "utterances"
     opts = Options(seed=seed, seconds=seconds, **opt_kwargs)
+    tools = missing_tools()
+    if tools:  # else a bare "No such file or directory: 'dpkg'"
+        raise DataError(f"{' and '.join(tools)} not found: this tool needs a Debian-based system "
+                        "(it makes the data from Debian packages)")
     missing = missing_packages()
     if missing:
         raise DataError("missing Debian packages: " + " ".join(missing)
@@ -171,12 +184,18 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 720, valid: int 
     work += [("speakers", "wsj0-2mix", s, c, 0.0) for s, c in zip(WSJ_SPLITS, speakers)]
     t0 = time.perf_counter()
     built, timing = {}, {}
+    licensed = False
     for kind, sub, split, count, sec in work:
         cfg = _split_config(kind, split, count, sec, opts)
         t = time.perf_counter()
         built[f"{sub}/{split}"] = _build_split(kind, split, count, sec, opts, out / sub, cache, jobs, cfg, progress,
-                                               force)
+                                               force, music_cache)
         timing[f"{sub}/{split}"] = round(time.perf_counter() - t, 2)
-    write_licences(out)
+        # With the first finished split: a build that fails or is cut short later keeps its notices.
+        if not licensed and (out / sub / split / STAMP).exists():
+            write_licences(out)
+            licensed = True
+    if not licensed:
+        write_licences(out)
     return {"out": str(out), "built": built, "split_seconds": timing,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -8,6 +8,7 @@ others do; ``lincity-ng-data`` has only three tracks.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,7 +63,14 @@ def dpkg_files(pkg: str) -> list[str]:
     return out.splitlines()
 
 
+def missing_tools() -> list[str]:
+    """The Debian package tools this one runs that are not on PATH (not a Debian-based system)."""
+    return [t for t in ("dpkg", "dpkg-query") if shutil.which(t) is None]
+
+
 def missing_packages(packages=NAMES) -> list[str]:
+    if missing_tools():  # nothing can be installed here (the tests skip on this)
+        return list(packages)
     missing = []
     for p in packages:
         r = subprocess.run(["dpkg", "-s", p], capture_output=True, text=True)

@@ -159,15 +159,15 @@ def sung_piece(rng, cache, split_material: str, opts: Options, log: list) -> np.
 # --------------------------------------------------------------------------- music
 
 
-def _decodable(path: str, cache: Path) -> str:
+def _decodable(path: str, music_cache: Path) -> str:
     """``path`` if soundfile reads it (libsndfile >= 1.0.29 has Opus), else a WAV decoded once
-    with ffmpeg into the cache."""
+    with ffmpeg into ``music_cache``."""
     try:
         sf.info(path)
         return path
     except Exception:
         pass
-    out = cache.parent / "music" / (hashlib.sha1(path.encode()).hexdigest()[:16] + ".wav")
+    out = music_cache / (hashlib.sha1(path.encode()).hexdigest()[:16] + ".wav")
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp.wav")
@@ -177,13 +177,14 @@ def _decodable(path: str, cache: Path) -> str:
     return str(out)
 
 
-def music_segment(rng: np.random.Generator, files: list, seconds: float, log: dict, cache: Path) -> np.ndarray:
+def music_segment(rng: np.random.Generator, files: list, seconds: float, log: dict,
+                  music_cache: Path) -> np.ndarray:
     """A random non-silent stretch of ``seconds`` from one of ``files`` (long enough ones),
     stereo at the music rate."""
     n_out = int(round(seconds * MUSIC_RATE))
     for _ in range(16):
         mf = files[int(rng.integers(len(files)))]
-        path = _decodable(mf.path, cache)
+        path = _decodable(mf.path, music_cache)
         info = sf.info(path)
         n_in = int(math.ceil(seconds * info.samplerate)) + 64
         if info.frames < n_in:
@@ -246,8 +247,9 @@ def vocal_line(rng, spec: SongSplit, n: int, opts: Options, cache: Path, log: di
 
 
 def build_song(split: str, index: int, opts: Options, out_dir: Path, cache: Path,
-               seconds: float | None = None) -> dict:
-    """One MUSDB-like track of ``SONG_SPLITS[split]``; returns its metadata."""
+               seconds: float | None = None, music_cache: Path | None = None) -> dict:
+    """One MUSDB-like track of ``SONG_SPLITS[split]``; returns its metadata. Music that only
+    ffmpeg decodes is cached in ``music_cache`` (default ``cache/music``)."""
     spec = SONG_SPLITS[split]
     seconds = opts.seconds if seconds is None else seconds
     rng = np.random.default_rng([opts.seed, spec.split_id, index, 0x50])
@@ -257,7 +259,8 @@ def build_song(split: str, index: int, opts: Options, out_dir: Path, cache: Path
         u = rng.random()
         i_share, a_share = spec.solo_shares
         solo = "instrumental" if u < i_share else "acappella" if u < i_share + a_share else None
-    acc = music_segment(rng, material.music_files()[spec.material], seconds, log, cache)
+    acc = music_segment(rng, material.music_files()[spec.material], seconds, log,
+                        cache / "music" if music_cache is None else music_cache)
     if rng.random() < opts.lowpass_share:
         cutoff = float(np.exp(rng.uniform(np.log(5000), np.log(16000))))
         acc = fft_filter(acc, MUSIC_RATE, cutoff, "lowpass")
