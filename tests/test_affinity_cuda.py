@@ -4,16 +4,13 @@ Skipped without a GPU; run with `make test-cuda` (pytest -m cuda) on a GPU machi
 The references are evaluated in float64 on the CPU from the very same (already
 rounded) inputs, so the tolerances measure only the kernel's accumulation error.
 """
-import os
-
 import pytest
 import torch
 
 from affinity_util import losses_on_reference
+from testutil import EXT_DISABLED
 from chimera import losses
 from chimera.ops import affinity_stats, affinity_stats_backward, backend, reference
-
-EXT_DISABLED = os.environ.get("CHIMERA_DISABLE_EXT", "") == "1"
 
 pytestmark = [
     pytest.mark.cuda,
