@@ -370,6 +370,12 @@ at::Tensor affinity_stats_backward_cuda(const at::Tensor& grad_vv, const at::Ten
     };
     int rows = kGradRows;
     while (rows > 32 && bytes(rows) > kDefaultSmem) rows /= 2;
+    // Still more than the device's opt-in maximum (the D x D and C x D operands dominate for
+    // large D): fewer rows per block rather than a refusal. Stopping at 32 refused float64
+    // D = 64 on a 64 KiB device (Turing: 67 KiB at 32 rows, 51 KiB at 16). One thread per
+    // row and no warp-level operations, so any block size works.
+    const size_t optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+    while (rows > 1 && bytes(rows) > optin) rows /= 2;
     const size_t smem = bytes(rows);
     auto kernel = grad_kernel<scalar_t, acc_t>;
     reserve_smem(kernel, smem, op, s.D, s.C);
