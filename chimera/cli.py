@@ -203,7 +203,8 @@ def _add_separator_options(parser, device_note, jobs_help):
     g.add_argument("--segment", type=float, default=DEFAULT_SEGMENT,
                    help=f"seconds per segment (default {DEFAULT_SEGMENT:g})")
     g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
-                   help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP:g})")
+                   help=f"seconds of cross-fade between segments (default {DEFAULT_OVERLAP:g}; at most half the "
+                        "segment, at least one n_fft of the model: a shorter one, 0 included, is raised to that)")
     g.add_argument("-d", "--device", default="auto", type=_device,
                    help=f"auto, cpu, cuda or cuda:N (default auto: the first GPU, else cpu); {device_note}")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -311,7 +312,7 @@ def build_parser():
     depth.add_argument("--float32", action="store_true", help="32-bit float output")
     p.add_argument("--clip-mode", choices=["clamp", "none"], default="clamp",
                    help="clamp samples to [-1, 1] (default; a warning says how many were clipped) "
-                        "or leave them (use with --float32)")
+                        "or leave them (use with --float32: integer formats clip them anyway, without the warning)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_separator_options(p, "with -j or torchrun, one GPU per process",
                            "worker processes on this machine, sharing the CPU threads")
@@ -347,7 +348,8 @@ def build_parser():
     t = sub.add_parser("train", help="train a model from a TOML recipe (staged, resumable, DDP)",
                        description="Train a separation model from a recipe (see recipes/).")
     t.add_argument("config", nargs="?", metavar="CONFIG", help="TOML recipe (optional with --resume)")
-    t.add_argument("--run-dir", help="folder for checkpoints and metrics (default runs/<config name>)")
+    t.add_argument("--run-dir", help="folder for checkpoints and metrics (default runs/<config name>; with "
+                                      "--resume and no CONFIG, the current folder)")
     t.add_argument("--resume", nargs="?", const="last", metavar="CHECKPOINT",
                    help="continue from RUN_DIR/last.pt (or the given checkpoint)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -355,7 +357,8 @@ def build_parser():
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the recipe's train.device); under "
                                     "torchrun each process takes the GPU of its LOCAL_RANK (cuda:N is refused there)")
     t.add_argument("--seed", type=int, help="override the config's seed")
-    t.add_argument("--threads", type=_positive_int, help="torch CPU threads")
+    t.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads (default: the recipe's train.threads; 0 there: torch's default)")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     t.set_defaults(func=train.main)
     return parser

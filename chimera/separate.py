@@ -154,18 +154,20 @@ def _check_rate(sample_rate) -> int:
 class Separator:
     """Separate waveforms or audio files with a :class:`SeparationModel`.
 
-    segment, overlap: seconds (rounded to STFT hops); batch_size: segments per forward
-    pass (each channel counts as one); method: "mask" or "kmeans" (None: the mask head
-    when the model has one); wiener_iters: multichannel Wiener filter iterations across
-    the channels of each segment of a multichannel recording (:mod:`chimera.wiener`; 0
-    keeps each channel's own estimates; on a mono recording any number > 0 shares each bin
-    among the sources by magnitude, :data:`MONO_WIENER_EXPONENT`; with more than
-    :data:`MAX_WIENER_CHANNELS` channels, each channel alone is so filtered); misi_iters: MISI
-    phase-reconstruction iterations per segment (after the Wiener filter); seed: of the
-    k-means initialisation; high_band: "split" or "drop" the band of an input above the
-    model's Nyquist frequency (:mod:`chimera.bandext`); wiener_exponent: of the sources'
-    powers in the Wiener filter across channels (below 1 softer shares, above 1 harder). The model is moved
-    to `device`.
+    segment, overlap: seconds (rounded to STFT hops; the overlap at most half the segment,
+    and at least one n_fft of the model, to which a shorter one, 0 included, is raised);
+    device: "auto" (the first GPU, else the CPU), "cpu", "cuda" or "cuda:N", or a
+    torch.device; batch_size: segments per forward pass (each channel counts as one);
+    method: "mask" or "kmeans" (None: the mask head when the model has one); wiener_iters:
+    multichannel Wiener filter iterations across the channels of each segment of a
+    multichannel recording (:mod:`chimera.wiener`; 0 keeps each channel's own estimates; on
+    a mono recording any number > 0 shares each bin among the sources by magnitude,
+    :data:`MONO_WIENER_EXPONENT`; with more than :data:`MAX_WIENER_CHANNELS` channels, each
+    channel alone is so filtered); misi_iters: MISI phase-reconstruction iterations per
+    segment (after the Wiener filter); seed: of the k-means initialisation; high_band:
+    "split" or "drop" the band of an input above the model's Nyquist frequency
+    (:mod:`chimera.bandext`); wiener_exponent: of the sources' powers in the Wiener filter
+    across channels (below 1 softer shares, above 1 harder). The model is moved to `device`.
     """
 
     def __init__(self, model: SeparationModel, segment=DEFAULT_SEGMENT, overlap=DEFAULT_OVERLAP, device="auto",

@@ -191,3 +191,20 @@ def test_the_docs_name_demo_data_splits_that_make_demo_data_writes():
     docs = [ROOT / "README.md", ROOT / "chimera" / "pretrained" / "README.md", ROOT / "examples" / "README.md"]
     named = {(d.name, m) for d in docs for m in re.findall(r"demo-data/musdb/([\w-]+)", d.read_text())}
     assert named and {m for _, m in named} <= set(SONG_SPLITS), sorted(named)
+
+
+def test_every_chimera_command_line_of_the_readme_parses():
+    # each `chimera ...` (or `torchrun ... -m chimera ...`) line of README.md's shell blocks
+    # names subcommands and options the parser has, with values it takes
+    import shlex
+
+    from chimera.cli import build_parser
+
+    lines = [ln.split("#")[0].strip()
+             for block in re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+             for ln in block.splitlines()]
+    commands = [shlex.split(ln[ln.index("chimera ") + len("chimera "):]) for ln in lines
+                if ln.startswith("chimera ") or (ln.startswith("torchrun ") and "-m chimera " in ln)]
+    assert len(commands) >= 15 and {c[0] for c in commands} == {"info", "predict", "evaluate", "train"}
+    for argv in commands:
+        build_parser().parse_args(argv)  # SystemExit (argparse's error) on an unknown option or value
