@@ -37,6 +37,23 @@ def test_overlap_add_nan_window_is_nan_not_a_nola_error(cpu_path, window, hop, c
                                    equal_nan=True, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("window, hop, center", NAN_WINDOWS)
+def test_overlap_add_nan_window_on_cuda(window, hop, center):
+    """The CUDA backward's trimmed positions gave 0 where the reference (and the CPU) give
+    window · 0, NaN for a NaN window sample."""
+    window = torch.tensor(window, dtype=torch.float64)
+    frames = torch.randn(2, 5, window.shape[0], dtype=torch.float64)
+    want = reference.overlap_add(frames, window, hop, center, None)
+    got = ops.overlap_add(frames.cuda(), window.cuda(), hop, center, None)
+    torch.testing.assert_close(got.cpu(), want, equal_nan=True)
+    grad = torch.randn(2, want.shape[-1], dtype=torch.float64)
+    want = reference.overlap_add_backward(grad, window, hop, center, 5)
+    got = ops.overlap_add_backward(grad.cuda(), window.cuda(), hop, center, 5)
+    torch.testing.assert_close(got.cpu(), want, equal_nan=True)
+
+
 def test_overlap_add_zero_envelope_still_raises():
     """Without a NaN, a vanishing envelope is still refused, as by the reference."""
     window = torch.tensor([0.15, 0.0, 0.0, 0.5], dtype=torch.float64)

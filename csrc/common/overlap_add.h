@@ -71,7 +71,9 @@ CHIMERA_HD Acc frame_grad(const T* grad, const W* window, int64_t t, int64_t k, 
                           int64_t n_frames, int64_t start, int64_t out_len) {
   const int64_t p = t * hop + k;
   const int64_t i = p - start;
-  if (i < 0 || i >= out_len) return Acc(0);
+  // trimmed away: no gradient, but a NaN/Inf window sample still gives NaN (window * 0), as
+  // the CPU kernel and the reference do
+  if (i < 0 || i >= out_len) return static_cast<Acc>(window[k]) * Acc(0);
   return static_cast<Acc>(window[k]) * static_cast<Acc>(grad[i]) / envelope<Acc>(window, p, n_fft, hop, n_frames);
 }
 
