@@ -105,8 +105,8 @@ def open_audio(path: PathLike) -> sf.SoundFile:
     :class:`AudioError` for a missing path, a folder, an empty file, a file libsndfile
     cannot read, or one whose header has no samples or an invalid rate/channel count."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AudioError.at(path, "no such file")
+    if not os.path.exists(path):  # ("nodir/" is a folder that is not there)
+        raise AudioError.at(path, "no such folder" if path.endswith(os.sep) else "no such file")
     if os.path.isdir(path):
         raise AudioError.at(path, "is a folder, not an audio file")
     if not os.path.isfile(path):  # a pipe's data would be gone after the first of the two reads (check, separate)

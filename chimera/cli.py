@@ -164,17 +164,22 @@ def _evaluate(args):
     except ValueError as exc:
         log.error(str(exc))
         return 2
-    try:
+    try:  # the set-up, as predict's: exit status 2 (a model, an option, a package)
         ev.require_museval()
         model = pretrained.load(args.model or pretrained.DEFAULT)
+        targets = ev.parse_targets(args.targets, list(model.source_names))
         separate = None
         if args.oracle is None:
             separate = Separator(model, device=args.device, **separator_options(args)).separate
+    except (CheckpointError, ImportError, ValueError) as exc:
+        log.error(str(exc))
+        return 2
+    try:  # the data: exit status 1
         results = ev.evaluate(args.data_dir, list(model.source_names), separate=separate, oracle=args.oracle,
-                              stft=model.stft, progress=not args.quiet, split=args.split, targets=args.targets,
+                              stft=model.stft, progress=not args.quiet, split=args.split, targets=targets,
                               jobs=args.jobs, estimates_dir=args.save_estimates, force=args.force,
                               init=_worker_init(args))
-    except (AudioError, CheckpointError, ImportError, ValueError) as exc:
+    except (AudioError, ValueError) as exc:
         log.error(str(exc))
         return 1
     print(ev.summary_table(results))
@@ -312,7 +317,7 @@ def build_parser():
     depth.add_argument("--float32", action="store_true", help="32-bit float output")
     p.add_argument("--clip-mode", choices=["clamp", "none"], default="clamp",
                    help="clamp samples to [-1, 1] (default; a warning says how many were clipped) "
-                        "or leave them (use with --float32: integer formats clip them anyway, without the warning)")
+                        "or leave them (use with --float32: integer formats clip them anyway, and the warning says so)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _add_separator_options(p, "with -j or torchrun, one GPU per process",
                            "worker processes on this machine, sharing the CPU threads")

@@ -85,6 +85,9 @@ DEFAULT_MISI_ITERS = 0
 DEFAULT_HIGH_BAND = "split"
 HIGH_BAND_MODES = bandext.HIGH_BAND_MODES
 METHODS = ("mask", "kmeans")
+#: Output subtypes of integers: libsndfile clips what lies beyond full scale there, which a
+#: warning says (as for a clamp), with ``clip="none"`` too.
+INTEGER_SUBTYPES = ("PCM_", "ALAC_", "DPCM_", "DWVW_")
 #: Output file names under the output folder, and the fields they may use.
 DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "trackext", "stem", "ext", "relpath")
@@ -351,7 +354,7 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     place together, and when one cannot be, none is (the files they replaced restored).
     `clip`: "clamp" limits the samples to [-1, 1] (and says how many it clipped, a warning
     once the file is written); "none" leaves samples as they are (only sensible with a float
-    subtype).
+    subtype: an integer one clips them, and the warning says so).
     `targets`: the output paths when already computed with :func:`output_paths` (else from
     the naming options). `progress`: a bar in seconds of audio on stderr. `tidy`: the folders
     made for a failed input are removed; a process that may share them with other writers
@@ -387,9 +390,10 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
         raise
     elapsed = time.perf_counter() - start
     if clipped["samples"]:  # said once the progress bar has cleared its line
-        log.warning("%s: %d output samples beyond full scale (peak %.2f, %+.1f dBFS) were clipped to [-1, 1]; "
+        how = "clipped to [-1, 1]" if clip == "clamp" else f"clipped by the {subtype} format"
+        log.warning("%s: %d output samples beyond full scale (peak %.2f, %+.1f dBFS) were %s; "
                     "--float32 --clip-mode none keeps them", path, clipped["samples"], clipped["peak"],
-                    20 * np.log10(clipped["peak"]))
+                    20 * np.log10(clipped["peak"]), how)
     log.info("%s: %.1f s of audio in %.1f s (%.1fx real time) -> %s", path, seconds, elapsed,
              seconds / max(elapsed, 1e-9), ", ".join(targets))
     return targets
@@ -516,15 +520,17 @@ def _write_sources(separator, path, source, sinks, ext, subtype, clip, block_sec
         stream = separator.stream(channels, rate, frames, out_rate=out_rate)
         bar = outputs.enter_context(_seconds_bar(frames / rate, os.path.basename(os.fspath(path)), progress))
         clipped = {"samples": 0, "peak": 0.0}
+        integer = subtype.startswith(INTEGER_SUBTYPES)
 
         def write(out):  # out: (n, channels, C)
-            if clip == "clamp":
+            if clip == "clamp" or integer:  # (libsndfile clips what an integer format cannot hold)
                 level = np.abs(out)
                 over = level > 1.0
                 if over.any():  # counted, so that a loud input's clipping is said, not silent
                     clipped["samples"] += int(over.sum())
                     clipped["peak"] = max(clipped["peak"], float(level.max()))
-                    out = np.clip(out, -1.0, 1.0)
+                    if clip == "clamp":
+                        out = np.clip(out, -1.0, 1.0)
             with signals_deferred():
                 for c, w in enumerate(writers):
                     w.write(np.ascontiguousarray(out[:, :, c]))

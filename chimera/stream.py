@@ -59,7 +59,8 @@ class SegmentPlan:
         seg = max(int(round(segment * rate / hop)), 2 * math.ceil(stft.n_fft / hop)) * hop
         ovl = int(round(overlap * rate / hop)) * hop
         if ovl < 0 or 2 * ovl + hop > seg:  # a frame is shared by two segments at most
-            raise ValueError(f"overlap ({overlap} s) must be between 0 and half the segment ({segment} s)")
+            raise ValueError(f"overlap ({overlap} s) must be between 0 and half the segment: at most "
+                             f"{math.floor((seg - hop) // 2 // hop * hop / rate * 1000) / 1000:g} s for a {seg / rate:.3g}-s segment")
         ovl = max(ovl, 2 * edge * hop)
         seg = max(seg, 2 * ovl + hop)
         return cls(hop, seg, seg - ovl, edge=edge, batch=int(batch))

@@ -207,3 +207,11 @@ def test_a_wav_cut_after_its_header_is_truncated_not_silent(tmp_path):
     with pytest.raises(AudioError, match=r"cut\.wav: truncated: it holds 0 of the 6000 bytes of samples its header "
                                          r"promises \(6000 missing\)$"):
         read_audio(path)
+
+
+def test_a_missing_folder_is_called_a_folder(tmp_path):
+    # `chimera predict nodir/` said "nodir/: no such file"
+    with pytest.raises(AudioError, match=r"nodir/: no such folder$"):
+        read_audio(str(tmp_path / "nodir") + "/")
+    with pytest.raises(AudioError, match=r"nofile: no such file$"):
+        read_audio(tmp_path / "nofile")

@@ -363,20 +363,28 @@ def test_tracks_in_parallel_and_saved_estimates(musdb, model_file, tmp_path, run
 def test_without_museval_evaluate_says_what_to_install_before_any_work(tmp_path, monkeypatch, run_cli):
     monkeypatch.setitem(sys.modules, "museval", None)   # import museval now fails
     out = run_cli(tmp_path / "no-such-data")
-    assert out.returncode == 1
+    assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert "needs museval" in line and "pip install 'chimera-separation[eval]'" in line, line
 
 
-@pytest.mark.parametrize("spec,problem", [("accompaniment=drums+piano", "no stem piano"),
-                                          ("drums=bass", "the model has no source 'drums'"),
-                                          ("accompaniment", "expected SOURCE=STEM+STEM"),
-                                          ("accompaniment=mixture-", "expected SOURCE=STEM+STEM"),
-                                          ("accompaniment=drums;accompaniment=bass", "accompaniment is defined twice")])
-def test_bad_targets_are_one_line(musdb, model_file, run_cli, spec, problem):
+# exit status 2 for a mistake in the command (as predict's), 1 for one in the data
+@pytest.mark.parametrize("spec,problem,status", [("accompaniment=drums+piano", "no stem piano", 1),
+                                                 ("drums=bass", "the model has no source 'drums'", 2),
+                                                 ("accompaniment", "expected SOURCE=STEM+STEM", 2),
+                                                 ("accompaniment=mixture-", "expected SOURCE=STEM+STEM", 2),
+                                                 ("accompaniment=drums;accompaniment=bass",
+                                                  "accompaniment is defined twice", 2)])
+def test_bad_targets_are_one_line(musdb, model_file, run_cli, spec, problem, status):
     out = run_cli(musdb, "--model", model_file, "--oracle", "mixture",
                   *(a for one in spec.split(";") for a in ("--targets", one)))
-    assert out.returncode == 1 and problem in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.returncode == status and problem in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+        out.stderr
+
+
+def test_a_model_that_does_not_load_is_exit_status_2_as_in_predict(musdb, tmp_path, run_cli):
+    out = run_cli(musdb, "--model", tmp_path / "nope.pt", "--oracle", "mixture")
+    assert out.returncode == 2 and "nope.pt" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_a_tracks_estimates_are_saved_together_or_not_at_all(musdb, tmp_path):

@@ -111,8 +111,13 @@ def test_segment_plan_refuses_what_it_cannot_plan():
     for segment in (0, -5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="segment must be a positive number of seconds"):
             SegmentPlan.from_seconds(st, segment, 0.0, 1)
-    with pytest.raises(ValueError, match="overlap .* must be between 0 and half the segment"):
+    with pytest.raises(ValueError, match="overlap .* must be between 0 and half the segment") as refused:
         SegmentPlan.from_seconds(st, 1.0, 0.6, 1)
+    # the bound it names is the bound (it named the segment as "half the segment")
+    most = float(re.search(r"at most ([0-9.]+) s", str(refused.value)).group(1))
+    SegmentPlan.from_seconds(st, 1.0, most, 1)
+    with pytest.raises(ValueError, match="half the segment"):
+        SegmentPlan.from_seconds(st, 1.0, most + 2 * st.hop_length / st.sample_rate, 1)
     plan = SegmentPlan.from_seconds(st, 1.0, 0.0, 1)
     assert plan.shared > 2 * plan.edge and plan.segment - plan.step == st.n_fft
 
@@ -204,6 +209,12 @@ def test_clipping_a_loud_input_is_said_not_silent(tmp_path, caplog):
     assert len(caplog.records) == 1 and max(np.abs(sf.read(p)[0]).max() for p in loud) <= 1.0
     message = caplog.records[0].getMessage()
     assert "loud.wav" in message and f" {beyond} output samples" in message and "--clip-mode none" in message
+    # an integer format clips them even with clip="none": said too (it was silent)
+    caplog.clear()
+    cut = sep.separate_file(tmp_path / "loud.wav", tmp_path / "d", subtype="PCM_16", clip="none")
+    assert max(np.abs(sf.read(p)[0]).max() for p in cut) <= 1.0
+    [record] = caplog.records
+    assert f" {beyond} output samples" in record.getMessage() and "clipped by the PCM_16 format" in record.getMessage()
 
 
 def predict(*args, cwd=None, timeout=300):
