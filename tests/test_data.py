@@ -621,3 +621,97 @@ def test_giving_up_says_how_many_tracks_were_tried(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(AudioError, match="gave up after 2 unreadable tracks near item 0"):
             ds[0]
+
+
+# --- fuzzing: draws independent of the bad files met before, options refused up front ---------
+
+
+def _nan_everywhere(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[::50] = np.nan  # any segment hits one: the file fails whenever it is read
+    return x
+
+
+def test_a_remix_partner_does_not_depend_on_the_bad_tracks_met_before(tmp_path):
+    # partners were drawn among the tracks not yet known to be bad: an item differed between a
+    # fresh data set and one that had met the bad track (so with the number of DataLoader workers)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c", "d"):
+        for stem in STEMS:
+            x = _stems(rng, 4000, channels=1, k=1)[0]
+            _write(tmp_path / "train" / name / f"{stem}.wav", _nan_everywhere(x) if name == "b" else x, 8000)
+    kw = dict(sample_rate=8000, segment_seconds=0.1, seed=0, remix=1.0, mixture_name=None, segments_per_track=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = [MUSDB18(tmp_path, "train", **kw)[i] for i in range(16)]
+        ds = MUSDB18(tmp_path, "train", **kw)
+        ds[1]  # track b: found bad
+        for i in range(16):
+            assert torch.equal(ds[i]["sources"], fresh[i]["sources"]), i
+
+
+def test_folder_tuple_draws_do_not_depend_on_the_bad_files_met_before(tmp_path):
+    # a failed read used up draws that a known bad file (skipped unread) did not
+    rng = np.random.default_rng(0)
+    for src in ("x", "y"):
+        for k in range(3):
+            x = 0.1 * rng.standard_normal(4000)
+            _write(tmp_path / src / f"{k}.wav", _nan_everywhere(x) if (src, k) == ("x", 0) else x, 8000)
+    folders = {"x": tmp_path / "x", "y": tmp_path / "y"}
+    kw = dict(sample_rate=8000, segment_seconds=0.1, seed=0, epoch_length=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = [FolderTuple(folders, **kw)[i] for i in range(6)]
+        ds = FolderTuple(folders, **kw)
+        [ds[i] for i in range(6)]
+        for i in range(6):
+            assert torch.equal(ds[i]["sources"], fresh[i]["sources"]), i
+
+
+def test_whole_tracks_sum_the_stems_of_a_group_that_differ_in_length(tmp_path):
+    # a group's stems were added as they were: a numpy broadcast error for one frame more
+    rng = np.random.default_rng(0)
+    for stem, n in zip(STEMS, (800, 800, 801, 800)):
+        _write(tmp_path / "train" / "a" / f"{stem}.wav", 0.1 * rng.standard_normal(n), 8000)
+    ds = MUSDB18(tmp_path, "train", targets=GROUPS, sample_rate=8000, train=False, mixture_name=None)
+    item = ds[0]
+    assert item["sources"].shape == (2, 800) and item["mixture"].shape == (800,)
+    torch.testing.assert_close(item["mixture"], item["sources"].sum(0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("targets", [], "no sources"),
+    ("targets", {}, "no sources"),
+    ("resample_quality", "best", "resample_quality"),
+    ("resample_quality", None, "resample_quality"),
+    ("seed", -1, "seed"),
+    ("seed", 1.5, "seed"),
+    ("gain_db", 3, "gain_db"),
+    ("segments_per_track", float("nan"), "segments_per_track"),
+])
+def test_an_option_that_failed_at_the_first_item_is_refused_up_front(tmp_path, option, value, match):
+    # each was accepted, then failed at an item (in a DataLoader worker: a traceback from numpy/soxr)
+    _musdb(tmp_path, names=("a",))
+    with pytest.raises(ValueError, match=match):
+        MUSDB18(tmp_path, "train", sample_rate=8000, segment_seconds=0.05, **{option: value})
+
+
+def test_wsj0mix_without_speakers_and_folder_tuple_epoch_length_0_are_refused(tmp_path):
+    for d in ("mix", "s1", "s2"):
+        _write(tmp_path / "tr" / d / "u.wav", 0.1 * np.ones(800), 8000)
+    with pytest.raises(ValueError, match="no sources"):
+        WSJ0Mix(tmp_path, "tr", n_src=0, sample_rate=8000, segment_seconds=0.05)
+    _write(tmp_path / "f" / "x.wav", 0.1 * np.ones(800), 8000)
+    with pytest.raises(ValueError, match="epoch_length"):  # 0 was taken for the default, silently
+        FolderTuple({"x": tmp_path / "f"}, sample_rate=8000, segment_seconds=0.05, epoch_length=0)
+
+
+def test_build_dataset_refuses_a_gain_db_that_is_no_pair(tmp_path):
+    from chimera.train.data import build_dataset
+    from chimera.train.errors import TrainError
+    _musdb(tmp_path, names=("a",))
+    cfg = {"dataset": "musdb18", "root": str(tmp_path), "segment_seconds": 0.05, "gain_db": 3}
+    with pytest.raises(TrainError, match="gain_db"):  # a TypeError traceback from tuple(3)
+        build_dataset(cfg, "train", 8000, 0)
+    cfg["gain_db"] = [-3, 3]  # TOML's array: still taken
+    assert build_dataset(cfg, "train", 8000, 0).gain_db == (-3.0, 3.0)

@@ -13,6 +13,7 @@ another track/file, ``"raise"`` raises :class:`~chimera.audio.AudioError` naming
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
 from torch.utils.data import Dataset
 
@@ -59,6 +61,25 @@ def _check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+#: soxr's qualities (the names in any case, or its constants).
+_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
+
+
+def _check_quality(q) -> None:
+    """``resample_quality`` is one soxr takes (else soxr refused it at the first item that
+    needed resampling: a worker's traceback, an epoch in when only some files differ in rate)."""
+    ok = (isinstance(q, str) and q.upper().removeprefix("SOXR_") in _QUALITIES) or (
+        isinstance(q, int) and not isinstance(q, bool) and q in (soxr.QQ, soxr.LQ, soxr.MQ, soxr.HQ, soxr.VHQ))
+    if not ok:
+        raise ValueError(f"resample_quality must be one of {_QUALITIES}, got {q!r}")
+
+
+def _check_seed(seed) -> None:
+    """numpy's generators take a non-negative integer only (else: a traceback at the first item)."""
+    if seed is not None and not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+
+
 class _Base(Dataset):
     """Options shared by all data sets (see module docstring)."""
 
@@ -82,9 +103,16 @@ class _Base(Dataset):
             raise ValueError(f"segment_seconds must be positive (at least one frame) or None, got {segment_seconds}")
         _check_choice("mono", mono, ("mean", "random"))
         _check_choice("on_error", on_error, ("skip", "raise"))
+        _check_quality(resample_quality)
+        _check_seed(seed)
         if gain_db is not None:
-            if len(gain_db) != 2 or not (all(math.isfinite(v) for v in gain_db) and gain_db[0] <= gain_db[1]):
-                raise ValueError(f"gain_db must be (low, high) in dB with low <= high, got {list(gain_db)}")
+            try:  # (a number or a string was a TypeError, or its characters)
+                pair = None if isinstance(gain_db, (str, bytes)) else [float(v) for v in gain_db]
+            except (TypeError, ValueError):
+                pair = None
+            if pair is None or len(pair) != 2 or not (all(math.isfinite(v) for v in pair) and pair[0] <= pair[1]):
+                shown = list(gain_db) if isinstance(gain_db, (list, tuple)) else gain_db
+                raise ValueError(f"gain_db must be (low, high) in dB with low <= high, got {shown!r}")
         self.sample_rate = int(sample_rate)
         self.segment_seconds = segment_seconds
         self.train = bool(train)
@@ -259,9 +287,11 @@ class SegmentDataset(_Base):
         for name, p in (("remix", remix), ("solo", solo)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-        if segments_per_track < 1:
+        if not segments_per_track >= 1:  # (NaN too)
             raise ValueError(f"segments_per_track must be >= 1, got {segments_per_track}")
         self.source_names = list(source_names)
+        if not self.source_names:  # (failed at the first item, deep in numpy)
+            raise ValueError(f"{type(self).__name__}: no sources (targets, sources or n_src name none)")
         self.segments_per_track = int(segments_per_track)
         self.remix = float(remix)
         self.solo = float(solo)
@@ -319,8 +349,16 @@ class SegmentDataset(_Base):
         return np.exp(rng.uniform(lo, hi, size=n))
 
     def _other_track(self, rng: np.random.Generator) -> int:
-        good = [k for k in range(len(self.tracks)) if k not in self._bad]
-        return good[int(rng.integers(len(good)))]
+        """A random remix partner: a track known to be unreadable is drawn again. (Drawing
+        among the readable ones made the draw depend on which bad tracks this process had met
+        so far: the items differed with the number of DataLoader workers, and from a fresh
+        start. Without bad tracks the draw is the same.)"""
+        if len(self._bad) >= len(self.tracks):  # (not reached: the item's own track is readable)
+            raise AudioError(f"{type(self).__name__}: no readable track left to remix from")
+        while True:
+            k = int(rng.integers(len(self.tracks)))
+            if k not in self._bad:
+                return k
 
     def _load(self, index: int, draws: int) -> dict:
         """Item ``index``'s track with the random numbers of item ``draws``: the item asked for,
@@ -345,7 +383,12 @@ class SegmentDataset(_Base):
                 augmented = augmented or src_t is not t or src_start != start
             ch = None if channel is None else min(channel, src_t.channels - 1)
             try:
-                s = sum(self._read(f, src_t.sample_rate, src_start, n, ch, float(speeds[k])) for f in src_group)
+                parts = [self._read(f, src_t.sample_rate, src_start, n, ch, float(speeds[k])) for f in src_group]
+                if n is None and len({x.shape[0] for x in parts}) > 1:
+                    # whole tracks: the stems of a group may differ by a frame (a broadcast error)
+                    m = min(x.shape[0] for x in parts)
+                    parts = [x[:m] for x in parts]
+                s = sum(parts)
             except AudioError as err:
                 if src_t is not t:  # the remix partner is bad, not this track: draw another
                     self._bad.add(self.tracks.index(src_t))
@@ -599,7 +642,8 @@ class FolderTuple(_Base):
             if not entries:
                 raise ValueError(f"FolderTuple: no usable audio files for source {name!r} in {dirs}")
             self.files.append(entries)
-        self.epoch_length = int(epoch_length or max(len(f) for f in self.files))
+        # (``epoch_length or ...``: 0 was taken for the default, silently)
+        self.epoch_length = max(len(f) for f in self.files) if epoch_length is None else int(epoch_length)
         if self.epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
         self._bad: set[str] = set()
@@ -635,12 +679,16 @@ class FolderTuple(_Base):
                 path, frames, sr, ch = entries[(j + attempt) % len(entries)]
                 if path in self._bad:
                     continue
+                # a failed read gives its draws back: the next file draws as it does once the
+                # bad one is known (else an item depended on what this process had read before)
+                state = rng.bit_generator.state
                 start = self._start(rng, frames, sr)
                 try:
                     x = self._read(path, sr, start, n, self._channel(rng, ch))
                 except AudioError as err:
                     self._handle(err)
                     self._bad.add(path)
+                    rng.bit_generator.state = state
                     continue
                 sources.append(x)
                 names.append(Path(path).stem)

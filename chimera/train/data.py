@@ -31,7 +31,7 @@ def build_dataset(data_cfg: dict, split: str, sample_rate: int, seed: int):
         seed = VALIDATION_SEED
     common = {k: v for k, v in data_cfg.items() if k not in LOADER_KEYS}
     kwargs = {**common, **data_cfg.get(split, {})}
-    if kwargs.get("gain_db") is not None:
+    if isinstance(kwargs.get("gain_db"), list):  # (TOML's array; a number was a traceback here)
         kwargs["gain_db"] = tuple(kwargs["gain_db"])
     cls = DATASETS[data_cfg["dataset"]]
     try:
