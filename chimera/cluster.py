@@ -39,14 +39,21 @@ def _cluster_sums(x, w, labels, ks):
     return onehot.sum(1), onehot.transpose(1, 2) @ x
 
 
-def _kmeans_pp(x, w, k, generator, x_sq):
-    """k-means++ seeding, batched: each next centre drawn with probability ∝ w·d² (x_sq: ‖x‖²)."""
+def _kmeans_pp(x, w, k, seed, x_sq):
+    """k-means++ seeding, batched: each next centre drawn with probability ∝ w·d² (x_sq: ‖x‖²).
+    Each item draws from its own generator seeded with `seed`, so its centres do not depend
+    on the other items of the batch (one generator for the batch made a segment's sources
+    depend on the batch size, and a file's on the block size it was read in)."""
     # (B, N) temporaries as few as can be (k-means' peak memory, see kmeans): the probabilities
     # by weight made only when used, the others divided and minimised in place
     batch = torch.arange(x.shape[0], device=x.device)
+    generators = [torch.Generator().manual_seed(seed) for _ in range(x.shape[0])]
 
     def draw(p):  # one point of each item, with probabilities p (B, N)
-        return x[batch, torch.multinomial(p.cpu(), 1, generator=generator).squeeze(1).to(x.device)]
+        p = p.cpu()
+        picks = [torch.multinomial(p[b], 1, generator=g) for b, g in enumerate(generators)]
+        picks = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.int64)
+        return x[batch, picks.to(x.device)]
 
     def by_weight():
         return w / w.sum(-1, keepdim=True).clamp_min(1e-30)
@@ -73,7 +80,8 @@ def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, 
     embedding: (B, N, D); weight: (B, N) or None (an item whose weights are all 0 counts
     every point alike). k-means++ initialisation from `seed`.
     `whiten=True` first whitens each item's embeddings with (VᵀWV)^{-1/2}, the metric
-    that DC-W training optimises. Lloyd's iterations stop after `n_iter`, once no label
+    that DC-W training optimises. Lloyd's iterations stop (each item's on its own, so an
+    item clusters as it would alone: the same seeding, the same centres) after `n_iter`, once no label
     changes, or once no centre moves (squared distance) by more than `tol` × the item's
     weighted variance Σw‖x − μ‖²/Σw: a tolerance relative to the data's spread, as
     scikit-learn's is. Waiting for the labels alone never ends on real embeddings, where a
@@ -126,8 +134,7 @@ def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, 
     mean = (w.unsqueeze(1) @ x).squeeze(1) / total.unsqueeze(-1)     # (B, D)
     # weighted variance Σ w‖x − μ‖² / Σ w, the scale the centres' moves are judged on
     spread = ((w * x_sq.squeeze(-1)).sum(-1) / total - mean.square().sum(-1)).clamp_min(0)
-    generator = torch.Generator().manual_seed(seed)
-    centres = _kmeans_pp(x, w, n_clusters, generator, x_sq)
+    centres = _kmeans_pp(x, w, n_clusters, seed, x_sq)
     del x_sq  # the iterations leave ‖x‖² out
     # What k-means adds to the embeddings at its peak was what made `predict --method kmeans`
     # need 519 MB against the mask head's 375 (45 s of stereo): 59 MB on a batch of 4 x 321,507
@@ -137,14 +144,21 @@ def kmeans(embedding, n_clusters, n_iter=50, weight=None, seed=0, whiten=False, 
     label_dtype = torch.uint8 if n_clusters <= 256 else torch.int64
     ks = torch.arange(n_clusters, device=x.device, dtype=label_dtype)
     labels = None
+    # Each item stops on its own (its centres then stay as they are), so that it clusters as
+    # it would alone: a batch-wide test kept an item that had converged iterating while the
+    # others moved, and its sources depended on the batch size (and a file's on its blocks).
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
     for _ in range(n_iter):
         new_labels = _nearest(x, centres).to(label_dtype)
         mass, sums = _cluster_sums(x, w, new_labels, ks)                            # (B, K), (B, K, D)
         # an empty cluster keeps its previous centre
         new_centres = torch.where(mass.unsqueeze(-1) > 0, sums / mass.clamp_min(1e-30).unsqueeze(-1), centres)
         moved = (new_centres - centres).square().sum(-1).amax(-1)                   # (B,)
-        centres = new_centres
-        if (labels is not None and torch.equal(labels, new_labels)) or bool((moved <= tol * spread).all()):
+        centres = torch.where(done[:, None, None], centres, new_centres)
+        if labels is not None:
+            done |= (labels == new_labels).all(-1)
+        done |= moved <= tol * spread
+        if bool(done.all()):
             break
         labels = new_labels
     labels = _nearest(x, centres)

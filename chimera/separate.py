@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import numbers
 import os
 import time
@@ -144,12 +145,18 @@ def _as_waveform(waveform) -> torch.Tensor:
     return x.to("cpu", torch.float32)
 
 
+def _is_whole(value) -> bool:
+    """An integer (NumPy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_rate(sample_rate) -> int:
     """A sample rate in Hz as an int: a positive whole number (44100 or 44100.0)."""
     if not isinstance(sample_rate, numbers.Real) or isinstance(sample_rate, bool):
         raise ValueError(f"separate: sample_rate must be a number of Hz, got a {type(sample_rate).__name__} "
                          "(arguments swapped? separate(waveform, sample_rate))")
-    if sample_rate <= 0 or sample_rate != int(sample_rate):
+    # not finite first: int(inf) raised OverflowError, int(nan) "cannot convert float NaN"
+    if not math.isfinite(sample_rate) or sample_rate <= 0 or sample_rate != int(sample_rate):
         raise ValueError(f"separate: sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
     return int(sample_rate)
 
@@ -181,10 +188,12 @@ class Separator:
         self.model = model.to(self.device)
         self.plan = SegmentPlan.from_seconds(model.stft, segment, overlap, batch_size)
         self.method = resolve_method(model, method)
-        if misi_iters < 0:
-            raise ValueError(f"misi_iters must be >= 0, got {misi_iters}")
-        if wiener_iters < 0:
-            raise ValueError(f"wiener_iters must be >= 0, got {wiener_iters}")
+        # whole numbers, as batch_size: 1.5 ran as 1, NaN and "1" failed with other errors
+        for name, value in (("misi_iters", misi_iters), ("wiener_iters", wiener_iters)):
+            if not (_is_whole(value) and value >= 0):
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        if not _is_whole(seed):  # None or 1.5 failed in torch's manual_seed, at the first segment
+            raise ValueError(f"seed must be a whole number, got {seed!r}")
         # checked here too: mono input never reaches the filter
         self.wiener_exponent = check_exponent(wiener_exponent, "wiener_exponent")
         self.misi_iters = int(misi_iters)
@@ -298,6 +307,11 @@ class Separator:
         channels, giving sources at `out_rate` (default: `sample_rate`). Over
         :data:`MAX_WIENER_CHANNELS` channels, streams over groups of them, each channel
         filtered on its own. A ValueError for a rate below :data:`MIN_RATE`."""
+        sample_rate = _check_rate(sample_rate)  # 8000.5 ran as 8000 Hz
+        if not (_is_whole(channels) and channels >= 1):  # 0 made a stream that could never finish
+            raise ValueError(f"stream: channels must be a whole number >= 1, got {channels!r}")
+        if out_rate is not None:
+            out_rate = _check_rate(out_rate)
         _check_min_rate(sample_rate)
         if channels <= MAX_WIENER_CHANNELS:
             return self._stream(self.source_spectra, channels, sample_rate, length, out_rate)
@@ -364,6 +378,11 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     :class:`~chimera.audio.AudioError`.
     """
     _, subtype = check_output_format(ext, subtype)
+    # a positive number of seconds: inf raised OverflowError, "0.1" repeated the string,
+    # 0 and below read one sample at a time
+    if not (isinstance(block_seconds, numbers.Real) and not isinstance(block_seconds, bool)
+            and math.isfinite(block_seconds) and block_seconds > 0):
+        raise ValueError(f"block_seconds must be a positive number of seconds, got {block_seconds!r}")
     if clip not in ("clamp", "none"):
         raise ValueError(f"clip mode must be 'clamp' or 'none', got {clip!r}")
     if targets is None:

@@ -175,3 +175,18 @@ def test_an_empty_batch_gives_empty_results():
     assert labels.shape == (0, 10) and centres.shape == (0, 2, 4)
     masks = cluster.kmeans_masks(x, 2, shape=(2, 5), reference=torch.rand(0, 2, 2, 5))  # was torch.stack([])
     assert masks.shape == (0, 2, 2, 5)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_an_item_clusters_as_it_would_alone(whiten):
+    # Each item of a batch is a segment (or channel) of a recording: its clusters must not
+    # depend on the others, or the Separator's k-means sources change with the batch size
+    # and a file's with the blocks it is read in. One k-means++ generator for the batch and
+    # a batch-wide stopping test made them depend on it.
+    x = torch.randn(4, 300, 3, generator=torch.Generator().manual_seed(0))  # no clear clusters
+    w = torch.rand(4, 300, generator=torch.Generator().manual_seed(1))
+    labels, centres = cluster.kmeans(x, 2, weight=w, seed=3, whiten=whiten)
+    for b in range(4):
+        alone, alone_centres = cluster.kmeans(x[b:b + 1], 2, weight=w[b:b + 1], seed=3, whiten=whiten)
+        assert torch.equal(labels[b], alone[0]), b
+        torch.testing.assert_close(centres[b], alone_centres[0], atol=1e-6, rtol=1e-6)

@@ -563,3 +563,55 @@ def test_the_wiener_filter_works_across_channels_and_shares_mono_bins_by_magnitu
     for bad in (0, -0.5, float("nan"), "1"):
         with pytest.raises(ValueError, match="wiener_exponent"):
             Separator(model, device="cpu", wiener_exponent=bad)
+
+
+def test_kmeans_sources_do_not_depend_on_batch_size_or_blocks(tmp_path):
+    # k-means clustered each segment differently depending on the other segments of its
+    # forward pass: the sources changed with batch_size (0.16 at a peak of 0.23 here), and a
+    # file's with the block size it was read in (how many segments were ready at once)
+    model = tiny_model()
+    x = noise(1, 8000, seed=3)
+    sep = Separator(model, segment=0.1, overlap=0.032, device="cpu", method="kmeans", batch_size=4)
+    want = sep.separate(x, 8000).numpy()
+    one = Separator(model, segment=0.1, overlap=0.032, device="cpu", method="kmeans", batch_size=1)
+    np.testing.assert_allclose(one.separate(x, 8000).numpy(), want, atol=1e-6)
+    src = tmp_path / "in.wav"
+    sf.write(src, x.T, 8000, subtype="FLOAT")
+    out = sep.separate_file(src, tmp_path / "out", subtype="FLOAT", clip="none", block_seconds=0.01)
+    got = np.stack([sf.read(p, always_2d=True)[0].T for p in out])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_short_many_channel_input_adds_up_to_the_input():
+    # 16 channels and 30 ms: fewer frames of signal than channels, so the Wiener filter's
+    # ridge took part of the input out of every source (-32 dB of error, not -140)
+    model = tiny_model()
+    x = noise(16, 240, seed=1)
+    y = Separator(model, segment=1.0, overlap=0.25, device="cpu").separate(x, 8000).numpy()
+    err = ((y.sum(0) - x).astype(np.float64) ** 2).sum() / (x.astype(np.float64) ** 2).sum()
+    assert 10 * np.log10(err) < -100
+
+
+def test_options_that_cannot_work_raise_one_clear_value_error(tmp_path):
+    # each failed otherwise with an OverflowError, torch's RuntimeError at the first k-means
+    # segment, a TypeError deep inside, or ran as something else (1.5 iterations as 1,
+    # 8000.5 Hz as 8000, block_seconds <= 0 as one-sample blocks)
+    model = tiny_model()
+    for options in (dict(wiener_iters=1.5), dict(wiener_iters=float("nan")), dict(misi_iters=None),
+                    dict(seed=None, method="kmeans"), dict(seed=1.5, method="kmeans")):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            Separator(model, device="cpu", **options).separate(noise(1, 500)[0], 8000)
+    sep = Separator(model, segment=0.1, overlap=0.032, device="cpu")
+    for rate in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="sample_rate"):
+            sep.separate(noise(1, 500)[0], rate)
+    with pytest.raises(ValueError, match="sample_rate"):
+        sep.stream(1, 8000.5, 500)
+    with pytest.raises(ValueError, match="channels"):
+        sep.stream(0, 8000, 500)
+    src = tmp_path / "in.wav"
+    sf.write(src, noise(2, 500).T, 8000)
+    for block in (float("inf"), float("nan"), 0, -1.0, None, "0.1"):
+        with pytest.raises(ValueError, match="block_seconds"):
+            sep.separate_file(src, tmp_path / "out", block_seconds=block)
+    assert not (tmp_path / "out").exists()

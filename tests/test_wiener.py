@@ -124,7 +124,10 @@ def _naive_wiener(est, mix, ridge_rel=1e-9, floor=1e-30):
     ridge = ridge_rel * power / (F * T * n_ch) + floor
     mix_cov = mix_cov + ridge[..., None, None, None, None] * torch.eye(n_ch, dtype=cov.dtype)
     z = torch.linalg.solve(mix_cov, mix.movedim(-3, -1).unsqueeze(-1)).squeeze(-1)  # (..., F, T, I)
-    return torch.einsum("...cft,...cfik,...ftk->...cfti", v.to(cov.dtype), cov, z).movedim(-1, -4)
+    y = torch.einsum("...cft,...cfik,...ftk->...cfti", v.to(cov.dtype), cov, z)
+    # each source's share of the ridge, so that the sources add up to the mixture
+    share = v / v.sum(-3, keepdim=True) * ridge[..., None, None, None]
+    return (y + share[..., None] * z.unsqueeze(-4)).movedim(-1, -4)
 
 
 @pytest.mark.parametrize("channels", [2, 3])
@@ -168,3 +171,27 @@ def test_empty_spectrograms_give_empty_results(shape):
     for iterations in (1, 2):
         out = multichannel_wiener(est, mix, iterations)
         assert out.shape == est.shape and out.dtype == est.dtype
+
+
+@pytest.mark.parametrize("channels,sources,frames", [(8, 2, 2), (16, 2, 3), (4, 1, 2), (2, 1, 1), (3, 2, 1)])
+def test_sources_add_up_where_no_source_model_spans_the_mixture(channels, sources, frames):
+    # More channels than the sources' spatial models span (a segment with few frames of
+    # signal: a 16-channel input of 30 ms; or a single source): the filter's ridge then
+    # took the mixture's remaining directions out of every source, and a 16-channel
+    # separation missed its input by -32 dB, a 4-channel one with one source by -13 dB.
+    mix = _spec(1, channels, 5, frames, seed=3)
+    masks = torch.rand(1, channels, sources, 5, frames, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(4))
+    for exponent in (1.0, 0.5):
+        out = multichannel_wiener(masks * mix.unsqueeze(2), mix, iterations=1, exponent=exponent)
+        torch.testing.assert_close(out.sum(2), mix, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_a_very_quiet_mixture_still_adds_up(channels):
+    # the ridge's absolute floor (for silent segments) outweighed every source of a mixture
+    # around 1e-16: the sources came out as zeros
+    mix = _spec(2, channels, 9, 20, seed=5) * 1e-17
+    masks = torch.rand(2, channels, 2, 9, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    out = multichannel_wiener(masks * mix.unsqueeze(2), mix, iterations=1)
+    torch.testing.assert_close(out.sum(2), mix, rtol=1e-6, atol=1e-22)
