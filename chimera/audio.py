@@ -349,7 +349,8 @@ def write_audio(path: PathLike, data: np.ndarray, sample_rate: int, subtype: str
     int16 arrays are written verbatim as PCM_16 (bit-exact); float arrays default to FLOAT,
     or to the format's own default where it has no FLOAT (FLAC: PCM_16, OGG: VORBIS, MP3).
     A write libsndfile refuses (format, rate, channels, shape) is a ValueError naming the
-    file, and leaves no new file behind."""
+    file, and leaves no new file behind and an existing one as it was: the file is written
+    under a hidden name beside it and renamed over ``path`` once complete."""
     path = os.fspath(path)
     data = np.asarray(data)
     if subtype is None:
@@ -359,15 +360,21 @@ def write_audio(path: PathLike, data: np.ndarray, sample_rate: int, subtype: str
             subtype = sf.default_subtype(major)  # FLOAT was refused for every .flac/.ogg/.mp3
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise ValueError(f"refusing to write NaN/Inf samples to {path}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    existed = os.path.lexists(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # libsndfile truncates (or creates) its file before it checks the rate: a refused write
+    # destroyed the file it was to replace. Same extension: libsndfile reads the format from it.
+    fd, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial" + os.path.splitext(path)[1],
+                                   dir=folder)
+    os.close(fd)
     try:
-        sf.write(path, data, int(sample_rate), subtype=subtype)
+        sf.write(partial, data, int(sample_rate), subtype=subtype)
+        os.replace(partial, path)
     except _DECODE_ERRORS as exc:
-        # libsndfile creates the file before it checks the rate: an empty file was left behind
-        if not existed and os.path.isfile(path):
-            os.remove(path)
         raise ValueError(f"{path}: cannot write it as {subtype} at {int(sample_rate)} Hz ({_reason(exc)})") from None
+    finally:
+        if os.path.lexists(partial):
+            os.remove(partial)
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int, quality: str = "HQ", axis: int = 0) -> np.ndarray:

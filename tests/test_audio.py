@@ -181,6 +181,15 @@ def test_a_refused_write_names_the_file_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: cannot write it as ULAW at 8000 Hz "):
         write_audio(path, np.zeros((10, 2, 2), np.float32), 8000, subtype="ULAW")
     assert os.listdir(tmp_path) == []
+    # over an existing file: refused, the file as it was (libsndfile truncated it first)
+    path = tmp_path / "kept.mp3"
+    write_audio(path, 0.1 * np.ones(8000, np.float32), 8000)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="cannot write it as MPEG_LAYER_III at 7000 Hz"):
+        write_audio(path, x, 7000)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["kept.mp3"]
+    write_audio(path, x, 8000)  # and a write that works replaces it
+    assert path.read_bytes() != before and os.listdir(tmp_path) == ["kept.mp3"]
 
 
 def test_a_flac_cut_short_is_an_audio_error_naming_it(tmp_path):
