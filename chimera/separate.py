@@ -28,7 +28,7 @@ from .cluster import kmeans_masks
 from .losses import voice_activity_weights
 from .models import SeparationModel, apply_masks, flatten_bins
 from .parallel import signals_deferred
-from .stream import ChannelGroups, SegmentPlan, SeparationStream
+from .stream import ChannelGroups, SegmentPlan, SeparationStream, _is_number
 from .wiener import check_exponent, multichannel_wiener
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,6 @@ def _as_waveform(waveform) -> torch.Tensor:
     return x.to("cpu", torch.float32)
 
 
-def _is_whole(value) -> bool:
-    """An integer (NumPy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _check_rate(sample_rate) -> int:
     """A sample rate in Hz as an int: a positive whole number (44100 or 44100.0)."""
     if not isinstance(sample_rate, numbers.Real) or isinstance(sample_rate, bool):
@@ -190,9 +185,9 @@ class Separator:
         self.method = resolve_method(model, method)
         # whole numbers, as batch_size: 1.5 ran as 1, NaN and "1" failed with other errors
         for name, value in (("misi_iters", misi_iters), ("wiener_iters", wiener_iters)):
-            if not (_is_whole(value) and value >= 0):
+            if not (_is_number(value, numbers.Integral) and value >= 0):
                 raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-        if not _is_whole(seed):  # None or 1.5 failed in torch's manual_seed, at the first segment
+        if not _is_number(seed, numbers.Integral):  # None or 1.5 failed in torch's manual_seed, at the first segment
             raise ValueError(f"seed must be a whole number, got {seed!r}")
         # checked here too: mono input never reaches the filter
         self.wiener_exponent = check_exponent(wiener_exponent, "wiener_exponent")
@@ -308,7 +303,7 @@ class Separator:
         :data:`MAX_WIENER_CHANNELS` channels, streams over groups of them, each channel
         filtered on its own. A ValueError for a rate below :data:`MIN_RATE`."""
         sample_rate = _check_rate(sample_rate)  # 8000.5 ran as 8000 Hz
-        if not (_is_whole(channels) and channels >= 1):  # 0 made a stream that could never finish
+        if not (_is_number(channels, numbers.Integral) and channels >= 1):  # 0 made a stream that could never finish
             raise ValueError(f"stream: channels must be a whole number >= 1, got {channels!r}")
         if out_rate is not None:
             out_rate = _check_rate(out_rate)
@@ -380,8 +375,7 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     _, subtype = check_output_format(ext, subtype)
     # a positive number of seconds: inf raised OverflowError, "0.1" repeated the string,
     # 0 and below read one sample at a time
-    if not (isinstance(block_seconds, numbers.Real) and not isinstance(block_seconds, bool)
-            and math.isfinite(block_seconds) and block_seconds > 0):
+    if not (_is_number(block_seconds, numbers.Real) and math.isfinite(block_seconds) and block_seconds > 0):
         raise ValueError(f"block_seconds must be a positive number of seconds, got {block_seconds!r}")
     if clip not in ("clamp", "none"):
         raise ValueError(f"clip mode must be 'clamp' or 'none', got {clip!r}")

@@ -1,7 +1,7 @@
 """tools/eval_goals.py: the arithmetic of its figures, and one run through `chimera predict`."""
 import argparse
+import contextlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,16 +115,21 @@ def test_an_interrupted_cache_write_leaves_the_old_cache_readable(tmp_path, monk
     (tmp_path / "musdb" / "solo-real").mkdir(parents=True)
     cache = tmp_path / "oracle-cache.json"
     cache.write_text(json.dumps({"old": 1}))
-    real_write = Path.write_text
+    real_atomic_write = eval_goals.atomic_write
 
-    def killed_midway(self, text, *a, **k):  # half the text on disk, then the run is stopped
-        real_write(self, text[: len(text) // 2], *a, **k)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(Path, "write_text", killed_midway)
+    @contextlib.contextmanager
+    def killed_midway(path, force=False):  # half the text on disk, then the run is stopped
+        with real_atomic_write(path, force=force) as f:
+            class Half:
+                def write(self, data):
+                    f.write(data[: len(data) // 2])
+                    raise KeyboardInterrupt
+            yield Half()
+    monkeypatch.setattr(eval_goals, "atomic_write", killed_midway)
     argv = ["--data", str(tmp_path / "musdb"), "--out", str(tmp_path / "r.json"), "--splits", "solo-real"]
     with pytest.raises(KeyboardInterrupt):
         eval_goals.main(argv)
-    monkeypatch.setattr(Path, "write_text", real_write)
+    monkeypatch.setattr(eval_goals, "atomic_write", real_atomic_write)
     assert json.loads(cache.read_text()) == {"old": 1}
     cache.write_text('{"old": ')  # cut short by an older version: recomputed, not a traceback
     assert eval_goals.main(argv) == 0

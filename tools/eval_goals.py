@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from chimera.atomic import atomic_write
 from chimera.evaluate import find_tracks, load_track, oracle_estimates, score_track, track_median
 from chimera.models import StftConfig
 
@@ -161,9 +161,8 @@ def summarise(split: str, r: dict) -> dict:
 
 def write_json(path: Path, doc) -> None:
     """``path`` whole or not at all: an interrupted run leaves the previous file readable."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path, force=True) as f:
+        f.write(json.dumps(doc, indent=1).encode())
 
 
 def table(summary: dict) -> str:

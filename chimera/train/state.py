@@ -56,7 +56,7 @@ def training_state(progress: Progress, optimizer, scheduler, scaler, *, seed: in
         "optimizer": {} if fresh else optimizer.state_dict(),
         "scheduler": None if fresh or scheduler is None else scheduler.state_dict(),
         "scaler": None if fresh or not scaler.is_enabled() else scaler.state_dict(),
-        "rng": rng_state(), "accum": {"loss_sum": progress.loss_sum, "count": progress.count},
+        **rank_part(progress),
         "best": progress.best, "seed": seed, "world_size": world_size, "config_json": json.dumps(config),
         "ranks": list(ranks or []),
     }

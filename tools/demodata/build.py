@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from chimera.atomic import atomic_write
+
 from . import singing, speech
 from .external import DataError
 from .packages import PACKAGES, missing_packages, missing_tools, package_version
@@ -112,9 +114,8 @@ def write_licences(out_dir: Path, doc_dir: Path = Path("/usr/share/doc")) -> Pat
             lines += ["", f"## {p.name}", "", f"`{path}` was missing on the machine that built this data; "
                       f"the package's licence: {p.licence}. Read its copyright file before redistributing."]
     out = out_dir / "LICENSES.md"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # never a half-written notice
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    with atomic_write(out, force=True) as f:  # never a half-written notice
+        f.write(("\n".join(lines) + "\n").encode())
     return out
 
 
