@@ -234,7 +234,7 @@ def test_remix_alone_keeps_the_mixture_the_sum_of_its_sources(tmp_path):
 
 
 def test_a_bad_remix_partner_is_excluded_not_the_track_it_was_drawn_for(tmp_path):
-    # track c fails only when read (a NaN sample): drawn as a partner, it alone is excluded
+    # track c's bass fails only when read (a NaN sample): drawn as a partner, it alone is excluded
     rng = np.random.default_rng(0)
     for name in ("a", "b", "c"):
         for k, stem in enumerate(STEMS):
@@ -248,7 +248,7 @@ def test_a_bad_remix_partner_is_excluded_not_the_track_it_was_drawn_for(tmp_path
         for epoch in range(10):
             ds.set_epoch(epoch)
             names = [ds[i]["name"] for i in range(len(ds))]
-    assert sorted(ds.tracks[k].name for k in ds._bad) == ["c"]
+    assert {(ds.tracks[j].name, ds.source_names[k]) for j, k in ds._bad} == {("c", "bass")}
     assert {"a", "b"} <= set(names)
 
 
@@ -715,3 +715,64 @@ def test_build_dataset_refuses_a_gain_db_that_is_no_pair(tmp_path):
         build_dataset(cfg, "train", 8000, 0)
     cfg["gain_db"] = [-3, 3]  # TOML's array: still taken
     assert build_dataset(cfg, "train", 8000, 0).gain_db == (-3.0, 3.0)
+
+
+@pytest.mark.parametrize("remix", [1.0, 0.5])
+def test_draws_do_not_depend_on_the_partly_bad_tracks_met_before(tmp_path, remix):
+    # track b's bass alone is unreadable: once met, all of b was excluded, so its good stems
+    # stopped being remix partners and its items (whose bass came from elsewhere) moved on:
+    # an item differed between a fresh data set and one that had met it (so with the workers)
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c", "d"):
+        for stem in STEMS:
+            x = _stems(rng, 4000, channels=1, k=1)[0]
+            _write(tmp_path / "train" / name / f"{stem}.wav",
+                   _nan_everywhere(x) if (name, stem) == ("b", "bass") else x, 8000)
+    kw = dict(sample_rate=8000, segment_seconds=0.1, seed=0, remix=remix, mixture_name=None, segments_per_track=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = [MUSDB18(tmp_path, "train", **kw)[i] for i in range(16)]
+        ds = MUSDB18(tmp_path, "train", **kw)
+        [ds[i] for i in reversed(range(16))]  # every bad stem met, in another order
+        for i in range(16):
+            assert ds[i]["name"] == fresh[i]["name"], i
+            assert torch.equal(ds[i]["sources"], fresh[i]["sources"]), i
+    assert "b" in {it["name"] for it in fresh}  # its items that never read its bass keep it
+    assert {(ds.tracks[j].name, ds.source_names[k]) for j, k in ds._bad} == {("b", "bass")}
+
+
+def test_wsj0mix_selects_utterances_by_track_name_as_the_other_data_sets(tmp_path):
+    # `tracks` matched the file name ("u1.wav") while Track.name, and every other data set's
+    # `tracks`, is the track's name ("u1"); the file name is still taken
+    for name in ("u1.wav", "u2.wav", "u3.wav"):
+        for d in ("mix", "s1", "s2"):
+            _write(tmp_path / "tr" / d / name, 0.1 * np.ones(800), 8000)
+    kw = dict(sample_rate=8000, segment_seconds=0.05)
+
+    def names(**selection):
+        return [t.name for t in WSJ0Mix(tmp_path, "tr", **selection, **kw).tracks]
+
+    assert names(tracks=["u1", "u3"]) == ["u1", "u3"]
+    assert names(tracks=["u2.wav"]) == ["u2"]
+    assert names(exclude=["u2"]) == names(exclude=["u2.wav"]) == ["u1", "u3"]
+    with pytest.raises(ValueError, match=r"unknown track\(s\): \['u4'\]"):
+        WSJ0Mix(tmp_path, "tr", tracks=["u4"], **kw)
+    with pytest.raises(ValueError, match=r"unknown track\(s\) in exclude: \['u4'\]"):
+        WSJ0Mix(tmp_path, "tr", exclude=["u4"], **kw)
+
+
+@pytest.mark.parametrize("cls", [MUSDB18, DSD100])
+def test_an_empty_sources_list_is_refused_not_the_default(tmp_path, cls):
+    # `sources or DEFAULT_SOURCES`: [] trained on the four default stems, silently
+    _musdb(tmp_path, names=("a",))
+    for s in STEMS:
+        _write(tmp_path / "Sources" / "Dev" / "a" / f"{s}.wav", 0.1 * np.ones(800), 8000)
+    _write(tmp_path / "Mixtures" / "Dev" / "a" / "mixture.wav", 0.4 * np.ones(800), 8000)
+    split = "train" if cls is MUSDB18 else "Dev"
+    kw = dict(sample_rate=8000, segment_seconds=0.05)
+    with pytest.raises(ValueError, match=r"^sources is an empty list"):
+        cls(tmp_path, split, sources=[], **kw)
+    with pytest.raises(ValueError, match=r"^sources is an empty list"):  # beside targets too
+        cls(tmp_path, split, sources=[], targets=["vocals"], **kw)
+    assert cls(tmp_path, split, sources=None, **kw).source_names == list(STEMS)  # None: the default
+    assert cls(tmp_path, split, sources=["bass"], **kw).source_names == ["bass"]

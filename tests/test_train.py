@@ -1163,3 +1163,122 @@ def test_a_silent_validation_estimate_counts_as_a_poor_item_not_minus_infinity(d
         scores[on] = [float(r["valid_si_sdri"]) for r in _metrics_rows(tmp_path / f"run{on}")]
     assert all(np.isfinite(scores[True])) and (tmp_path / "runTrue" / "best.pt").exists()
     assert all(a < b for a, b in zip(scores[True], scores[False]))  # the silent items count, lowest
+
+
+# ------------------------------------------------------------------ option types and the environment
+
+def _set(cfg: dict, key: str, value):
+    node, parts = cfg, key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    # numbers: "'<=' not supported between instances of 'float' and 'str'", "must be real number, not str"
+    ("data.train.solo", "abc", "a number"),
+    ("data.train.remix", "abc", "a number"),
+    ("data.valid.segment_seconds", "0.5", "a number"),
+    ("data.eq_db", [1], "a number"),
+    ("train.grad_clip", "abc", "a number >= 0.0"),
+    # integers: 1.5 was taken as 1; "2": "'>=' not supported between ..."; int('x') a traceback
+    ("data.train.segments_per_track", 1.5, "an integer"),
+    ("data.train.segments_per_track", "2", "an integer"),
+    ("data.batch_size", "eight", "an integer >= 1"),
+    ("stages.0.epochs", 2.5, "an integer >= 0"),
+    ("model.stft.sample_rate", "8k", "an integer >= 1"),
+    # booleans
+    ("train.mkldnn", "yes", "true or false"),
+    ("train.pit_metric", 1, "true, false or absent"),
+    # lists: "could not convert string to float: 'f'", "'int' object is not iterable"
+    ("data.train.speed", "fast", "a list of numbers"),
+    ("data.train.solo_keep", [1, "x"], "a list of numbers"),
+    ("data.train.gain_db", ["a", 1], "a list of numbers"),
+    ("data.sources", [1, 2], "a list of names (strings)"),
+    ("data.valid.tracks", 5, "a list of names (strings)"),
+    ("data.targets", {"vocals": 5}, "a list of names or a table of lists of names"),
+    # strings: "unsupported operand type(s) for /: 'PosixPath' and 'int'", or "no usable tracks found"
+    ("data.train.split", 5, "a string"),
+    ("data.ext", [".wav"], "a string"),
+    ("data.mono", 1, "a string"),
+    ("data.resample_quality", 1.5, "a string or an integer"),
+    # paths: "'int' object is not iterable", "expected str, bytes or os.PathLike object, not int"
+    ("data.root", 5, "a path or a list of paths"),
+    ("data.root", [5], "a path or a list of paths"),
+    ("train.init", True, "a checkpoint's path"),
+    # tables: "'int' object has no attribute 'get'" (a traceback)
+    ("model.stft", 5, "a table"),
+])
+def test_a_wrongly_typed_option_is_one_line_naming_it_and_its_type(data_root, tmp_path, capsys, key, value, kind):
+    from chimera.cli import main
+
+    cfg = config(data_root)
+    _set(cfg, key, value)
+    path = write_toml(tmp_path / "r.toml", cfg)
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"error: {path}: {key} must be {kind}, got {value!r}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key", ["data.train.seed", "data.valid.train", "data.sample_rate"])
+def test_a_data_set_argument_the_run_sets_is_refused_naming_it(data_root, key):
+    cfg = config(data_root)
+    _set(cfg, key, 1)  # "got multiple values for keyword argument"
+    with pytest.raises(tr.TrainError, match=rf"^config: {re.escape(key)} is set by the run \(from "):
+        tr.validate_config(cfg)
+
+
+def test_option_types_cover_every_option_of_every_data_set():
+    import inspect
+
+    from chimera.train.data import OPTION_TYPES, RUN_KEYS
+
+    for name, cls in tr.DATASETS.items():
+        # the arguments of its __init__, and the keyword-only ones of those it passes **kwargs to
+        inits = [c.__init__ for c in cls.__mro__ if "__init__" in vars(c) and c.__module__.startswith("chimera.")]
+        params = {p.name for init in inits for p in inspect.signature(init).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY or (init is inits[0] and p.kind is p.POSITIONAL_OR_KEYWORD)}
+        assert set(OPTION_TYPES[name]) == params - {"self", *RUN_KEYS}, name
+
+
+def test_an_empty_sources_list_in_a_recipe_is_one_line_naming_it(data_root, tmp_path, capsys):
+    from chimera.cli import main
+
+    cfg = config(data_root)
+    cfg["data"]["sources"] = []  # trained on the default stems, silently
+    path = write_toml(tmp_path / "r.toml", cfg)
+    rc = main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--threads", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "error: train data (demo): sources is an empty list" in err, err
+
+
+@pytest.mark.parametrize("env, shown", [
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two': must be an integer >= 1"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': must be an integer >= 1"),
+    ({"RANK": "-1"}, "RANK='-1': must be an integer >= 0 and < WORLD_SIZE (1)"),
+    ({"RANK": "two"}, "RANK='two': must be an integer >= 0"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK='2': must be an integer >= 0 and < WORLD_SIZE (2)"),
+    ({"LOCAL_RANK": "x"}, "LOCAL_RANK='x': must be an integer >= 0"),
+])
+def test_a_malformed_rank_variable_is_one_line_naming_it(data_root, tmp_path, env, shown):
+    # int() of it was a ValueError traceback; RANK >= WORLD_SIZE ran silently as a rank that saves nothing
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    p = run_cli([str(path), "--run-dir", str(tmp_path / "run")], env_extra=env)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"error: environment variable {shown}" in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_rank_is_one_line_without_quiet_too(data_root, tmp_path):
+    # the rank's own check for progress lines ran int(RANK) before Dist could say what is wrong
+    path = write_toml(tmp_path / "r.toml", config(data_root))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "two",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-m", "chimera", "train", str(path), "--run-dir", str(tmp_path / "run"),
+                        "--threads", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "error: environment variable RANK='two'" in p.stderr.strip().splitlines()[-1], p.stderr
+    assert not (tmp_path / "run").exists()

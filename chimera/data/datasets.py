@@ -41,7 +41,15 @@ _MAX_SKIPS = 32  # give up after this many unreadable items in a row
 
 
 class _PartnerError(AudioError):
-    """A remix partner's file could not be read (that track is excluded, not the item's)."""
+    """A remix partner's file could not be read (that stem group is excluded, not the item's track)."""
+
+
+class _KnownBad(Exception):
+    """The item would read a file already known to be unreadable (skipped without a warning)."""
+
+
+#: The key of a track's mixture file among its unreadable parts (stem groups are 0, 1, ...).
+_MIXTURE = -1
 
 
 @dataclass
@@ -304,7 +312,9 @@ class SegmentDataset(_Base):
         self.tracks = self._probe(tracks)
         if not self.tracks:
             raise ValueError(f"{type(self).__name__}: no usable tracks found")
-        self._bad: set[int] = set()
+        # (track index, stem group or _MIXTURE) found unreadable. Per group, not per track: a
+        # track excluded whole once one stem failed made later draws depend on what had been met.
+        self._bad: set[tuple[int, int]] = set()
 
     def _probe(self, tracks: Sequence[Track]) -> list[Track]:
         """Read headers; drop (or raise on) tracks with unreadable or mismatched files."""
@@ -348,16 +358,16 @@ class SegmentDataset(_Base):
         lo, hi = np.log(self.speed)
         return np.exp(rng.uniform(lo, hi, size=n))
 
-    def _other_track(self, rng: np.random.Generator) -> int:
-        """A random remix partner: a track known to be unreadable is drawn again. (Drawing
-        among the readable ones made the draw depend on which bad tracks this process had met
-        so far: the items differed with the number of DataLoader workers, and from a fresh
-        start. Without bad tracks the draw is the same.)"""
-        if len(self._bad) >= len(self.tracks):  # (not reached: the item's own track is readable)
-            raise AudioError(f"{type(self).__name__}: no readable track left to remix from")
+    def _other_track(self, rng: np.random.Generator, group: int) -> int:
+        """A random remix partner for stem ``group``: a track whose ``group`` is known to be
+        unreadable is drawn again. (Drawing among the readable ones made the draw depend on
+        which bad tracks this process had met so far: the items differed with the number of
+        DataLoader workers, and from a fresh start. Without bad tracks the draw is the same.)"""
+        if sum(g == group for _, g in self._bad) >= len(self.tracks):
+            raise AudioError(f"{type(self).__name__}: no readable {self.source_names[group]!r} left to remix from")
         while True:
             k = int(rng.integers(len(self.tracks)))
-            if k not in self._bad:
+            if (k, group) not in self._bad:
                 return k
 
     def _load(self, index: int, draws: int) -> dict:
@@ -372,26 +382,34 @@ class SegmentDataset(_Base):
         augmented = bool(np.any(speeds != 1.0))
         channel = self._channel(rng, t.channels)
         start = self._start(rng, t.frames, t.sample_rate, float(speeds.max()))
-        sources = []
-        for k, group in enumerate(t.sources):
-            src_t, src_start, src_group = t, start, group
+        plan = []  # per stem group: (track read, its start, remixed?), all drawn before reading
+        for k in range(len(t.sources)):
             if self.train and self.remix > 0 and n is not None and rng.random() < self.remix:
-                src_t = self.tracks[self._other_track(rng)]
-                src_group = src_t.sources[k]
-                src_start = self._start(rng, src_t.frames, src_t.sample_rate, float(speeds[k]))
+                j = self._other_track(rng, k)
+                src_start = self._start(rng, self.tracks[j].frames, self.tracks[j].sample_rate, float(speeds[k]))
                 # its own track drawn again is read elsewhere: the mixture file no longer fits
-                augmented = augmented or src_t is not t or src_start != start
+                augmented = augmented or j != ti or src_start != start
+                plan.append((j, src_start, True))
+            else:
+                plan.append((ti, start, False))
+        # The item fails exactly when a file it reads is bad, known or not (whatever was met before)
+        if any((ti, k) in self._bad for k, (_, _, remixed) in enumerate(plan) if not remixed):
+            raise _KnownBad
+        sources = []
+        for k, (j, src_start, remixed) in enumerate(plan):
+            src_t = self.tracks[j]
             ch = None if channel is None else min(channel, src_t.channels - 1)
             try:
-                parts = [self._read(f, src_t.sample_rate, src_start, n, ch, float(speeds[k])) for f in src_group]
+                parts = [self._read(f, src_t.sample_rate, src_start, n, ch, float(speeds[k]))
+                         for f in src_t.sources[k]]
                 if n is None and len({x.shape[0] for x in parts}) > 1:
                     # whole tracks: the stems of a group may differ by a frame (a broadcast error)
                     m = min(x.shape[0] for x in parts)
                     parts = [x[:m] for x in parts]
                 s = sum(parts)
             except AudioError as err:
-                if src_t is not t:  # the remix partner is bad, not this track: draw another
-                    self._bad.add(self.tracks.index(src_t))
+                self._bad.add((j, k))
+                if remixed:  # the partner's group is bad, not this track: draw another
                     raise _PartnerError(str(err), path=err.path) from None
                 raise
             sources.append(np.asarray(s, dtype=np.float32))
@@ -416,7 +434,13 @@ class SegmentDataset(_Base):
         use_file = t.mixture is not None and (
             self.mixture_mode == "file" or (self.mixture_mode == "auto" and not augmented))
         if use_file:
-            mixture = self._read(t.mixture, t.sample_rate, start, n, channel)
+            if (ti, _MIXTURE) in self._bad:
+                raise _KnownBad
+            try:
+                mixture = self._read(t.mixture, t.sample_rate, start, n, channel)
+            except AudioError:
+                self._bad.add((ti, _MIXTURE))
+                raise
         else:
             mixture = np.sum(sources, axis=0, dtype=np.float32)
         return _item(mixture, sources, t.name)
@@ -427,18 +451,27 @@ class SegmentDataset(_Base):
         i = index
         tries = min(_MAX_SKIPS, len(self.tracks))
         for _ in range(tries):
-            if i % len(self.tracks) not in self._bad:
-                try:
-                    return self._load(i, index)
-                except _PartnerError as err:
-                    self._handle(err)
-                    continue  # the same item again, with another partner
-                except AudioError as err:
-                    self._handle(err)
-                    self._bad.add(i % len(self.tracks))
+            item = self._attempt(i, index)
+            if item is not None:
+                return item
             i = (i + 1) % len(self)
         raise AudioError(f"{type(self).__name__}: gave up after {tries} unreadable tracks "
                          f"near item {index} (see the warnings above for their paths)")
+
+    def _attempt(self, i: int, index: int) -> dict | None:
+        """Item ``index`` from the track of item ``i``, or None when it reads a bad file. A bad
+        remix partner found on the way is excluded and the item drawn again (not counted as a
+        try: how many were met before must not matter; each time one more is known, so it ends)."""
+        while True:
+            try:
+                return self._load(i, index)
+            except _PartnerError as err:
+                self._handle(err)
+            except _KnownBad:
+                return None
+            except AudioError as err:
+                self._handle(err)
+                return None
 
 
 def _names(option: str, value) -> list[str] | None:
@@ -451,9 +484,13 @@ def _names(option: str, value) -> list[str] | None:
     return [str(v) for v in value]
 
 
-def _groups(targets, sources) -> dict[str, list[str]]:
+def _groups(targets, sources, default: Sequence[str]) -> dict[str, list[str]]:
+    """The output groups of ``targets``, else one per name in ``sources`` (None: ``default``)."""
+    sources = _names("sources", sources)
+    if sources == []:  # (it was taken for the default stems, silently)
+        raise ValueError("sources is an empty list: name at least one source, or leave it out for the default")
     if targets is None:
-        targets = _names("sources", sources)
+        targets = list(default) if sources is None else sources
     if isinstance(targets, Mapping):
         groups = {str(k): _names(f"targets.{k}", v) for k, v in targets.items()}
     else:
@@ -519,7 +556,7 @@ class MUSDB18(SegmentDataset):
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         if not roots:
             raise ValueError(f"{type(self).__name__}: root is an empty list")
-        groups = _groups(targets, sources or self.DEFAULT_SOURCES)
+        groups = _groups(targets, sources, self.DEFAULT_SOURCES)
         tracks, exclude = _names("tracks", tracks), _names("exclude", exclude)  # read once, for every root
         found, seen = [], set()
         for i, r in enumerate(roots):
@@ -564,7 +601,7 @@ class DSD100(SegmentDataset):
         mix_dir = root / "Mixtures" / split
         if not src_dir.is_dir():
             raise FileNotFoundError(f"DSD100: no such directory {src_dir}")
-        groups = _groups(targets, sources or MUSDB18.DEFAULT_SOURCES)
+        groups = _groups(targets, sources, MUSDB18.DEFAULT_SOURCES)
         names = _track_folders(src_dir)
         _check_excluded(exclude, names)
         names = _select(names, tracks, exclude)
@@ -580,18 +617,25 @@ class WSJ0Mix(SegmentDataset):
     """wsj0-2mix layout ``root/<tr|cv|tt>/{mix,s1,s2}/<utterance>.wav`` (``n_src`` speakers).
 
     ``root`` is the folder holding ``tr``/``cv``/``tt`` (e.g. ``wav8k/min``). Utterances missing
-    from one of the speaker folders are reported like unreadable files."""
+    from one of the speaker folders are reported like unreadable files. ``tracks``/``exclude``
+    select utterances by name (the file's name without its extension, the track's name, as in
+    the other data sets; the file name, which ``tracks`` once took, is taken too)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "tr", *, n_src: int = 2,
-                 tracks: Iterable[str] | None = None, **kwargs):
+                 tracks: Iterable[str] | None = None, exclude: Iterable[str] | None = None, **kwargs):
         base = Path(root) / split
         mix_dir = base / "mix"
         if not mix_dir.is_dir():
             raise FileNotFoundError(f"WSJ0Mix: no such directory {mix_dir}")
-        names = _select((p.name for p in mix_dir.iterdir()
-                         if p.suffix.lower() in AUDIO_EXTENSIONS), tracks, None)
-        found = [Track(Path(n).stem, [[str(base / f"s{k + 1}" / n)] for k in range(n_src)],
-                       str(mix_dir / n)) for n in names]
+        stem = {p.name: p.stem for p in mix_dir.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS}
+        tracks, exclude = _names("tracks", tracks), _names("exclude", exclude)
+        # a file name (what `tracks` took before) stands for its utterance
+        tracks = None if tracks is None else [stem.get(n, n) for n in tracks]
+        exclude = None if exclude is None else [stem.get(n, n) for n in exclude]
+        _check_excluded(exclude, stem.values())
+        wanted = set(_select(set(stem.values()), tracks, exclude))
+        found = [Track(stem[n], [[str(base / f"s{k + 1}" / n)] for k in range(n_src)], str(mix_dir / n))
+                 for n in sorted(stem) if stem[n] in wanted]
         kwargs.setdefault("mixture", "auto")
         super().__init__(found, [f"s{k + 1}" for k in range(n_src)], **kwargs)
 

@@ -104,7 +104,8 @@ def _config(args) -> dict:
 def main(args) -> int:
     """``chimera train`` with parsed ``args``: 0 when done, 2 on a TrainError (one line on
     stderr), 130 when interrupted. Progress lines go to stderr unless ``--quiet`` (rank 0 only)."""
-    quiet = args.quiet or int(os.environ.get("RANK", "0")) != 0
+    # a malformed RANK is Dist's one-line error below, not a ValueError here
+    quiet = args.quiet or os.environ.get("RANK", "0").strip() not in ("0", "")
     with console(sys.stderr, quiet=quiet):
         try:
             config = _config(args)

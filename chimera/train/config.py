@@ -1,8 +1,9 @@
 """Recipes: load (TOML, or YAML with PyYAML), override from the command line, validate.
 
 Every key a recipe may hold is declared once here (``TOP_KEYS``, ``TRAIN_DEFAULTS``, ``STAGE_KEYS``,
-the choices ``SCHEDULERS`` and ``AMP_MODES``; data sets in :data:`.data.DATASETS`, objectives in
-:data:`chimera.objectives.OPTIONS`) and checked once, by :func:`validate_config`.
+the choices ``SCHEDULERS`` and ``AMP_MODES``; data sets in :data:`.data.DATASETS`, the types of their
+options in :data:`.data.OPTION_TYPES`, objectives in :data:`chimera.objectives.OPTIONS`) and checked
+once, by :func:`validate_config`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..objectives import OPTIONS, objective
-from .data import DATASETS
+from .data import DATASETS, check_option_types
 from .distrib import DEVICES
 from .errors import TrainError
 
@@ -190,8 +191,13 @@ def validate_config(config: dict) -> dict:
         if not isinstance(data.setdefault(split, {}), dict):
             raise TrainError(f"config: data.{split} must be a table of the {split} set's options, "
                              f"got {data[split]!r}")
+    check_option_types(data)
     if not isinstance(model, dict):
         raise TrainError(f"config: model must be a table, got {model!r}")
+    if not isinstance(model.get("stft", {}), dict):
+        raise TrainError(f"config: model.stft must be a table, got {model['stft']!r}")
+    if "sample_rate" in model.get("stft", {}):  # (the data sets' rate: int() of it was a traceback)
+        _check_number("model.stft.sample_rate", model["stft"]["sample_rate"], True, 1)
     train = cfg.setdefault("train", {})
     if not isinstance(train, dict):
         raise TrainError(f"config: train must be a table, got {train!r}")

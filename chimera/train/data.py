@@ -17,6 +17,72 @@ DATASETS = {"musdb18": data.MUSDB18, "dsd100": data.DSD100, "demo": data.DemoTra
             "foldertuple": data.FolderTuple}
 #: Keys of ``[data]`` that configure the loaders or one split, not the data set itself.
 LOADER_KEYS = ("dataset", "batch_size", "valid_batch_size", "num_workers", "train", "valid")
+#: Data-set arguments that the run sets itself, and from what (in a recipe: "got multiple values").
+RUN_KEYS = {"sample_rate": "model.stft.sample_rate", "seed": "the recipe's seed",
+            "train": "the table it is in, [data.train] or [data.valid]"}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _list_of(test):
+    return lambda v: isinstance(v, (list, tuple)) and all(test(x) for x in v)
+
+
+def _or_none(kind):
+    return kind[0], lambda v: v is None or kind[1](v)
+
+
+# (what the value must be, its test); the data sets check the values themselves
+_NUMBER = ("a number", _number)
+_INTEGER = ("an integer", _integer)
+_STRING = ("a string", lambda v: isinstance(v, str))
+_PATH = ("a path (a string)", lambda v: isinstance(v, str))
+_PATHS = ("a path or a list of paths", lambda v: isinstance(v, str) or _list_of(_PATH[1])(v))
+_NAMES = ("a list of names (strings)", _list_of(_STRING[1]))
+_NUMBERS = ("a list of numbers", _list_of(_number))
+_TARGETS = ("a list of names or a table of lists of names",
+            lambda v: _NAMES[1](v) or (isinstance(v, dict) and all(_NAMES[1](x) for x in v.values())))
+_FOLDERS = ("a table of a path or a list of paths per source",
+            lambda v: isinstance(v, dict) and all(_PATHS[1](x) for x in v.values()))
+_QUALITY = ("a string or an integer", lambda v: isinstance(v, str) or _integer(v))
+_COMMON = {"segment_seconds": _or_none(_NUMBER), "mono": _STRING, "gain_db": _or_none(_NUMBERS),
+           "on_error": _STRING, "resample_quality": _QUALITY}
+_SEGMENTS = {**_COMMON, "segments_per_track": _INTEGER, "remix": _NUMBER, "solo": _NUMBER,
+             "solo_keep": _or_none(_NUMBERS), "eq_db": _NUMBER, "speed": _or_none(_NUMBERS), "mixture": _STRING,
+             "tracks": _or_none(_NAMES), "exclude": _or_none(_NAMES)}
+_STEMS = {**_SEGMENTS, "sources": _or_none(_NAMES), "targets": _or_none(_TARGETS), "ext": _STRING}
+_MUSDB = {**_STEMS, "root": _PATHS, "split": _or_none(_STRING), "mixture_name": _or_none(_STRING)}
+#: The type of each option of each data set (``data.dataset``): a value of another type failed
+#: inside the data set, with Python's own words ("'<=' not supported between instances of ...").
+OPTION_TYPES = {
+    "musdb18": _MUSDB,
+    "demo": _MUSDB,
+    "dsd100": {**_STEMS, "root": _PATH, "split": _STRING},
+    "wsj0mix": {**_SEGMENTS, "root": _PATH, "split": _STRING, "n_src": _INTEGER},
+    "foldertuple": {**_COMMON, "folders": _FOLDERS, "epoch_length": _or_none(_INTEGER)},
+}
+
+
+def check_option_types(data_cfg: dict) -> None:
+    """Each data-set option of a ``[data]`` table (and its ``train``/``valid`` tables) is of its
+    type: else a TrainError naming it as the recipe does (``data.train.solo``) and the type."""
+    types = OPTION_TYPES[data_cfg["dataset"]]
+    tables = [("data", data_cfg)] + [(f"data.{s}", data_cfg[s]) for s in ("train", "valid") if s in data_cfg]
+    for where, table in tables:
+        for key, value in table.items():
+            if where == "data" and key in LOADER_KEYS:
+                continue
+            if key in RUN_KEYS:
+                raise TrainError(f"config: {where}.{key} is set by the run (from {RUN_KEYS[key]}), "
+                                 "not in a data table")
+            if key in types and not types[key][1](value):
+                raise TrainError(f"config: {where}.{key} must be {types[key][0]}, got {value!r}")
 
 
 #: Seed of the validation split's segment offsets, whatever the run's seed: runs with different

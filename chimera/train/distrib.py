@@ -42,13 +42,34 @@ def choose_device(device_arg: str, world: int = 1, local_rank: int = 0, cuda_cou
     return want
 
 
+def _env_int(name: str, default: int, low: int, high: int | None = None) -> int:
+    """The integer in environment variable ``name`` (``default`` when unset), in [low, high)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value >= high):
+        bound = f">= {low}" + ("" if high is None else f" and < WORLD_SIZE ({high})")
+        raise TrainError(f"environment variable {name}={text!r}: must be an integer {bound} "
+                         "(torchrun sets it; unset it for a single process)")
+    return value
+
+
+def ranks_from_env() -> tuple[int, int, int]:
+    """``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (torchrun's; 1, 0, 0 when unset), checked: a
+    value that is no integer, or no rank of the world, was a traceback (or a silent wrong run)."""
+    world = _env_int("WORLD_SIZE", 1, 1)
+    return world, _env_int("RANK", 0, 0, world), _env_int("LOCAL_RANK", 0, 0, world)
+
+
 class Dist:
     """This process's rank and device; every method is a no-op in a single process."""
 
     def __init__(self, device_arg: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world, self.rank, self.local_rank = ranks_from_env()
         self.device = torch.device(choose_device(device_arg, self.world, self.local_rank))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
