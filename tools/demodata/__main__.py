@@ -2,48 +2,41 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 from . import __doc__ as overview
-from .build import MIN_SECONDS, make
+from .build import LIMITS, expected, in_limits, kinds_problem, make
 from .external import DataError
 from .tracks import KINDS
 
 
 def _kinds(text: str) -> tuple:
-    """``sung=0.5,speech=0.25`` -> (("speech", 0.25), ("sung", 0.5)), kinds checked."""
+    """``sung=0.5,speech=0.25`` -> (("speech", 0.25), ("sung", 0.5)), checked as make() checks them."""
     pairs = []
     for item in text.split(","):
         kind, _, weight = item.partition("=")
-        if kind.strip() not in KINDS:
+        if kind.strip() not in KINDS:  # said before a missing weight ("choir" alone)
             raise argparse.ArgumentTypeError(f"unknown vocal kind {kind.strip()!r} (known: {', '.join(KINDS)})")
         try:
-            w = float(weight)
+            pairs.append((kind.strip(), float(weight)))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r}: expected KIND=WEIGHT") from None
-        if not (w >= 0 and math.isfinite(w)):
-            raise argparse.ArgumentTypeError(f"{item!r}: weights are non-negative numbers")
-        pairs.append((kind.strip(), w))
-    if sum(w for _, w in pairs) <= 0:
-        raise argparse.ArgumentTypeError("at least one weight must be positive")
+    problem = kinds_problem(pairs)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return tuple(sorted(pairs))
 
 
-def _number(kind, low: float, high: float = math.inf):
-    """An argparse type: a finite ``kind`` (int or float) in [low, high]. A NaN or infinite
-    value would end in a traceback, or in a split stamp that never matches again."""
-    bounds = f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
-
+def _number(name: str):
+    """An argparse type for make()'s argument ``name``: the limits make() checks (build.LIMITS)."""
     def parse(text: str):
         try:
-            value = kind(text)
+            value = LIMITS[name][0](text)
         except ValueError:
             value = None
-        if value is None or not ((kind is int or math.isfinite(value)) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a finite number'} "
-                                             f"{bounds}, got {text!r}")
+        if value is None or not in_limits(name, value):
+            raise argparse.ArgumentTypeError(f"expected {expected(name)}, got {text!r}")
         return value
     return parse
 
@@ -52,25 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.demodata", description=overview.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--seed", type=_number(int, 0), default=0)
-    ap.add_argument("--train", type=_number(int, 0), default=720, help="training tracks")
-    ap.add_argument("--valid", type=_number(int, 0), default=12, help="validation tracks (train voices, other music/texts/clips)")
-    ap.add_argument("--test", type=_number(int, 0), default=8, help="tracks per held-out test-* split")
-    ap.add_argument("--solo", type=_number(int, 0), default=8, help="tracks per held-out solo-* split")
-    ap.add_argument("--seconds", type=_number(float, MIN_SECONDS), default=20.0, help="training track length")
-    ap.add_argument("--test-seconds", type=_number(float, MIN_SECONDS), default=45.0,
+    ap.add_argument("--seed", type=_number("seed"), default=0)
+    ap.add_argument("--train", type=_number("train"), default=720, help="training tracks")
+    ap.add_argument("--valid", type=_number("valid"), default=12,
+                    help="validation tracks (train voices, other music/texts/clips)")
+    ap.add_argument("--test", type=_number("test"), default=8, help="tracks per held-out test-* split")
+    ap.add_argument("--solo", type=_number("solo"), default=8, help="tracks per held-out solo-* split")
+    ap.add_argument("--seconds", type=_number("seconds"), default=20.0, help="training track length")
+    ap.add_argument("--test-seconds", type=_number("test_seconds"), default=45.0,
                     help="validation and held-out track length (longer than a segment, so joins are exercised)")
-    ap.add_argument("--speakers", type=_number(int, 0), nargs=3, default=[200, 40, 40], metavar=("TR", "CV", "TT"),
+    ap.add_argument("--speakers", type=_number("speakers"), nargs=3, default=[200, 40, 40], metavar=("TR", "CV", "TT"),
                     help="wsj0-2mix-style examples per split (0 0 0 to skip)")
-    ap.add_argument("--lowpass-share", type=_number(float, 0, 1), default=0.35)
-    ap.add_argument("--bwe-share", type=_number(float, 0, 1), default=0.5)
-    ap.add_argument("--sung-share", type=_number(float, 0, 1), default=0.3)
-    ap.add_argument("--formant-share", type=_number(float, 0, 1), default=0.0,
+    ap.add_argument("--lowpass-share", type=_number("lowpass_share"), default=0.35)
+    ap.add_argument("--bwe-share", type=_number("bwe_share"), default=0.5)
+    ap.add_argument("--sung-share", type=_number("sung_share"), default=0.3)
+    ap.add_argument("--formant-share", type=_number("formant_share"), default=0.0,
                     help="share of training sung phrases and recorded clips given other formants (vowels, singers)")
     ap.add_argument("--train-kinds", type=_kinds, default=(), metavar="KIND=W,...",
                     help="weights of the vocal kinds in the train split, e.g. sung=0.5,speech=0.25,recorded=0.25 "
                          "(default: speech 0.4, recorded 0.3, sung 0.3)")
-    ap.add_argument("--jobs", type=_number(int, 1), default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--jobs", type=_number("jobs"), default=min(2, os.cpu_count() or 1))
     ap.add_argument("--cache", default=None, metavar="DIR",
                     help="cache of rendered utterances and sung phrases, and (in DIR/music) of music only ffmpeg "
                          "decodes: all inside DIR (default OUT/.cache/utterances, music in OUT/.cache/music)")

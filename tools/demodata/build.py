@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import numbers
 import os
 import shutil
 import sys
@@ -17,7 +18,8 @@ from chimera.atomic import atomic_write
 from . import singing, speech
 from .external import DataError
 from .packages import PACKAGES, missing_packages, missing_tools, package_version
-from .tracks import HELD_OUT_SPLITS, LATER_OPTIONS, SONG_SPLITS, WSJ_SPLITS, Options, build_song, build_speaker_mix
+from .tracks import (HELD_OUT_SPLITS, KINDS, LATER_OPTIONS, SONG_SPLITS, WSJ_SPLITS, Options, build_song,
+                     build_speaker_mix)
 
 VERSION = 3  # bump when the same options would give other tracks
 STAMP = ".complete.json"   # a finished split, with the options it was built with
@@ -29,6 +31,51 @@ HELD_OUT_MATERIAL = 2
 # And recorded clips lost decoded copies of training clips (same samples, other Ogg bytes)
 # in the next: the splits that draw clips are stamped with that too.
 HELD_OUT_CLIPS = 1
+# make()'s numbers: (type, lowest, highest). make() checks them and so does the command line as
+# it parses them. A NaN or infinite value ended in a traceback or a split stamp that never
+# matched again, a negative count in an empty split, a float count in a TypeError mid-build.
+LIMITS = {**dict.fromkeys(("seed", "train", "valid", "test", "solo", "speakers"), (int, 0, math.inf)),
+          "jobs": (int, 1, math.inf),
+          **dict.fromkeys(("seconds", "test_seconds"), (float, MIN_SECONDS, math.inf)),
+          **dict.fromkeys(("lowpass_share", "bwe_share", "sung_share", "formant_share", "second_voice_share"),
+                          (float, 0.0, 1.0))}
+
+
+def expected(name: str) -> str:
+    """What ``name`` takes, in words (for the messages of both make() and the command line)."""
+    kind, low, high = LIMITS[name]
+    bounds = f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
+    return f"{'an integer' if kind is int else 'a finite number'} {bounds}"
+
+
+def in_limits(name: str, value) -> bool:
+    kind, low, high = LIMITS[name]
+    # bool is an int to Python, but True tracks or jobs is a mistake
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+        return False
+    return (kind is int or math.isfinite(value)) and low <= value <= high
+
+
+def kinds_problem(pairs) -> str | None:
+    """Why ``pairs`` are no ``train_kinds`` ((kind, weight) pairs; () for the default), or None."""
+    if not isinstance(pairs, (tuple, list)) or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
+        return f"expected (kind, weight) pairs, got {pairs!r}"
+    for kind, weight in pairs:
+        if kind not in KINDS:
+            return f"unknown vocal kind {kind!r} (known: {', '.join(KINDS)})"
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (
+                math.isfinite(weight) and weight >= 0):
+            return f"weights are non-negative numbers, got {kind}={weight!r}"
+    if pairs and sum(w for _, w in pairs) <= 0:
+        return "at least one weight must be positive"
+    return None
+
+
+def _checked(name: str, value):
+    """``value`` as a plain int or float (numpy's would not go into a JSON stamp), or a DataError."""
+    if not in_limits(name, value):
+        raise DataError(f"{name}: expected {expected(name)}, got {value!r}")
+    return LIMITS[name][0](value)
 
 
 def _job(args):
@@ -129,6 +176,9 @@ def _split_config(kind: str, split: str, count: int, seconds: float, opts: Optio
         cfg.update(spec=asdict(spec), voices=[":".join(v) for v in speech.voices_of(held_out)],
                    presets=list(singing.PRESETS[group]), registers=[list(r) for r in singing.REGISTERS[group]])
         material_split = spec.material
+        kinds = dict(opts.train_kinds) if split == "train" and opts.train_kinds else spec.kinds
+        if kinds.get("sung", 0) > 0:  # the renders changed (repeated notes held): older builds are out of date
+            cfg["sung_renders"] = singing.CACHE_VERSION
     else:
         material_split = WSJ_SPLITS[split][0]
         cfg["voices"] = [":".join(v) for v in speech.voices_of(material_split == "test")]
@@ -149,9 +199,20 @@ def make(out: str | os.PathLike, *, seed: int = 0, train: int = 720, valid: int 
     ``train`` tracks of ``seconds``; ``valid`` tracks and ``test``/``solo`` tracks per held-out
     split (``test-*``, ``solo-*``) of ``test_seconds``. A finished split built with other
     options is replaced only with ``force``."""
-    for name, value in (("seconds", seconds), ("test_seconds", test_seconds)):
-        if not (value >= MIN_SECONDS and math.isfinite(value)):  # inf: an OverflowError later
-            raise DataError(f"{name} must be at least {MIN_SECONDS:g} s (room for a voice) and finite, got {value:g}")
+    # Checked before anything is made (as the command line checks them when it parses them).
+    seed, train, valid, test, solo, jobs = (_checked(k, v) for k, v in (
+        ("seed", seed), ("train", train), ("valid", valid), ("test", test), ("solo", solo), ("jobs", jobs)))
+    seconds, test_seconds = _checked("seconds", seconds), _checked("test_seconds", test_seconds)
+    if not (isinstance(speakers, (tuple, list)) and len(speakers) == 3
+            and all(in_limits("speakers", n) for n in speakers)):
+        raise DataError(f"speakers: expected three counts (tr, cv, tt), each {expected('speakers')}, got {speakers!r}")
+    speakers = tuple(int(n) for n in speakers)
+    opt_kwargs = {k: _checked(k, v) if k in LIMITS else v for k, v in opt_kwargs.items()}
+    if "train_kinds" in opt_kwargs:
+        problem = kinds_problem(opt_kwargs["train_kinds"])
+        if problem:
+            raise DataError(f"train_kinds: {problem}")
+        opt_kwargs["train_kinds"] = tuple((k, float(w)) for k, w in opt_kwargs["train_kinds"])
     out = Path(out)
     # Everything cached stays inside a given --cache; the default layout (OUT/.cache/utterances
     # and OUT/.cache/music) is kept, so that older builds keep their caches.

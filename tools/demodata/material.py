@@ -38,12 +38,20 @@ def stable_unit(key: str) -> float:
 
 
 def split_by_hash(items: list, key, test: float, valid: float) -> dict[str, list]:
-    """Fixed, seed-independent split: sort by a hash, take the first shares for test/valid."""
+    """Fixed, seed-independent split: sort by a hash, take the first shares for test/valid.
+    With 3 or more items a positive share gets at least one, a zero share none, and training
+    keeps at least one (fewer than 3 items: all for training). Never an item in two splits."""
     order = sorted(items, key=lambda s: stable_unit(key(s)))
-    n_test = max(1, round(test * len(order))) if len(order) >= 3 else 0
-    n_valid = max(1, round(valid * len(order))) if len(order) >= 3 else 0
-    return {"test": order[:n_test], "valid": order[n_test:n_test + n_valid],
-            "train": order[n_test + n_valid:] or order}
+    n = len(order)
+
+    def count(share: float, room: int) -> int:
+        return min(max(1, round(share * n)), room) if n >= 3 and share > 0 else 0
+
+    # Capped so that valid and train keep one each (train was given everything when nothing
+    # was left: items in two splits).
+    n_test = count(test, n - 1 - (valid > 0))
+    n_valid = count(valid, n - 1 - n_test)
+    return {"test": order[:n_test], "valid": order[n_test:n_test + n_valid], "train": order[n_test + n_valid:]}
 
 
 def drop_cross_split_duplicates(splits: dict[str, list], fingerprint) -> dict[str, list]:

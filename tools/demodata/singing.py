@@ -22,7 +22,9 @@ from .packages import dpkg_files
 from .speech import cached_render
 
 RATE = 44100
-CACHE_VERSION = 1
+# Of the sung renders only (speech.CACHE_VERSION keys the utterances): 2 since repeated
+# pitches are held for their full length, so renders cached before are not reused.
+CACHE_VERSION = 2
 # GM programs of FluidR3_GM's voice presets (bank 0): 52 "Ahh Choir", 53 "Ohh Voices",
 # 54 "Synth Voice", 85 "Solo Vox", 91 "Space Voice". The test split sings with 53 only.
 PRESETS = {"train": (52, 54, 85, 91), "test": (53,)}
@@ -55,9 +57,10 @@ def _vlq(n: int) -> bytes:
 
 
 def midi_file(events: list[tuple[int, bytes]]) -> bytes:
-    """A format-0 standard MIDI file from ``(tick, message)`` pairs (any order)."""
+    """A format-0 standard MIDI file from ``(tick, message)`` pairs (any order; at one tick,
+    note-offs first, so that one never ends a note that starts at the same tick)."""
     data, now = b"", 0
-    for tick, msg in sorted(events, key=lambda e: e[0]):
+    for tick, msg in sorted(events, key=lambda e: (e[0], e[1][0] & 0xF0 != 0x80)):
         data += _vlq(tick - now) + msg
         now = tick
     data += _vlq(0) + b"\xff\x2f\x00"  # end of track
@@ -112,7 +115,7 @@ def phrase_events(p: dict) -> list[tuple[int, bytes]]:
                (0, bytes([0xB0 | ch, 6, BEND_RANGE])), (0, bytes([0xB0 | ch, 38, 0])),
                (0, bytes([0xB0 | ch, 10, 64 + (ch - len(p["parts"]) // 2) * 20]))]  # spread lines
         t = 0
-        for note, beats in zip(part, p["beats"]):
+        for i, (note, beats) in enumerate(zip(part, p["beats"])):
             dur = int(beats * TICKS_PER_BEAT)
             ev.append((t, bytes([0x90 | ch, note, p["velocity"]])))
             for k in range(5):  # swell: expression 80 -> 120 over the first part of the note
@@ -124,7 +127,11 @@ def phrase_events(p: dict) -> list[tuple[int, bytes]]:
                     s = (tick - start) / ticks_per_s
                     ev.append((tick, _bend(ch, p["vibrato_semitones"] * np.sin(2 * np.pi * p["vibrato_hz"] * s))))
                 ev.append((t + dur, _bend(ch, 0.0)))
-            ev.append((t + dur + TICKS_PER_BEAT // 16, bytes([0x80 | ch, note, 0])))  # legato overlap
+            # Legato: a note ends 1/16 beat after the next one starts, but not when the next one
+            # repeats its pitch: that note-off (same key and channel) would end the new note too,
+            # so it ends as the next one starts (midi_file writes it before that note-on).
+            repeat = i + 1 < len(part) and part[i + 1] == note
+            ev.append((t + dur + (0 if repeat else TICKS_PER_BEAT // 16), bytes([0x80 | ch, note, 0])))
             t += dur
     return ev
 
