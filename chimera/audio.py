@@ -105,6 +105,8 @@ def open_audio(path: PathLike) -> sf.SoundFile:
     :class:`AudioError` for a missing path, a folder, an empty file, a file libsndfile
     cannot read, or one whose header has no samples or an invalid rate/channel count."""
     path = os.fspath(path)
+    if path == "-" and not os.path.exists(path):  # the usual name of standard input, which is not read
+        raise AudioError.at(path, "standard input is not read (each input is read twice); save it to a file first")
     if not os.path.exists(path):  # ("nodir/" is a folder that is not there)
         raise AudioError.at(path, "no such folder" if path.endswith(os.sep) else "no such file")
     if os.path.isdir(path):

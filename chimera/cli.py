@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def _info(args):
+    chosen = []
+    if args.model is not None:  # first: a model that cannot load is one line, exit status 2, as for predict
+        try:
+            chosen = _model_lines(args.model, predict.load_model(args.model))
+        except (CheckpointError, ValueError) as exc:
+            log.error(str(exc))
+            return 2
     ext = ops.extension_info()
     lines = [
         f"chimera {chimera.__version__}",
@@ -54,10 +61,10 @@ def _info(args):
     if torch.cuda.is_available():
         devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     lines.append("devices: " + ", ".join(devices))
-    lines += _bundled_models()
+    lines += chosen or _bundled_models()
     table = ops.backend()
     width = max(len(op) for op in table)
-    lines.append("ops:" + " " * (width - 1) + "cpu        cuda")
+    lines.append("ops:" + " " * width + "cpu        cuda")  # over the columns below ("  " + op + "  ")
     for op, where in sorted(table.items()):
         lines.append(f"  {op:<{width}}  {where['cpu']:<9}  {where['cuda']}")
     print("\n".join(lines))
@@ -68,18 +75,30 @@ def _bundled_models():
     """`chimera info`'s lines on each bundled model: what it separates, or why it cannot load."""
     lines = []
     for name in pretrained.MODELS:
-        default = ", the default" if name == pretrained.DEFAULT else ""
-        path = pretrained.model_path(name)
         try:
             model = pretrained.load(name)
         except (CheckpointError, OSError) as exc:
-            lines.append(f"model: {name} (bundled{default}): cannot be loaded — {exc}")
+            lines.append(f"model: {_model_label(name)}: cannot be loaded — {exc}")
             continue
-        size = sum(p.numel() for p in model.parameters())
-        lines.append(f"model: {name} (bundled{default}): {', '.join(model.source_names)} at "
-                     f"{model.stft.sample_rate} Hz, {size / 1e6:.2f} M parameters")
-        lines.append(f"  {path}")
+        lines += _model_lines(name, model)
     return lines
+
+
+def _model_label(spec):
+    if spec in pretrained.MODELS:
+        return f"{spec} (bundled{', the default' if spec == pretrained.DEFAULT else ''})"
+    return f"{spec} (checkpoint)"
+
+
+def _model_lines(spec, model):
+    """What the model of --model `spec` separates, and its file."""
+    size = sum(p.numel() for p in model.parameters())
+    # a small model's count in millions read "0.00 M"
+    count = f"{size / 1e6:.2f} M" if size >= 100_000 else f"{size:,}"
+    heads = "" if model.mask_head is not None else " (no mask head: k-means)"
+    path = pretrained.model_path(spec) if spec in pretrained.MODELS else os.path.abspath(spec)
+    return [f"model: {_model_label(spec)}: {', '.join(model.source_names)} at {model.stft.sample_rate} Hz, "
+            f"{count} parameters{heads}", f"  {path}"]
 
 
 def separator_options(args):
@@ -166,7 +185,7 @@ def _evaluate(args):
         return 2
     try:  # the set-up, as predict's: exit status 2 (a model, an option, a package)
         ev.require_museval()
-        model = pretrained.load(args.model or pretrained.DEFAULT)
+        model = predict.load_model(args.model)
         targets = ev.parse_targets(args.targets, list(model.source_names))
         separate = None
         if args.oracle is None:
@@ -291,7 +310,9 @@ def build_parser():
                                        "the backend of each op",
                           description="Print the chimera, torch and Python versions, the extension's build, the "
                                       "CPU kernels' instruction-set path and torch's thread count, the devices "
-                                      "seen, the bundled models and where each op runs.")
+                                      "seen, the bundled models (or the --model) and where each op runs.")
+    info.add_argument("-n", "--model", metavar="NAME_OR_FILE",
+                      help="describe this model instead of the bundled ones: a bundled name or a checkpoint file")
     info.set_defaults(func=_info)
 
     p = sub.add_parser("predict", help="separate audio files (any length, bounded memory)",

@@ -88,10 +88,21 @@ def output_format(args):
 
 
 def output_problems(inputs, fmt):
-    """One message per reason an output cannot be written, found before any work: a folder
-    where a file goes, a file or an unwritable folder where a folder goes, or a name whose
-    extension is another format than the one written (WAV data in a .flac file)."""
+    """One message per reason an output cannot be written, found before any work: an input
+    (its own or another's, a symlink's target included, --force or not), a folder where a
+    file goes, a file or an unwritable folder where a folder goes, or a name whose extension
+    is another format than the one written (WAV data in a .flac file)."""
     problems = {}
+    # an input replaced by another's output was separated from that output (or lost), silently
+    named = {os.path.realpath(i.path): i.path for i in inputs}
+    for i in inputs:
+        for t in i.targets:
+            hit = named.get(os.path.realpath(t))
+            if hit is None:
+                continue
+            which = "" if os.path.abspath(t) == os.path.abspath(hit) else f" {hit} (the same file)"
+            problems.setdefault(t, f"{t}: is the input{which}; an output would overwrite it" if hit == i.path
+                                else f"{t}: is an input{which}; an output of {i.path} would overwrite it")
     for t in dict.fromkeys(t for i in inputs for t in i.targets):
         said = format_of(t)
         blocked = unwritable_folder(t)
@@ -104,6 +115,15 @@ def output_problems(inputs, fmt):
         elif said is not None and OUTPUT_FORMATS[said][0] != OUTPUT_FORMATS[fmt][0]:
             problems.setdefault(t, f"{t}: would hold {fmt} data; give --format {said} or name it .{fmt}")
     return list(problems.values())
+
+
+def load_model(spec=None):
+    """The model --model `spec` names (None: the bundled default; see :func:`chimera.pretrained.load`).
+    A folder is said as such (it read "no such checkpoint file"); "" is no name (it ran the default)."""
+    spec = pretrained.DEFAULT if spec is None else os.fspath(spec)
+    if spec not in pretrained.MODELS and os.path.isdir(spec):
+        raise CheckpointError(f"{spec}: is a folder, not a checkpoint file")
+    return pretrained.load(spec)
 
 
 def run(args, separator_options, init=None) -> int:
@@ -120,10 +140,10 @@ def run(args, separator_options, init=None) -> int:
     if args.output_files is not None and len(inputs) != 1:
         log.error(f"--output-files needs exactly one input, got {len(inputs)}")
         return 2
-    model_spec = args.model or pretrained.DEFAULT
+    model_spec = pretrained.DEFAULT if args.model is None else args.model
     args.format = output_format(args)  # resolved once: the -j workers get it with args
     try:
-        model = pretrained.load(model_spec)
+        model = load_model(model_spec)
         out_dir = os.path.join(args.out, pretrained.model_name(model_spec)) if args.model_subfolder else args.out
         inputs, clashes = plan_outputs(inputs, model.source_names, out_dir, args.filename, args.format,
                                        args.output_files)
@@ -184,8 +204,7 @@ def _worker(args, separator_options, inputs, local_rank) -> int:
     """A -j worker: its own Separator (on its own GPU, if any), no progress bar."""
     if not inputs:
         return 0
-    separator = Separator(pretrained.load(args.model or pretrained.DEFAULT), device=device_for(args.device, local_rank),
-                          **separator_options)
+    separator = Separator(load_model(args.model), device=device_for(args.device, local_rank), **separator_options)
     return _separate_all(separator, args, inputs, progress=False, tag=f"[job {local_rank}] ")
 
 

@@ -61,6 +61,13 @@ MAX_WIENER_CHANNELS = 16
 #: even the telephone band (300-3400 Hz) is there, and the work grows as the rate falls (a 1 Hz
 #: header makes every sample a second of audio): such a rate is a damaged header.
 MIN_RATE = 4000
+#: The highest rate separated (Hz): 13 times the highest PCM rate in use (768 kHz), above the
+#: PCM ffmpeg decodes DSD1024 to (5.6448 MHz). The resampler back from the model's rate
+#: flushes a tail that grows with the rate and the channels: for 1000 samples, 60 MB more
+#: at libsndfile's limit (2**31 - 1 Hz) on one channel and 1 GB on 16, 280 MB at 10**10 Hz
+#: on one, more than 5 GB at 10**11 Hz; at this bound 30 MB on 16. A higher rate is a
+#: damaged header, or no audio recording (a radio's IQ samples).
+MAX_RATE = 10_000_000
 #: With one channel the filter has no spatial model: it only shares each bin of the mixture
 #: among the sources, so that they add up to it (the model's masks alone do not: on the 60
 #: validation tracks downmixed to mono, step 7's sources missed the mixture by -20.8 dB, median).
@@ -95,11 +102,22 @@ FILENAME_FIELDS = ("track", "trackext", "stem", "ext", "relpath")
 
 
 def resolve_device(device):
-    if device in (None, "auto"):
+    """`device` as a torch.device ("auto" or None: the first GPU, else the CPU; an index: that
+    GPU); a ValueError for a name torch does not know or a GPU that is not there."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    given = device
+    if _is_number(device, numbers.Integral):  # torch's "accelerator" index: said as the GPU it is
+        device = f"cuda:{device}"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):  # torch's words on "gpu" name no choices
+        raise ValueError(f"{given!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        # found only when the model moves there, as a CUDA traceback ("invalid device ordinal")
+        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -145,15 +163,24 @@ def _as_waveform(waveform) -> torch.Tensor:
     return x.to("cpu", torch.float32)
 
 
-def _check_rate(sample_rate) -> int:
-    """A sample rate in Hz as an int: a positive whole number (44100 or 44100.0)."""
+def _check_rate(sample_rate, lowest=MIN_RATE) -> int:
+    """A sample rate in Hz as an int: a whole number (44100 or 44100.0) from `lowest` to
+    :data:`MAX_RATE`. The one check of rates: the Python API's, and a file's header
+    (:func:`_check_header`) before any work."""
     if not isinstance(sample_rate, numbers.Real) or isinstance(sample_rate, bool):
         raise ValueError(f"separate: sample_rate must be a number of Hz, got a {type(sample_rate).__name__} "
                          "(arguments swapped? separate(waveform, sample_rate))")
     # not finite first: int(inf) raised OverflowError, int(nan) "cannot convert float NaN"
     if not math.isfinite(sample_rate) or sample_rate <= 0 or sample_rate != int(sample_rate):
         raise ValueError(f"separate: sample_rate must be a positive whole number of Hz, got {sample_rate!r}")
-    return int(sample_rate)
+    rate = int(sample_rate)
+    if rate < lowest:
+        raise ValueError(f"sample rate {rate} Hz is below {lowest} Hz, the lowest chimera separates "
+                         "(a damaged header?)")
+    if rate > MAX_RATE:  # the resampler's flush grew without bound (10**11 Hz: gigabytes)
+        raise ValueError(f"sample rate {rate} Hz is above {MAX_RATE} Hz, the highest chimera separates "
+                         "(a damaged header?)")
+    return rate
 
 
 class Separator:
@@ -276,7 +303,8 @@ class Separator:
 
         waveform: ``(channels, L)`` or ``(L,)`` float samples at `sample_rate` (a tensor on
         any device, requiring grad or not, or an array; a soundfile-style ``(L, channels)``
-        array is refused: pass its transpose). Returns ``(C, channels, L)`` or ``(C, L)``
+        array is refused: pass its transpose); sample_rate: a whole number of Hz from
+        :data:`MIN_RATE` to :data:`MAX_RATE`. Returns ``(C, channels, L)`` or ``(C, L)``
         sources in :attr:`source_names` order (``dict(zip(sep.source_names, sources))`` names
         them), on the input tensor's device and in its dtype (float32 on the CPU for an
         array). Inference only: the result carries no gradient.
@@ -301,13 +329,13 @@ class Separator:
         """A :class:`~chimera.stream.SeparationStream` for `length` samples of `channels`
         channels, giving sources at `out_rate` (default: `sample_rate`). Over
         :data:`MAX_WIENER_CHANNELS` channels, streams over groups of them, each channel
-        filtered on its own. A ValueError for a rate below :data:`MIN_RATE`."""
+        filtered on its own. A ValueError for a rate below :data:`MIN_RATE` or above
+        :data:`MAX_RATE` (an `out_rate` may be below)."""
         sample_rate = _check_rate(sample_rate)  # 8000.5 ran as 8000 Hz
         if not (_is_number(channels, numbers.Integral) and channels >= 1):  # 0 made a stream that could never finish
             raise ValueError(f"stream: channels must be a whole number >= 1, got {channels!r}")
         if out_rate is not None:
-            out_rate = _check_rate(out_rate)
-        _check_min_rate(sample_rate)
+            out_rate = _check_rate(out_rate, lowest=1)
         if channels <= MAX_WIENER_CHANNELS:
             return self._stream(self.source_spectra, channels, sample_rate, length, out_rate)
 
@@ -381,7 +409,8 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
         raise ValueError(f"clip mode must be 'clamp' or 'none', got {clip!r}")
     if targets is None:
         targets = output_paths(path, separator.source_names, out_dir, filename, ext, output_files, relpath)
-    if os.path.abspath(os.fspath(path)) in {os.path.abspath(t) for t in targets}:
+    # realpath: an output naming the input through a symlink replaced the input's file
+    if os.path.realpath(os.fspath(path)) in {os.path.realpath(t) for t in targets}:
         raise AudioError.at(path, "an output would overwrite the input")
     if not force:
         for t in targets:
@@ -412,17 +441,11 @@ def separate_file(separator, path, out_dir="separated", output_files=None, filen
     return targets
 
 
-def _check_min_rate(rate):
-    if rate < MIN_RATE:
-        raise ValueError(f"sample rate {rate} Hz is below {MIN_RATE} Hz, the lowest chimera separates "
-                         "(a damaged header?)")
-
-
 def _check_header(path, source, ext):
     """Refuse, before any work, an input (`source`, open) whose rate chimera does not
     separate or whose channels the output format cannot hold."""
     try:
-        _check_min_rate(source.samplerate)
+        _check_rate(source.samplerate)
         check_output_channels(ext, source.channels)
     except ValueError as exc:
         raise AudioError.at(path, str(exc)) from None

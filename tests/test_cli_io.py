@@ -84,6 +84,56 @@ def test_output_names_say_the_format_and_a_contradiction_is_refused(tmp_path, mo
     assert not (tmp_path / "v.wav").exists()
 
 
+
+def test_an_output_that_is_an_input_is_refused_before_any_work_even_with_force(tmp_path, model_file, capsys,
+                                                                              one_thread, monkeypatch):
+    # through a symlink the input's file was replaced by its own vocals; another input named
+    # as an output was replaced before it was read, and separated from that output
+    from chimera.audio import AudioError
+    from chimera.separate import Separator
+    from test_separate import tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    wav(tmp_path / "a.wav")
+    wav(tmp_path / "a_vocals.wav", seed=1)
+    (tmp_path / "link.wav").symlink_to("a.wav")
+    before = {p: p.read_bytes() for p in tmp_path.glob("*.wav")}
+    for argv, problem in (
+            (["link.wav", "--output-files", "a.wav", "v.wav"], "a.wav: is the input link.wav (the same file); "
+                                                               "an output would overwrite it"),
+            (["a.wav", "--output-files", "a.wav", "v.wav"], "a.wav: is the input; an output would overwrite it"),
+            (["a.wav", "a_vocals.wav", "-o", ".", "--filename", "{track}_{stem}.wav"],
+             "a_vocals.wav: is an input; an output of a.wav would overwrite it")):
+        out = run_cli(capsys, "predict", *argv, "-n", model_file, "--force")
+        assert out.returncode == 2 and out.stdout == "" and out.stderr == f"chimera: error: {problem}\n", argv
+    with pytest.raises(AudioError, match="link.wav: an output would overwrite the input"):
+        Separator(tiny_model(), device="cpu").separate_file("link.wav", output_files=["a.wav", "v.wav"], force=True)
+    assert {p: p.read_bytes() for p in tmp_path.glob("*.wav")} == before
+    assert everything_under(tmp_path) == ["a.wav", "a_vocals.wav", "link.wav"]
+
+
+def test_standard_input_is_said_and_spaces_and_unicode_are_names_like_any(tmp_path, model_file, capsys, one_thread,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    wav(tmp_path / "b c é.wav")
+    out = run_cli(capsys, "predict", "b c é.wav", "-", "-n", model_file, "-o", "sép arés", "-q")
+    assert out.returncode == 1  # "-" read "no such file"
+    assert out.stderr == "chimera: error: -: standard input is not read (each input is read twice); save it to a " \
+                         "file first\n"
+    assert everything_under(tmp_path / "sép arés") == ["b c é", "b c é/accompaniment.wav", "b c é/vocals.wav"]
+
+
+def test_a_gpu_past_the_last_is_one_line_before_any_work(tmp_path, model_file, capsys, monkeypatch):
+    # cuda:N past the last GPU was a CUDA traceback once the model moved there
+    import torch
+
+    a = wav(tmp_path / "a.wav")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    out = run_cli(capsys, "predict", a, "-n", model_file, "-o", tmp_path / "sep", "-d", "cuda:3")
+    assert out.returncode == 2 and out.stderr == "chimera: error: device cuda:3: this machine has 1 CUDA device(s)\n"
+    assert not (tmp_path / "sep").exists()
+
 @pytest.mark.parametrize("device", ["foo", "cuda:x"])
 def test_a_device_torch_does_not_know_is_one_line(capsys, device):
     out = run_cli(capsys, "predict", "a.wav", "-d", device)
@@ -163,6 +213,52 @@ def test_info_says_a_bundled_model_that_cannot_load_in_one_line(capsys, monkeypa
                                                  "be read as a checkpoint ("), out.stdout
     assert "model: vocals_accompaniment (bundled, the default): vocals, accompaniment" in out.stdout
 
+
+
+def test_info_describes_the_model_named_and_refuses_a_bad_one_in_one_line(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from chimera import pretrained
+    from chimera.models import SeparationModel, preset, save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    four = preset("chimerapp", "small", hidden=16, layers=1, embedding_dim=4, n_sources=4,
+                  stft=dict(sample_rate=44100, n_fft=256, hop_length=64), source_names=["drums", "bass", "other", "vocals"])
+    save_checkpoint(tmp_path / "four.pt", SeparationModel(four))
+    save_checkpoint(tmp_path / "dc.pt", SeparationModel(preset("dc", hidden=16, layers=1, stft=four.stft)))
+    out = run_cli(capsys, "info", "-n", "four.pt")
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    lines = out.stdout.splitlines()
+    at = lines.index("model: four.pt (checkpoint): drums, bass, other, vocals at 44100 Hz, 52,872 parameters")
+    assert lines[at + 1] == f"  {tmp_path / 'four.pt'}" and not any("bundled" in ln for ln in lines)
+    # the column heads over their columns (each was one character left of them)
+    head = next(ln for ln in lines if ln.startswith("ops:"))
+    row = lines[lines.index(head) + 1]
+    op, cpu, cuda = row.split()
+    assert head.index("cpu") == row.index(cpu, len(op) + 2) and head.index("cuda") == row.index(cuda, row.index(cpu) + 1)
+    out = run_cli(capsys, "info", "--model", "dc.pt")
+    assert "(no mask head: k-means)" in out.stdout and out.returncode == 0
+    out = run_cli(capsys, "info", "-n", "vocals_accompaniment")
+    assert "model: vocals_accompaniment (bundled, the default): vocals, accompaniment at 16000 Hz, 2.24 M " \
+           f"parameters\n  {pretrained.model_path()}\n" in out.stdout
+    (tmp_path / "folder.pt").mkdir()
+    whole = (tmp_path / "four.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a model")
+    for spec, why in (("folder.pt", "folder.pt: is a folder, not a checkpoint file"),
+                      ("cut.pt", "cut.pt: cannot be read as a checkpoint (corrupt, truncated or not a torch file: "),
+                      ("empty.pt", "empty.pt: cannot be read as a checkpoint (empty or truncated)"),
+                      ("notes.txt", "notes.txt: cannot be read as a checkpoint (not a torch file)"),
+                      ("missing.pt", "missing.pt: no such checkpoint file"),
+                      ("drums", "no bundled model 'drums'; bundled: vocals_accompaniment"),
+                      ("", "no bundled model ''; bundled: vocals_accompaniment")):
+        out = run_cli(capsys, "info", "-n", spec)
+        assert out.returncode == 2 and out.stdout == "", (spec, out)
+        assert out.stderr.startswith(f"chimera: error: {why}") and out.stderr.count("\n") == 1, (spec, out.stderr)
+    out = run_cli(capsys, "predict", "a.wav", "-n", "folder.pt")  # predict's --model: the same words
+    assert out.returncode == 2 and out.stderr == "chimera: error: folder.pt: is a folder, not a checkpoint file\n"
 
 def test_help_says_the_method_default_and_what_evaluate_quiet_keeps(capsys, tmp_path, one_thread):
     for command in ("predict", "evaluate"):

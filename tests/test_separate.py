@@ -465,6 +465,27 @@ def test_separate_refuses_what_it_would_misread():
             sep.separate(empty, 8000)
 
 
+
+def test_a_rate_no_recording_has_is_one_value_error_before_any_work(tmp_path, model_file, capsys, one_thread):
+    # 10**11 Hz grew the resampler's flush past several GB; MAX_RATE is the one bound, for
+    # the Python API and for a file's header (checked before any output exists)
+    from chimera.separate import MAX_RATE
+
+    sep = Separator(tiny_model(), device="cpu")
+    for rate in (MAX_RATE + 1, 10**11, float(10**11)):
+        with pytest.raises(ValueError, match=f"^sample rate {int(rate)} Hz is above {MAX_RATE} Hz, the highest "):
+            sep.separate(noise(1, 1000), rate)
+    with pytest.raises(ValueError, match=f"above {MAX_RATE} Hz"):
+        sep.stream(1, 8000, 1000, out_rate=10**11)
+    assert sep.separate(noise(1, 1000), MAX_RATE).shape == (2, 1, 1000)
+    src = tmp_path / "iq.wav"
+    sf.write(src, noise(1, 1000).T, 2 * MAX_RATE)  # what a WAV header holds (and libsndfile reads) goes far higher
+    out = run_cli(capsys, "predict", src, "-n", model_file, "-o", tmp_path / "sep")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.splitlines() == [f"chimera: error: {src}: sample rate {2 * MAX_RATE} Hz is above {MAX_RATE} Hz, "
+                                       "the highest chimera separates (a damaged header?)"]
+    assert not (tmp_path / "sep").exists()
+
 def test_separate_takes_any_numpy_layout_and_very_short_multichannel_input():
     # reversed views and big-endian arrays (as read from some files) are samples like any
     # other; a stereo signal of one sample is (2, 1), not a transposed mono one
@@ -507,6 +528,43 @@ def test_pretrained_load_from_pretrained_and_torch_hub():
     assert untrained.config == model.config and not _same_weights(untrained, model)
     with pytest.raises(ValueError, match="bundled: vocals_accompaniment"):
         pretrained.load("drums")
+
+
+
+HUB_SCRIPT = """
+import sys, torch
+from chimera import pretrained
+repo = sys.argv[1]
+model = torch.hub.load(repo, "vocals_accompaniment", source="local")
+want = pretrained.load().state_dict()
+assert not model.training and all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+auto = torch.hub.load(repo, "vocals_accompaniment", source="local", device="auto", pretrained=False)
+assert next(auto.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+assert auto.config == model.config and not any(torch.equal(v.cpu(), want[k]) for k, v in auto.named_parameters())
+for name, kwargs in (("vocals_accompaniment", dict(pretrained="no")), ("vocals_accompaniment", dict(device="gpu")),
+                     ("vocals_accompaniment", dict(device="cuda:99")), ("SeparationModel", dict(config=model.config))):
+    try:
+        torch.hub.load(repo, name, source="local", **kwargs)
+        print(name, kwargs, "loaded")
+    except (ValueError, RuntimeError) as exc:
+        print(f"{name}: {type(exc).__name__}: {exc}")
+"""
+
+
+def test_torch_hub_serves_the_bundled_model_offline_in_a_fresh_process(tmp_path):
+    # a fresh interpreter away from the clone, with an empty torch home: nothing is fetched or
+    # cached; only the model is an entry point (the SeparationModel class that hubconf imported
+    # was one), and a bad argument is one ValueError ("auto" failed in torch.device)
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home"), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", HUB_SCRIPT, str(ROOT)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[:2] == ["vocals_accompaniment: ValueError: pretrained must be True or False, got 'no'",
+                         "vocals_accompaniment: ValueError: 'gpu' is not a device; use auto, cpu, cuda or cuda:N"]
+    assert lines[2].startswith("vocals_accompaniment: ValueError: device cuda:99: ") and len(lines) == 4, lines
+    assert lines[3] == "SeparationModel: RuntimeError: Cannot find callable SeparationModel in hubconf"
+    assert not (tmp_path / "torch-home").exists()
 
 
 def test_readme_python_examples_run_as_written(tmp_path, monkeypatch, one_thread):
