@@ -378,13 +378,82 @@ def test_float64_input_and_dtype_errors():
         model(torch.zeros(1, 900, dtype=torch.int16))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_waveform_gives_the_float32_outputs(dtype):
+    """torch's CPU FFT refused a float16/bfloat16 waveform (MKL FFT doesn't support Half)."""
+    model = SeparationModel(preset("chimerapp", **TINY)).eval()
+    x = torch.randn(2, 1000)
+    half = x.to(dtype)
+    out = model(half)
+    assert out.mixture_spec.dtype == out.estimates.dtype == torch.complex64 and out.masks.dtype == torch.float32
+    # float32 holds the half values exactly: the outputs are those of the same samples in float32
+    _assert_same_output(out, model(half.float()))
+    # and the rounding of the input is all that separates them from the unrounded waveform's:
+    # each sample moves by at most u·|x| (u = eps / 2), so a bin by at most u·Σ w(n)|x(n)|
+    # over its frame, plus float32's own rounding of the two FFTs
+    u = torch.finfo(dtype).eps / 2
+    bound = (u + 64 * torch.finfo(torch.float32).eps) * x.abs().max() * model.window.sum()
+    assert (out.mixture_spec - model(x).mixture_spec).abs().max() <= bound
+
+
+@pytest.mark.parametrize("name", ["chimerapp", "chimerapp-combook"])
+def test_bfloat16_model_on_a_bfloat16_waveform(name):
+    """A model cast to bfloat16 failed in torch's CPU FFT on its own dtype's waveform, and so did
+    fit_statistics on it. Against a float32 model holding the same rounded weights."""
+    model = SeparationModel(preset(name, **TINY)).eval()
+    x = torch.randn(2, 1000)
+    fit_statistics(model, [x])
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    fit_statistics(low, [x])  # the same float32 statistics, rounded
+    assert torch.equal(low.features.mean, model.features.mean.bfloat16())
+    assert torch.equal(low.features.std, model.features.std.bfloat16())
+    wide = SeparationModel(model.config).eval()
+    wide.load_state_dict(low.state_dict())
+    wave = x.bfloat16()
+    got, want = low(wave), wide(wave.float())
+    assert got.embedding.dtype == torch.bfloat16 and got.mixture_spec.dtype == torch.complex64
+    torch.testing.assert_close(got.mixture_spec, want.mixture_spec, rtol=0, atol=0)  # both in float32
+    # normalised features, unit embeddings and masks in [0, 2] (magnitude 2 for the combook) are
+    # O(1); the bfloat16 model rounds each layer's output to 8 significant bits (u = eps / 2):
+    # a few such roundings, each at most u·2, are 4·eps
+    eps = torch.finfo(torch.bfloat16).eps
+    for name in ("embedding", "masks"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert torch.isfinite(torch.view_as_real(a) if a.is_complex() else a).all()
+        assert (a.to(b.dtype) - b).abs().max() <= 4 * eps, name
+    assert ((got.estimates - want.estimates).abs() <= 4 * eps * want.mixture_spec.abs().unsqueeze(1)).all()
+
+
+@pytest.mark.parametrize("samples", [0, 1, 64])
+def test_waveform_shorter_than_a_frame_is_a_clear_error(samples):
+    model = SeparationModel(preset("chimerapp", **TINY)).eval()
+    for dtype in (torch.float32, torch.bfloat16):
+        with pytest.raises(ValueError, match=f"input of {samples} samples is too short for n_fft=128"):
+            model(torch.zeros(2, samples, dtype=dtype))
+
+
+@pytest.mark.parametrize("name", ["chimerapp", "chimera", "chimerapp-combook"])
+def test_nan_waveform_propagates_to_its_own_item(name):
+    model = SeparationModel(preset(name, **TINY)).eval()
+    x = torch.randn(2, 1000)
+    x[0, 500] = float("nan")
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out = model(x)
+        for field in ("mixture_spec", "embedding", "masks", "estimates"):
+            v = getattr(out, field)
+            assert v[0].isnan().any() and torch.isfinite(v[1]).all(), (field, grad)
+
+
 @cuda
 def test_cuda_forward_matches_cpu():
     model = SeparationModel(preset("chimerapp-combook", **TINY)).eval()
     x = torch.randn(2, 900)
-    ref = model(x)
+    ref, ref_half = model(x), model(x.half())
     out = model.cuda()(x.cuda())
     torch.testing.assert_close(out.masks.cpu(), ref.masks, atol=1e-4, rtol=1e-4)
+    # a float16 waveform's STFT is taken in float32 on the GPU too (cuFFT's float16 is another rounding)
+    torch.testing.assert_close(model(x.cuda().half()).masks.cpu(), ref_half.masks, atol=1e-4, rtol=1e-4)
     assert Separator(model, device="cuda", misi_iters=1).separate_batch(x.cuda()).device.type == "cuda"
 
 
@@ -421,6 +490,9 @@ def _assert_same_output(got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+_JIT_DEPRECATED = r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"
+
+
 # torch's own notes while exporting an nn.LSTM and saving the program (the outputs are checked below)
 @pytest.mark.filterwarnings("ignore:The tensor attributes .* were assigned during export:UserWarning")
 @pytest.mark.filterwarnings("ignore:No complete tensor found in the group:UserWarning")
@@ -437,6 +509,59 @@ def test_exported_model_returns_the_eager_outputs(name):
         torch.export.save(program, buffer)
         buffer.seek(0)
         _assert_same_output(torch.export.load(buffer).module()(x), want)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attributes .* were assigned during export:UserWarning")
+@pytest.mark.filterwarnings("ignore:No complete tensor found in the group:UserWarning")
+@pytest.mark.parametrize("name", ["chimerapp", "chimera", "chimerapp-combook"])
+def test_export_with_a_dynamic_batch_and_length(name):
+    """A dynamic number of samples failed: torch's nn.LSTM decomposition pins the number of
+    frames (pytorch/pytorch#115092), the reshapes between T·F bins and T frames guarded on a
+    divisibility of it, and the length went into the program as a constant."""
+    model = SeparationModel(preset(name, **TINY)).eval()
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=STFT.n_fft // 2 + 1)},)
+    program = torch.export.export(model, (torch.randn(2, 1000),), dynamic_shapes=dims)
+    if name == "chimerapp":  # the custom BLSTM op and the length go through the saved program
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        buffer.seek(0)
+        program = torch.export.load(buffer)
+    for shape in ((3, 777), (1, 2345)):
+        x = torch.randn(shape)
+        with torch.no_grad():  # the program's BLSTM op runs below autograd: torch's no-grad LSTM kernel
+            _assert_same_output(program.module()(x), model(x))
+
+
+# the trace's notes that it holds for the traced shape, and torch's deprecation of torch.jit
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", _JIT_DEPRECATED)
+@pytest.mark.parametrize("name", ["chimerapp", "chimera", "dc"])
+def test_traced_model_returns_the_eager_tensors(name):
+    """torch.jit.trace failed: a ModelOutput is no value of a trace, and the heads' in-place
+    inference path (taken by the sanity check, which traces again under no_grad) made another
+    graph than the autograd path of the trace."""
+    model = SeparationModel(preset(name, **TINY)).eval()
+    traced = torch.jit.trace(model, torch.randn(2, 1000))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)  # no Python autograd.Function in the graph
+    buffer.seek(0)
+    x = torch.randn(2, 1000)
+    want = model(x)
+    want = [v for v in (want.mixture_spec, want.embedding, want.masks, want.estimates) if v is not None]
+    for module in (traced, torch.jit.load(buffer)):
+        got = module(x)
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings(_JIT_DEPRECATED)
+@pytest.mark.parametrize("kind", ["embedding", "mask"])
+def test_traced_heads_pass_the_sanity_check(kind):
+    head = EmbeddingHead(8, 3, 4, "tanh") if kind == "embedding" else MaskHead(8, 3, 2, "doubled_sigmoid")
+    x = torch.randn(2, 5, 8)
+    traced = torch.jit.trace(head, x)  # raised "Graphs differed across invocations"
+    y = torch.randn(2, 5, 8)
+    torch.testing.assert_close(traced(y), head(y), rtol=0, atol=0)
 
 
 def test_compiled_model_returns_the_eager_outputs():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import EMBEDDING_ACTIVATIONS
@@ -45,15 +46,26 @@ class EmbeddingHead(nn.Module):
         self.n_freq, self.dim, self.activation = n_freq, dim, activation
         self.linear = nn.Linear(in_features, n_freq * dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        v = self.linear(x).reshape(B, T * self.n_freq, self.dim)
+    def forward(self, x: torch.Tensor, frames: bool = False) -> torch.Tensor:
+        """``frames=True``: the same embeddings as ``(B, T, F, D)``, of which the ``(B, T·F, D)``
+        result is a view (a mask head reading them per frame takes ``.flatten(2)``)."""
+        if x.dim() != 3:
+            raise ValueError(f"EmbeddingHead: expected (B, T, in_features), got {tuple(x.shape)}")
+        # (B, T, F, D), flattened last (views): reshaping to T·F rows and back made torch.export
+        # guard on a divisibility of the symbolic frame count that it cannot prove
+        v = self.linear(x).unflatten(-1, (self.n_freq, self.dim))
+        tracing = torch.jit.is_tracing()
         # any input or parameter that needs a gradient (a frozen weight but a trained bias
-        # too): the in-place path below would overwrite what the backward needs
-        if v.requires_grad:
+        # too): the in-place path below would overwrite what the backward needs. A trace takes
+        # this path too: torch.jit.trace checks it by tracing again under no_grad, where the
+        # graph must be the same
+        if v.requires_grad or tracing:
             v = torch.tanh(v) if self.activation == "tanh" else torch.sigmoid(v)
-            return unit_norm(v)
-        # inference: in place, one (B, T·F, D) tensor instead of three (a 10-second stereo
-        # segment pair's embeddings are 103 MB each)
-        v = v.tanh_() if self.activation == "tanh" else v.sigmoid_()
-        return v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min_(1e-8))
+            # F.normalize gives the same values; a trace cannot save a Python autograd.Function
+            v = F.normalize(v, dim=-1, eps=1e-8) if tracing else unit_norm(v)
+        else:
+            # inference: in place, one (B, T·F, D) tensor instead of three (a 10-second stereo
+            # segment pair's embeddings are 103 MB each)
+            v = v.tanh_() if self.activation == "tanh" else v.sigmoid_()
+            v = v.div_(torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min_(1e-8))
+        return v if frames else v.flatten(1, 2)

@@ -51,7 +51,8 @@ def fit_statistics(model, mixtures, min_std: float = 1e-3):
         wav = torch.as_tensor(wav)
         if wav.dim() == 1:
             wav = wav.unsqueeze(0)
-        spec = model.spectrogram(wav.to(model.window.device, features.mean.dtype))
+        # at least float32: a half model's STFT is taken in float32, from the unrounded waveform
+        spec = model.spectrogram(wav.to(model.window.device, torch.promote_types(features.mean.dtype, torch.float32)))
         logmag = features.log_magnitude(spec.abs()).to(torch.float64).cpu()  # (B, F, T)
         total += logmag.sum((0, 2))
         total_sq += logmag.pow(2).sum((0, 2))

@@ -52,7 +52,8 @@ class MaskHead(nn.Module):
         z = self.linear(x).reshape(B, T, self.n_freq, self.n_sources).permute(0, 3, 2, 1)
         if self.kind == "softmax":
             return z.softmax(dim=1)
-        return self._ACTIVATIONS[self.kind](z, inplace=not z.requires_grad)
+        # a trace is checked by tracing again under no_grad: it keeps to the out-of-place path
+        return self._ACTIVATIONS[self.kind](z, inplace=not (z.requires_grad or torch.jit.is_tracing()))
 
 
 def make_mask_head(kind: str, in_features: int, n_freq: int, n_sources: int, **options) -> nn.Module:

@@ -19,6 +19,10 @@ from .mask_heads import make_mask_head
 from .trunk import BLSTMTrunk
 
 
+# Waveform dtypes whose STFT is taken in float32.
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def flatten_bins(x: torch.Tensor) -> torch.Tensor:
     """``(..., F, T)`` → ``(..., T·F)`` with frequency fastest: the bin order of
     ``ModelOutput.embedding``. Use it for deep-clustering targets and weights."""
@@ -54,22 +58,26 @@ class ModelOutput:
 
 
 # A pytree node, so that torch.export.export(model, ...) can return it: the tensors (or None)
-# are its children; the STFT settings and the length, fixed by the input's shape, its context.
+# and the length are its children (the length is the input's, a symbol when the time axis is
+# exported dynamic), the STFT settings its context. A context of (stft, length) is that of
+# programs saved before the length was a child.
 _TENSOR_FIELDS = ("mixture_spec", "embedding", "masks", "estimates")
+_CHILDREN = (*_TENSOR_FIELDS, "length")
 
 
 def _flatten_output(out):
-    return [getattr(out, name) for name in _TENSOR_FIELDS], (out.stft, out.length)
+    return [getattr(out, name) for name in _CHILDREN], (out.stft, None)
 
 
 def _flatten_output_with_keys(out):
     children, context = _flatten_output(out)
-    return [(pytree.GetAttrKey(name), child) for name, child in zip(_TENSOR_FIELDS, children)], context
+    return [(pytree.GetAttrKey(name), child) for name, child in zip(_CHILDREN, children)], context
 
 
 def _unflatten_output(children, context):
     stft, length = context
-    return ModelOutput(**dict(zip(_TENSOR_FIELDS, children)), stft=stft, length=length)
+    fields = dict(zip(_CHILDREN, children))
+    return ModelOutput(**{"length": length, **fields}, stft=stft)
 
 
 if ModelOutput not in pytree.SUPPORTED_NODES:  # registering a class twice raises
@@ -122,12 +130,16 @@ class SeparationModel(nn.Module):
 
     # ------------------------------------------------------------------ signal helpers
     def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
-        """``(..., L)`` waveform → ``(..., F, T)`` complex STFT with the model's settings."""
+        """``(..., L)`` waveform → ``(..., F, T)`` complex STFT with the model's settings, in the
+        waveform's precision but at least float32: a float16/bfloat16 waveform gives complex64
+        (torch's FFT has no bfloat16, no float16 on the CPU, and there is no complex bfloat16)."""
         st = self.stft
         if waveform.shape[-1] <= st.n_fft // 2:
             raise ValueError(
                 f"SeparationModel: input of {waveform.shape[-1]} samples is too short for n_fft={st.n_fft} "
                 f"(needs more than {st.n_fft // 2})")
+        if waveform.dtype in _HALF:
+            waveform = waveform.float()  # exact: float32 holds every float16/bfloat16 value
         return signal.stft(waveform, st.n_fft, st.hop_length, self._window(waveform), center=True)
 
     def waveform(self, spec: torch.Tensor, length: int) -> torch.Tensor:
@@ -137,13 +149,26 @@ class SeparationModel(nn.Module):
 
     def _window(self, like: torch.Tensor) -> torch.Tensor:
         dtype = like.real.dtype if like.is_complex() else like.dtype
+        if self.window.dtype in _HALF:  # .half()/.bfloat16() rounded the buffer: the exact one
+            return self.stft.window_tensor(like.device, dtype)
         return self.window.to(like.device, dtype)
 
     # ------------------------------------------------------------------ forward
     def forward(self, mixture: torch.Tensor, need_embedding: bool = True) -> ModelOutput:
-        """``mixture``: waveform ``(B, L)``. ``need_embedding=False`` skips the embedding head
-        when the masks do not depend on it (mask inference: it is the largest layer and its
-        (B, T·F, D) output the largest activation); ``embedding`` is then None."""
+        """``mixture``: waveform ``(B, L)``, ``L > n_fft // 2``. ``need_embedding=False`` skips the
+        embedding head when the masks do not depend on it (mask inference: it is the largest
+        layer and its (B, T·F, D) output the largest activation); ``embedding`` is then None.
+
+        dtypes: ``mixture_spec`` and ``estimates`` are complex in the waveform's precision, at
+        least float32 (complex64 for a float16/bfloat16 waveform, on every device: see
+        :meth:`spectrogram`); ``embedding`` and real ``masks`` are in the model's parameter
+        dtype (codebook masks: see :mod:`chimera.models.codebook_heads`).
+
+        ``torch.export.export(model, (wave,), dynamic_shapes=({0: Dim("batch"), 1: Dim("samples",
+        min=n_fft // 2 + 1)},))`` gives a program for any batch and length (for inference: each
+        BLSTM layer is then one op without a backward). Under ``torch.jit.trace`` (deprecated
+        by torch) the result is the tuple of the tensors of :class:`ModelOutput` that are not
+        None, in its field order: a trace can return nothing else."""
         if mixture.dim() != 2:
             raise ValueError(
                 f"SeparationModel.forward: expected a (batch, samples) waveform, got {tuple(mixture.shape)}")
@@ -154,12 +179,18 @@ class SeparationModel(nn.Module):
         feats = self.features(spec.abs()).to(self.features.mean.dtype)  # float64 input, float32 model
         h = self.trunk(feats)  # (B, T, 2H)
         wanted = need_embedding or self.mask_head is None or self.config.mask_input != "trunk"
-        embedding = self.embedding_head(h) if self.embedding_head is not None and wanted else None
+        # (B, T, F, D); the (B, T·F, D) embedding and a mask head's (B, T, F·D) input are views
+        # of it (reshaping one into the other made torch.export guard on the symbolic frames)
+        frames = self.embedding_head(h, frames=True) if self.embedding_head is not None and wanted else None
+        embedding = frames.flatten(1, 2) if frames is not None else None
         masks = estimates = None
         if self.mask_head is not None:
-            x = h if self.config.mask_input == "trunk" else embedding.reshape(B, T, -1)
+            x = h if self.config.mask_input == "trunk" else frames.flatten(2)
             masks = self.mask_head(x)
             if masks.shape != (B, self.n_sources, F, T):
                 raise RuntimeError(f"mask head returned {tuple(masks.shape)}, expected {(B, self.n_sources, F, T)}")
             estimates = apply_masks(masks, spec)
+        if torch.jit.is_tracing():
+            # a trace returns tensors only: no ModelOutput, None, STFT settings or length
+            return tuple(t for t in (spec, embedding, masks, estimates) if t is not None)
         return ModelOutput(spec, embedding, masks, estimates, self.stft, mixture.shape[-1])
