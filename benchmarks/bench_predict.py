@@ -35,7 +35,7 @@ def _model_path(tmp_dir):
 
 
 def _write_noise(path, seconds):
-    """Stereo pink-ish noise written block by block (the benchmark must not hold it all)."""
+    """Stereo white noise written block by block (the benchmark must not hold it all)."""
     rng = np.random.default_rng(0)
     with sf.SoundFile(path, "w", RATE, 2, subtype="PCM_16") as f:
         left = seconds * RATE

@@ -8,10 +8,15 @@ Ratios, not absolute times: both sides of a ratio ran in the same process on the
 machine, so the gate holds on a noisy shared machine and on any CPU. The floors of the
 shapes the run measured apply (its machine_info "bench_shapes": default, or full with
 CHIMERA_BENCH_FULL=1). Exit status 1 when a speed-up is below its floor or a benchmark
-with a floor did not record one.
+with a floor did not record one, and when the floors or the run cannot be read (one line):
+a floor must be a finite number > 0 (0 or less never fails) and a table must name at least
+one benchmark (an empty one passed with nothing checked, and --select then selected nothing,
+which runs every benchmark).
 """
 import argparse
 import json
+import math
+import numbers
 import os
 import sys
 import tomllib
@@ -23,11 +28,21 @@ FLOORS = os.path.join(HERE, "floors.toml")
 def load_floors(path=FLOORS, shapes=None):
     """{benchmark full name: floor} for the shapes ("default" or "full")."""
     shapes = shapes or ("full" if os.environ.get("CHIMERA_BENCH_FULL", "") == "1" else "default")
-    with open(path, "rb") as f:
-        table = tomllib.load(f)
-    if shapes not in table:
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"check_floors: cannot read {path}: {exc}") from None
+    if not isinstance(table.get(shapes), dict):
         raise SystemExit(f"check_floors: {path} has no [{shapes}] table")
-    return {name: float(floor) for name, floor in table[shapes].items()}
+    floors = {}
+    for name, floor in table[shapes].items():
+        if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not (math.isfinite(floor) and floor > 0):
+            raise SystemExit(f"check_floors: {path}: [{shapes}] {name!r} = {floor!r}: a floor is a finite number > 0")
+        floors[name] = float(floor)
+    if not floors:
+        raise SystemExit(f"check_floors: {path}: [{shapes}] names no benchmark")
+    return floors
 
 
 def check(run, floors):
@@ -40,6 +55,10 @@ def check(run, floors):
         if speedup is None:
             why = "did not run" if bench is None else "recorded no speed-up (benchmarks disabled?)"
             lines.append(f"FAIL {name}: {why}; floor {floor:g}x")
+            ok = False
+            continue
+        if isinstance(speedup, bool) or not isinstance(speedup, numbers.Real):
+            lines.append(f"FAIL {name}: recorded {speedup!r}, not a speed-up; floor {floor:g}x")
             ok = False
             continue
         baseline = bench["extra_info"].get("baseline", "its baseline")
@@ -68,8 +87,15 @@ def main(argv=None):
     try:
         with open(args.run) as f:
             run = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # (a file that is not UTF-8 too)
         print(f"check_floors: cannot read {args.run}: {exc}", file=sys.stderr)
+        return 1
+    benchmarks = run.get("benchmarks") if isinstance(run, dict) else None
+    if not (isinstance(benchmarks, list) and all(isinstance(b, dict) and isinstance(b.get("fullname"), str)
+                                                 and isinstance(b.get("extra_info", {}), dict) for b in benchmarks)
+            and isinstance(run.get("machine_info", {}), dict)):
+        print(f"check_floors: {args.run}: not a pytest-benchmark JSON file (--benchmark-json): no list of "
+              "benchmarks with their full names", file=sys.stderr)
         return 1
     # the floors of the shapes the run measured (conftest.py records them), not those of this
     # process's environment: a full run was held to the default shapes' lower floors

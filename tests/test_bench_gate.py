@@ -180,3 +180,45 @@ def test_a_plain_pytest_skips_the_benchmarks_only(tmp_path):
     config = type("Config", (), {"option": type("Option", (), {})()})()
     conftest.pytest_collection_modifyitems(config, [bench, *tests])
     assert bench.markers and not any(t.markers for t in tests)
+
+
+@pytest.mark.parametrize("floors, why", [
+    ('[default]\na = 0\n', "'a' = 0: a floor is a finite number > 0"),      # never fails: no gate
+    ('[default]\na = -1.0\n', "'a' = -1.0: a floor is a finite number > 0"),
+    ('[default]\na = nan\n', "'a' = nan: a floor is a finite number > 0"),   # always fails
+    ('[default]\na = "2"\n', "'a' = '2': a floor is a finite number > 0"),   # a traceback
+    ('[default]\na = true\n', "'a' = True: a floor is a finite number > 0"),
+    ('[default]\n', r"\[default\] names no benchmark"),                      # passed, nothing checked
+    ('default = 3\n', r"has no \[default\] table"),
+    ('[default\n', "cannot read .*floors.toml: Expected ']'"),               # a traceback
+])
+def test_floors_that_cannot_gate_are_one_line(tmp_path, floors, why):
+    import re
+    out = _gate(_run(a=0.5), floors, tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert re.search(f"^check_floors: .*{why}", out.stderr.strip()) and len(out.stderr.strip().splitlines()) == 1
+    # --select, which `make bench-check` gives pytest, fails the same way: empty, it ran every benchmark
+    sel = subprocess.run([sys.executable, CHECK, "--select", "--floors", str(tmp_path / "floors.toml")],
+                         capture_output=True, text=True)
+    assert sel.returncode == 1 and sel.stdout == "" and re.search(why, sel.stderr), sel.stdout + sel.stderr
+
+
+def test_a_missing_floors_file_or_a_run_that_is_not_a_benchmark_json_is_one_line(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps(_run(a=2.0)))
+    out = subprocess.run([sys.executable, CHECK, str(tmp_path / "run.json"), "--floors", str(tmp_path / "none.toml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.startswith("check_floors: cannot read") and "Traceback" not in out.stderr
+    for run in ([], {"benchmarks": [{"name": "a"}]}, {"benchmarks": {"a": 1}}, {"benchmarks": [], "machine_info": 3}):
+        out = _gate(run, '[default]\na = 1.0\n', tmp_path)
+        assert out.returncode == 1 and "not a pytest-benchmark JSON file" in out.stderr, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr
+    out = _gate(_run(a="fast"), '[default]\na = 1.0\n', tmp_path)  # a speed-up that is no number fails, named
+    assert out.returncode == 1 and "FAIL a: recorded 'fast', not a speed-up" in out.stdout, out.stdout + out.stderr
+
+
+def test_every_floor_is_above_what_a_fall_back_gives():
+    # floors.toml: each floor above the pure-PyTorch fall-back's speed-up (below 1, ~1 for
+    # the iSTFT), so that losing the kernel fails the gate
+    for shapes in ("default", "full"):
+        floors = load_floors(shapes=shapes)
+        assert floors and all(f > 1.0 for f in floors.values()), (shapes, floors)

@@ -117,3 +117,73 @@ def test_a_track_with_a_silent_stem_is_left_out_of_that_stems_medians(folder, tm
     assert all(np.isfinite(v) for v in three.values())
     # whatever comes out of silence, nothing was played: undefined, not +inf (kept as the highest)
     assert np.isnan(choose_checkpoint.leak_db(np.ones((2, 2, 4)), 1, np.zeros((2, 4))))
+
+
+def test_every_checkpoint_setting_and_folder_is_checked_before_any_row(folder, tmp_path, capsys, monkeypatch):
+    # a missing second checkpoint, a bad setting, a bad second folder stopped the run (as a
+    # traceback) after the rows of the first checkpoint had been computed and printed
+    data, model = folder
+    torch.manual_seed(0)
+    drums = tmp_path / "drums.pt"
+    save_checkpoint(drums, SeparationModel(preset(
+        "chimerapp", "small", hidden=8, layers=1, embedding_dim=4,
+        stft=dict(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann"), source_names=["drums", "bass"])))
+    no_dc = tmp_path / "mask-only.pt"
+    save_checkpoint(no_dc, SeparationModel(preset(
+        "chimerapp", "small", hidden=8, layers=1, embedding_dim=0,
+        stft=dict(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann"),
+        source_names=["vocals", "accompaniment"])))
+    separated = []
+    monkeypatch.setattr(choose_checkpoint.Separator, "separate", lambda *a: separated.append(a))
+    (tmp_path / "bad").mkdir()
+    base = ["--data", str(data)]
+    for argv, why in (
+            ([*base, "--models", str(model), str(tmp_path / "missing.pt")], "missing.pt: no such checkpoint file"),
+            ([*base, "--models", str(model), str(data)], "valid: is a folder, not a checkpoint file"),
+            ([*base, "--models", str(model), str(drums)], r"drums.pt: its sources \['drums', 'bass'\] are not"),
+            ([*base, "--models", str(model), str(tmp_path / "." / "tiny.pt")], "--models: .* more than once"),
+            ([*base, str(data) + "/", "--models", str(model)], "--data: .* more than once"),
+            ([*base, "--models", str(model), "--wiener", "0", "0"], "--wiener: 0 is given more than once"),
+            ([*base, "--models", str(model), str(no_dc), "--method", "kmeans"], "mask-only.pt: .*no embedding head"),
+            ([*base, str(tmp_path / "bad"), "--models", str(model)], r"bad: no <track>/mixture\.wav"),
+            ([*base, str(tmp_path / "none"), "--models", str(model)], "none: no such folder"),
+            ([*base, "--by-kind", "--models", str(model)], "metadata.json: no track kinds")):
+        with pytest.raises(SystemExit, match=why):
+            choose_checkpoint.main(argv)
+    for option, bad in (("--wiener", "-1"), ("--misi", "1.5"), ("--wiener-exponent", "nan"),
+                        ("--wiener-exponent", "0"), ("--wiener-exponent", "inf")):  # argparse's line, status 2
+        with pytest.raises(SystemExit) as exc:
+            choose_checkpoint.main([*base, "--models", str(model), option, bad])
+        assert exc.value.code == 2
+    assert not separated and capsys.readouterr().out == ""
+
+
+def test_a_track_that_cannot_be_read_and_malformed_kinds_are_one_line(folder):
+    data, model = folder
+    (data / "metadata.json").write_text(json.dumps({"t0": "speech"}))  # not a list: a traceback
+    with pytest.raises(SystemExit, match="metadata.json: no track kinds to group by"):
+        choose_checkpoint.scores(str(model), str(data), by_kind=True)
+    x, rate = sf.read(data / "t1" / "mixture.wav", dtype="float32")
+    x[3, 1] = np.inf
+    sf.write(data / "t1" / "mixture.wav", x, rate, subtype="FLOAT")
+    with pytest.raises(SystemExit, match=r"t1/mixture\.wav: NaN/Inf sample"):
+        choose_checkpoint.main(["--data", str(data), "--models", str(model)])
+
+
+def test_models_are_compared_on_the_columns_of_their_sources(folder, tmp_path, capsys):
+    # a second model with its sources in the other order: each cell is its own source's figure
+    data, model = folder
+    torch.manual_seed(3)
+    flipped = tmp_path / "flipped.pt"
+    save_checkpoint(flipped, SeparationModel(preset(
+        "chimerapp", "small", hidden=16, layers=1, embedding_dim=4,
+        stft=dict(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann"),
+        source_names=["accompaniment", "vocals"])))
+    assert choose_checkpoint.main(["--data", str(data), "--models", str(model), str(flipped)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    row = next(line for line in lines if line.startswith(f"| {flipped} |"))
+    cells = dict(zip(header, (c.strip() for c in row.strip("|").split("|"))))
+    expected = choose_checkpoint.scores(str(flipped), str(data))
+    for key, value in expected.items():
+        assert float(cells[f"{key} (dB)"]) == pytest.approx(value, abs=0.006)

@@ -81,3 +81,45 @@ def test_a_link_to_a_held_out_split_is_refused_and_a_missing_folder_is_one_line(
         choose_segment.validation_tracks(str(tmp_path / "my-valid"), ["vocals", "accompaniment"])
     with pytest.raises(SystemExit, match="no such folder"):
         choose_segment.validation_tracks(str(tmp_path / "missing"), ["vocals", "accompaniment"])
+
+
+def _nan_sample(path):
+    x, rate = sf.read(path, dtype="float32")
+    x[5, 0] = np.nan
+    sf.write(path, x, rate, subtype="FLOAT")
+
+
+def test_bad_values_are_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    # a missing or folder checkpoint, a track with NaN samples were tracebacks; a segment too
+    # short for the cross-fade stopped the run after the rows of the others
+    model = tmp_path / "tiny.pt"
+    save_checkpoint(model, tiny_model())
+    noise_tracks(tmp_path / "valid", seed=1)
+    data = ["--data", str(tmp_path / "valid")]
+    for spec, why in ((tmp_path / "missing.pt", "missing.pt: no such checkpoint file"),
+                      (tmp_path / "valid", "valid: is a folder, not a checkpoint file"),
+                      ("no-such-bundled-name", "no bundled model")):
+        with pytest.raises(SystemExit, match=f"^choose_segment: .*{why}"):
+            choose_segment.main([*data, "--model", str(spec)])
+    for bad in ("0", "-1", "nan", "inf", "ten"):  # argparse's one line, status 2
+        with pytest.raises(SystemExit) as exc:
+            choose_segment.main([*data, "--model", str(model), "--segments", "3", bad])
+        assert exc.value.code == 2
+    assert "is not a finite number of seconds > 0" in capsys.readouterr().err
+    separated = []
+    monkeypatch.setattr(choose_segment.Separator, "separate", lambda *a: separated.append(a))
+    with pytest.raises(SystemExit, match=r"^choose_segment: --segments 1\.5: overlap"):
+        choose_segment.main([*data, "--model", str(model), "--segments", "3", "1.5"])
+    with pytest.raises(SystemExit, match=r"^--segments: 3 is given more than once"):
+        choose_segment.main([*data, "--model", str(model), "--segments", "3", "4", "3.0"])
+    assert not separated and capsys.readouterr().out == ""
+    _nan_sample(tmp_path / "valid" / "t1" / "vocals.wav")
+    with pytest.raises(SystemExit, match=r"t1/vocals\.wav: NaN/Inf sample"):
+        choose_segment.main([*data, "--model", str(model), "--segments", "3"])
+
+
+def test_the_default_segments_are_distinct_and_hold_the_separators():
+    # "10, DEFAULT_SEGMENT, 30" ran 10 s twice once the Separator's default became 10 s
+    defaults = choose_segment.DEFAULT_SEGMENTS
+    assert len(set(defaults)) == len(defaults) and choose_segment.DEFAULT_SEGMENT in defaults
+    assert all(d >= 2 for d in defaults)

@@ -112,7 +112,7 @@ def test_an_interrupted_cache_write_leaves_the_old_cache_readable(tmp_path, monk
         return {"tracks": {"t": {"reconstruction_db": -30.0, "high_band_share": {s: 0.5 for s in eval_goals.SOURCES},
                                  "leak_db": -20.0}}, "predict_seconds": 0.0, "audio_seconds": 1.0}
     monkeypatch.setattr(eval_goals, "evaluate_split", evaluate_split)
-    (tmp_path / "musdb" / "solo-real").mkdir(parents=True)
+    _write(tmp_path / "musdb" / "solo-real" / "t", _tone_track(seconds=0.1))  # a track: its list is checked first
     cache = tmp_path / "oracle-cache.json"
     cache.write_text(json.dumps({"old": 1}))
     real_atomic_write = eval_goals.atomic_write
@@ -134,3 +134,78 @@ def test_an_interrupted_cache_write_leaves_the_old_cache_readable(tmp_path, monk
     cache.write_text('{"old": ')  # cut short by an older version: recomputed, not a traceback
     assert eval_goals.main(argv) == 0
     assert json.loads(cache.read_text()) == {"solo-real/t": {"new": True}}
+
+
+def test_everything_is_checked_before_any_work_each_problem_one_line(tmp_path, monkeypatch, capsys):
+    # each was a traceback (after minutes of separation for some), or, for a --data folder
+    # without any of the splits, an empty results file and status 0
+    from chimera.models import SeparationModel, preset, save_checkpoint
+    monkeypatch.setattr(eval_goals, "predict", lambda *a: pytest.fail("predict ran"))
+    data = tmp_path / "musdb"
+    _write(data / "solo-real" / "t", _tone_track(seconds=0.1))
+    stft = dict(sample_rate=8000, n_fft=256, hop_length=64, window="sqrt_hann")
+    drums = tmp_path / "drums.pt"
+    save_checkpoint(drums, SeparationModel(preset("chimerapp", "small", hidden=8, layers=1, embedding_dim=4, stft=stft,
+                                                  source_names=["drums", "bass"])))
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "r" / "r.json"
+    base = ["--data", str(data), "--out", str(out), "--splits", "solo-real"]
+    for argv, why in (
+            (["--data", str(tmp_path / "none"), "--out", str(out)], "--data .*none: no such folder"),
+            ([*base[:3], str(tmp_path)], "--out .*: is a folder"),
+            ([*base[:3], str(tmp_path / "a-file" / "r.json")], "--out .*a-file is not a writable folder"),
+            ([*base, "--oracle-cache", str(tmp_path)], "--oracle-cache .*: is a folder"),
+            ([*base, "--oracle-cache", str(out)], "the oracle cache would be replaced by the results"),
+            ([*base, "solo-real"], "--splits: solo-real is given more than once"),
+            ([*base, "--oracle-stft", "{bad"], "--oracle-stft {bad: Expecting property name"),
+            ([*base, "--oracle-stft", '{"n_fft": 3}'], "--oracle-stft .*hop_length must be"),
+            ([*base, "--oracle-stft", "[1]"], "--oracle-stft .*a JSON object expected"),
+            ([*base, "--predict-args", '"--wiener 0'], "--predict-args .*No closing quotation"),
+            ([*base, "--model", str(tmp_path / "missing.pt")], "--model: .*missing.pt: no such checkpoint file"),
+            ([*base, "--model", str(tmp_path)], "--model: .*is a folder, not a checkpoint file"),
+            ([*base, "--model", str(drums)], r"--model .*drums.pt: its sources \['drums', 'bass'\] are not"),
+            ([*base[:5], "solo-none", "test-none"], ".*musdb: none of the splits solo-none test-none is there")):
+        with pytest.raises(SystemExit, match=f"^eval_goals: (.* )?{why}"):
+            eval_goals.main(argv)
+    for bad in ("nan", "-1", "0", "inf"):
+        with pytest.raises(SystemExit) as exc:
+            eval_goals.main([*base, "--high-hz", bad])
+        assert exc.value.code == 2
+    # a bad track in a later split is found before the first split is separated
+    _write(data / "test-real" / "t", _tone_track(seconds=0.1))
+    (data / "test-real" / "t" / "vocals.wav").write_text("not audio")
+    with pytest.raises(SystemExit, match=r"^eval_goals: .*test-real/t/vocals\.wav: not a readable audio file"):
+        eval_goals.main([*base, "test-real"])
+    assert not (tmp_path / "r").exists() and capsys.readouterr().out == ""
+
+
+def test_a_file_the_headers_do_not_give_away_is_one_line(tmp_path, monkeypatch):
+    track = _tone_track(seconds=0.1)
+    track.references[0, 0, 7] = np.nan
+    _write(tmp_path / "musdb" / "solo-real" / "t", track)
+    monkeypatch.setattr(eval_goals, "predict", lambda split_dir, names, work, model, extra: (work, 0.0))
+    args = argparse.Namespace(model=None, predict_args="", high_hz=8000.0, oracle_stft="{}")
+    with pytest.raises(SystemExit, match=r"^eval_goals: .*solo-real/t/vocals\.wav: NaN/Inf sample"):
+        eval_goals.evaluate_split(tmp_path / "musdb", "solo-real", args, {})
+
+
+def test_a_silent_input_has_undefined_figures_not_a_traceback():
+    # a silent mixture divided by zero; no input energy above the cutoff gave the outputs'
+    # energy there over 1e-30 (0 %, or a share of 10^26); max() kept or dropped a NaN by its place
+    silent = Track("t", np.zeros((2, 4410), np.float32), np.zeros((2, 2, 4410), np.float32), 44100)
+    fig = eval_goals.band_figures(silent, silent.references, 8000.0)
+    assert np.isnan(fig["reconstruction_db"]) and all(np.isnan(v) for v in fig["high_band_share"].values())
+    # a 16 kHz track has no band above 8 kHz: not "0 % of it comes back"
+    low = _tone_track(rate=16000)
+    assert all(np.isnan(v) for v in eval_goals.band_figures(low, low.references, 8000.0)["high_band_share"].values())
+    tracks = {f"t{i}": {"reconstruction_db": r, "high_band_share": {"vocals": 0.1, "accompaniment": 0.9},
+                        "leak_db": -20.0} for i, r in enumerate([np.nan, -30.0, -40.0])}
+    s = eval_goals.summarise("solo-real", {"tracks": tracks})
+    assert s["reconstruction_db_worst"] == -30.0 and s["reconstruction_db"] == -35.0
+
+
+def test_the_tables_band_is_the_one_measured():
+    summary = {"solo-real": {"tracks": 1, "reconstruction_db": -30.0, "reconstruction_db_worst": -30.0,
+                             "high_band_pct": {}, "high_band_sum_pct": 99.0, "leak_db": -20.0}}
+    assert "| >8 kHz out/in |" in eval_goals.table(summary)
+    assert "| >4 kHz out/in |" in eval_goals.table(summary, 4000.0)

@@ -23,18 +23,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from chimera.evaluate import track_median
-from chimera.pretrained import load
 from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, METHODS, Separator
-from tools.choose_segment import improvement, validation_tracks
+from tools.choose_segment import distinct, improvement, model_or_exit, read_tracks, validation_files
 from tools.eval_goals import leak_db  # the leak as the held-out goals measure it
 
 
 def two_source_model(model_path: str):
-    model = load(model_path)
+    """The checkpoint ``model_path`` (or a bundled model's name), loaded; one line naming it
+    and the problem for a missing, folder, corrupt or other than two-source one."""
+    model = model_or_exit(model_path, "choose_checkpoint")
     if len(model.source_names) != 2:
         raise SystemExit(f"choose_checkpoint: {model_path}: a two-source model is needed, "
                          f"it has {list(model.source_names)}")
@@ -46,8 +49,10 @@ def track_kinds(data: str) -> dict[str, str]:
     path = Path(data) / "metadata.json"
     try:
         meta = json.loads(path.read_text())
+        if not isinstance(meta, list):  # a dict's keys were taken for its tracks
+            raise ValueError(f"a list of tracks expected, not a {type(meta).__name__}")
         return {m["name"]: m["kind"] for m in meta if m.get("kind")}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise SystemExit(f"choose_checkpoint: {path}: no track kinds to group by ({exc})") from None
 
 
@@ -64,9 +69,11 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
                     misi_iters=misi_iters, method=method)
     rows = {f"{s} SI-SDRi": [] for s in names} | {f"{s} alone: leak": [] for s in names}
     by_kind_rows = {}
-    for folder in folders:
-        kinds = track_kinds(folder) if by_kind else {}
-        for t in validation_tracks(folder, names):
+    # every folder listed (and its kinds read) before any work: a bad second folder stopped
+    # the run once the first one's tracks were separated
+    listed = [(validation_files(folder, names), track_kinds(folder) if by_kind else {}) for folder in folders]
+    for files, kinds in listed:
+        for t in read_tracks(files):
             est = sep.separate(t.mixture, t.rate).numpy()
             for i, s in enumerate(names):
                 gain = improvement(est[i], t.references[i], t.mixture)
@@ -79,34 +86,83 @@ def scores(model, data: str | list[str], wiener_iters: int = DEFAULT_WIENER_ITER
     return {k: track_median(v) for k, v in (rows | by_kind_rows).items()}  # the usual columns first
 
 
+def count(value: str) -> int:
+    """An argparse type: a whole number >= 0 (iterations)."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return n
+
+
+def positive_exponent(value: str) -> float:
+    """An argparse type: a finite number > 0 (the Wiener filter's exponent)."""
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number > 0")
+    return x
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, nargs="+",
-                    help="folders of <track>/{mixture,<source>...}.wav (several: their tracks pooled)")
+                    help="validation folders of <track>/{mixture,<source>...}.wav (several: their tracks pooled)")
     ap.add_argument("--by-kind", action="store_true",
                     help="also each source's SI-SDRi per vocal kind (from each folder's metadata.json)")
-    ap.add_argument("--models", nargs="+", required=True, help="checkpoints to compare")
-    ap.add_argument("--wiener", nargs="+", type=int, default=[DEFAULT_WIENER_ITERS],
-                    help="Wiener iterations to compare (default: the Separator's)")
-    ap.add_argument("--wiener-exponent", nargs="+", type=float, default=[DEFAULT_WIENER_EXPONENT],
-                    help="exponents of the Wiener filter to compare (default: the Separator's)")
-    ap.add_argument("--misi", nargs="+", type=int, default=[DEFAULT_MISI_ITERS],
-                    help="MISI iterations to compare (default: the Separator's)")
+    ap.add_argument("--models", nargs="+", required=True,
+                    help="checkpoints to compare (two-source models with the same source names; a bundled "
+                         "model's name also works)")
+    ap.add_argument("--wiener", nargs="+", type=count, default=[DEFAULT_WIENER_ITERS], metavar="N",
+                    help=f"Wiener iterations to compare (default: the Separator's, {DEFAULT_WIENER_ITERS})")
+    ap.add_argument("--wiener-exponent", nargs="+", type=positive_exponent, default=[DEFAULT_WIENER_EXPONENT],
+                    metavar="P",
+                    help=f"exponents of the Wiener filter to compare (default: the Separator's, "
+                         f"{DEFAULT_WIENER_EXPONENT:g})")
+    ap.add_argument("--misi", nargs="+", type=count, default=[DEFAULT_MISI_ITERS], metavar="N",
+                    help=f"MISI iterations to compare (default: the Separator's, {DEFAULT_MISI_ITERS})")
     ap.add_argument("--method", nargs="+", choices=METHODS, default=[None],
                     help="inference methods to compare (default: the model's, as predict)")
     args = ap.parse_args(argv)
+    # everything checked before any work (a bad second checkpoint or setting stopped the run
+    # after the first one's rows): the options, the models, the data folders
+    distinct(args.models, "--models", key=os.path.realpath)
+    distinct(args.data, "--data", key=os.path.realpath)
+    for option, values in (("--wiener", args.wiener), ("--wiener-exponent", args.wiener_exponent),
+                           ("--misi", args.misi), ("--method", args.method)):
+        distinct(values, option)
+    models = {path: two_source_model(path) for path in args.models}
+    first, names = args.models[0], sorted(next(iter(models.values())).source_names)
+    for path, model in models.items():
+        if sorted(model.source_names) != names:  # the table's columns are the first model's sources
+            raise SystemExit(f"choose_checkpoint: {path}: its sources {list(model.source_names)} are not those of "
+                             f"{first} {list(models[first].source_names)}")
+    settings = list(itertools.product(args.method, args.wiener, args.wiener_exponent, args.misi))
+    for path, model in models.items():
+        for method, iters, power, misi in settings:
+            try:
+                Separator(model, device="cpu", wiener_iters=iters, wiener_exponent=power, misi_iters=misi,
+                          method=method)
+            except ValueError as exc:  # k-means on a model without embeddings, say
+                raise SystemExit(f"choose_checkpoint: {path}: {exc}") from None
+    for folder in args.data:
+        validation_files(folder, list(models[first].source_names))
+        if args.by_kind:
+            track_kinds(folder)
     header = None
-    for path in args.models:
-        model = two_source_model(path)
-        for method, iters, exponent, misi in itertools.product(args.method, args.wiener, args.wiener_exponent,
-                                                               args.misi):
-            row = scores(model, args.data, iters, exponent, by_kind=args.by_kind, misi_iters=misi, method=method)
+    for path, model in models.items():
+        for method, iters, power, misi in settings:
+            row = scores(model, args.data, iters, power, by_kind=args.by_kind, misi_iters=misi, method=method)
             if header is None:
                 header = list(row)
                 print("| checkpoint | method | Wiener | exponent | MISI | "
                       + " | ".join(f"{k} (dB)" for k in header) + " |")
                 print("| --- | --- | --- | --- | --- |" + " --- |" * len(header))
-            print(f"| {path} | {method or 'default'} | {iters} | {exponent:g} | {misi} | "
+            print(f"| {path} | {method or 'default'} | {iters} | {power:g} | {misi} | "
                   + " | ".join(f"{row[k]:.2f}" for k in header) + " |", flush=True)
     return 0
 

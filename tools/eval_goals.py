@@ -19,14 +19,19 @@ exactly what a user runs, defaults and all), then scores the written files:
   the input's energy, median and worst track) and the energy above ``--high-hz`` (8 kHz) in
   the outputs as a share of the input's energy above it (median, %).
 
-Writes the per-track figures and the summary as JSON and prints the summary as a Markdown
-table. Run it under /work/coord/busy or quiet: it keeps both cores busy for minutes.
+Writes the per-track figures and the summary as JSON (atomically, replacing an earlier
+``--out``) and prints the summary as a Markdown table. The options, the model (a two-source
+vocals/accompaniment one) and every split's track list are checked before any work; splits
+missing from ``--data`` are skipped, with a line saying so. Run it under /work/coord/busy or
+quiet: it keeps both cores busy for minutes.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import math
+import os
 import shlex
 import subprocess
 import sys
@@ -37,9 +42,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from chimera.atomic import atomic_write
+from chimera.atomic import atomic_write, unwritable_folder
+from chimera.audio import AudioError
 from chimera.evaluate import find_tracks, load_track, oracle_estimates, score_track, track_median
-from chimera.models import StftConfig
+from chimera.models import CheckpointError, StftConfig
+from chimera.predict import load_model
 
 SOURCES = ("vocals", "accompaniment")
 SCORED_SPLITS = ("test-synthetic", "test-real", "test-sung")
@@ -72,15 +79,21 @@ def predict(split_dir: Path, names: list[str], work: Path, model: str | None, ex
            "--out", str(out), "--float32", "--force", "--quiet", *(["--model", model] if model else []), *extra]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"eval_goals: chimera predict failed on {split_dir}: {r.stderr.strip()[-2000:]}")
+    if r.returncode != 0:  # its error is its last line (a traceback's too)
+        last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+        raise SystemExit(f"eval_goals: chimera predict failed on {split_dir}: {last[-2000:]}")
     return out, time.perf_counter() - t
 
 
 def read_estimates(out: Path, name: str, shape) -> np.ndarray:
     est = []
     for s in SOURCES:
-        x, _ = sf.read(str(out / name / f"{s}.wav"), dtype="float32", always_2d=True)
+        path = out / name / f"{s}.wav"
+        try:
+            x, _ = sf.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, OSError) as exc:  # --predict-args that name or encode the outputs otherwise
+            raise SystemExit(f"eval_goals: {path}: chimera predict's output cannot be read ({exc}); "
+                             "--predict-args must keep the output names and format") from None
         est.append(x.T)
     est = np.stack(est)
     if est.shape != shape:
@@ -96,12 +109,14 @@ def high_energy(x: np.ndarray, rate: int, cutoff: float) -> float:
 
 
 def band_figures(track, est: np.ndarray, cutoff: float) -> dict:
+    """The reconstruction error and the outputs' share of the input's energy above `cutoff`;
+    NaN (undefined, left out of the medians) where the input has no energy (above `cutoff`)."""
     mix = track.mixture.astype(np.float64)
     e_mix = float((mix ** 2).sum())
     hi_mix = high_energy(mix, track.rate, cutoff)
     return {
-        "reconstruction_db": db(float(((est.sum(0) - mix) ** 2).sum()) / e_mix),
-        "high_band_share": {s: high_energy(est[i], track.rate, cutoff) / max(hi_mix, 1e-30)
+        "reconstruction_db": db(float(((est.sum(0) - mix) ** 2).sum()) / e_mix) if e_mix > 0 else math.nan,
+        "high_band_share": {s: high_energy(est[i], track.rate, cutoff) / hi_mix if hi_mix > 0 else math.nan
                             for i, s in enumerate(SOURCES)},
         "input_energy": e_mix,
         "output_energy": {s: float((est[i].astype(np.float64) ** 2).sum()) for i, s in enumerate(SOURCES)},
@@ -113,9 +128,24 @@ def median(values) -> float:
     return track_median([x for x in values if x is not None])
 
 
+def split_tracks(split_dir: Path) -> list[str]:
+    """The track names of a split (headers checked), or one line naming what is wrong."""
+    try:
+        return find_tracks(str(split_dir), SOURCES)
+    except AudioError as exc:
+        raise SystemExit(f"eval_goals: {exc}") from None
+
+
 def evaluate_split(data: Path, split: str, args, oracle_cache: dict) -> dict:
+    try:
+        return _evaluate_split(data, split, args, oracle_cache)
+    except AudioError as exc:  # a file the headers did not give away (NaN samples, cut short)
+        raise SystemExit(f"eval_goals: {exc}") from None
+
+
+def _evaluate_split(data: Path, split: str, args, oracle_cache: dict) -> dict:
     split_dir = data / split
-    names = find_tracks(str(split_dir), SOURCES)
+    names = split_tracks(split_dir)
     stft = StftConfig(**json.loads(args.oracle_stft))
     with tempfile.TemporaryDirectory(prefix="eval-goals-") as tmp:
         out, seconds = predict(split_dir, names, Path(tmp), args.model, shlex.split(args.predict_args))
@@ -141,11 +171,18 @@ def evaluate_split(data: Path, split: str, args, oracle_cache: dict) -> dict:
             "audio_seconds": round(sum(sf.info(str(split_dir / n / "mixture.wav")).duration for n in names), 1)}
 
 
+def worst(values) -> float:
+    """The largest value that is not NaN (NaN when none is)."""
+    defined = [x for x in values if not math.isnan(x)]
+    return max(defined) if defined else math.nan
+
+
 def summarise(split: str, r: dict) -> dict:
     t = r["tracks"].values()
     s = {"tracks": len(r["tracks"]),
          "reconstruction_db": median(x["reconstruction_db"] for x in t),
-         "reconstruction_db_worst": max(x["reconstruction_db"] for x in t),
+         # the worst of the defined ones (max() kept or dropped a NaN by its place in the list)
+         "reconstruction_db_worst": worst([x["reconstruction_db"] for x in t]),
          "high_band_pct": {src: 100 * median(x["high_band_share"][src] for x in t) for src in SOURCES},
          "high_band_sum_pct": 100 * median(sum(x["high_band_share"].values()) for x in t)}
     if split in SOLO_SPLITS:
@@ -165,8 +202,9 @@ def write_json(path: Path, doc) -> None:
         f.write(json.dumps(doc, indent=1).encode())
 
 
-def table(summary: dict) -> str:
-    rows = ["| split | vocals SDR | IRM oracle | gap | accomp. SDR | IRM oracle | gap | leak | sum vs input | >8 kHz out/in |",
+def table(summary: dict, high_hz: float = 8000.0) -> str:
+    rows = ["| split | vocals SDR | IRM oracle | gap | accomp. SDR | IRM oracle | gap | leak | sum vs input | "
+            f">{high_hz / 1000:g} kHz out/in |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for split, s in summary.items():
         f = lambda k: f"{s[k]:.2f}" if k in s else "—"  # noqa: E731
@@ -177,31 +215,96 @@ def table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def positive_hz(text: str) -> float:
+    """An argparse type: a finite frequency > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite frequency > 0 (Hz)")
+    return x
+
+
+def check_options(args, out: Path, cache_path: Path) -> None:
+    """Everything that can be checked before any work, each problem one line naming it: a
+    mistake used to surface after minutes of separation, or as a traceback."""
+    def fail(why):
+        raise SystemExit(f"eval_goals: {why}")
+    if not Path(args.data).is_dir():
+        fail(f"--data {args.data}: no such folder")
+    for option, path in (("--out", out), ("--oracle-cache", cache_path)):
+        if path.is_dir():
+            fail(f"{option} {path}: is a folder, not a file name")
+        blocked = unwritable_folder(path)
+        if blocked is not None:
+            fail(f"{option} {path}: cannot be written ({blocked} is not a writable folder)")
+    if os.path.abspath(out) == os.path.abspath(cache_path):
+        fail(f"--out {out}: the oracle cache would be replaced by the results; give another --out or --oracle-cache")
+    seen = set()
+    for split in args.splits:
+        if split in seen:
+            fail(f"--splits: {split} is given more than once")
+        seen.add(split)
+    try:
+        stft = json.loads(args.oracle_stft)
+        if not isinstance(stft, dict):
+            raise ValueError(f"a JSON object expected, not {stft!r}")
+        StftConfig(**stft)
+    except (ValueError, TypeError) as exc:
+        fail(f"--oracle-stft {args.oracle_stft}: {exc}")
+    try:
+        shlex.split(args.predict_args)
+    except ValueError as exc:
+        fail(f"--predict-args {args.predict_args}: {exc}")
+    try:
+        model = load_model(args.model)
+    except (CheckpointError, ValueError) as exc:
+        fail(f"--model: {exc}")
+    if sorted(model.source_names) != sorted(SOURCES):
+        fail(f"--model {args.model or 'bundled'}: its sources {list(model.source_names)} are not "
+             f"{' and '.join(SOURCES)}, which the figures are of")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="the demo data's musdb folder (held-out splits inside)")
-    ap.add_argument("--model", help="checkpoint (default: the bundled model)")
-    ap.add_argument("--out", required=True, help="results JSON")
-    ap.add_argument("--splits", nargs="+", default=[*SCORED_SPLITS, *SOLO_SPLITS])
-    ap.add_argument("--predict-args", default="", help="more `chimera predict` options, one string")
-    ap.add_argument("--high-hz", type=float, default=8000.0)
+    ap.add_argument("--model", help="checkpoint or bundled model name (default: the bundled model)")
+    ap.add_argument("--out", required=True, help="results JSON (replaced when it exists; missing folders are made)")
+    ap.add_argument("--splits", nargs="+", default=[*SCORED_SPLITS, *SOLO_SPLITS],
+                    help="splits of --data to evaluate: " + ", ".join(SOLO_SPLITS) + " give the leak, any other "
+                         "SDR beside the oracle (default: all of these and " + ", ".join(SCORED_SPLITS)
+                         + "; those missing are skipped)")
+    ap.add_argument("--predict-args", default="",
+                    help='more `chimera predict` options, one string ("--wiener 0"; a single option as '
+                         '--predict-args=--OPTION); not those that rename or re-encode the outputs')
+    ap.add_argument("--high-hz", type=positive_hz, default=8000.0,
+                    help="the band whose energy the outputs should keep: above this frequency (default 8000 Hz)")
     ap.add_argument("--oracle-stft", default='{"sample_rate": 44100, "n_fft": 2048, "hop_length": 512, '
                                                '"window": "sqrt_hann"}', help="StftConfig of the IRM oracle (JSON)")
     ap.add_argument("--oracle-cache", default=None, help="JSON cache of oracle scores (default: beside --out)")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     cache_path = Path(args.oracle_cache) if args.oracle_cache else out.parent / "oracle-cache.json"
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    except ValueError:  # cut short by an older version, which wrote it in place: recomputed
-        print(f"eval_goals: {cache_path}: unreadable, the oracle scores are recomputed", file=sys.stderr)
-        cache = {}
-    results, summary = {}, {}
+    check_options(args, out, cache_path)
+    splits = []
     for split in args.splits:
         if not (data / split).is_dir():
             print(f"eval_goals: {data / split}: no such split, skipped", file=sys.stderr)
-            continue
+        else:
+            split_tracks(data / split)  # every split's tracks listed first: a bad one is found before any work
+            splits.append(split)
+    if not splits:  # an empty results file, status 0, was written
+        raise SystemExit(f"eval_goals: {data}: none of the splits {' '.join(args.splits)} is there")
+    try:  # (the folders of --out and the cache are made when written: a failed run leaves none)
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        if not isinstance(cache, dict):
+            raise ValueError(f"a JSON object expected, not a {type(cache).__name__}")
+    except ValueError as exc:  # cut short by an older version, which wrote it in place: recomputed
+        print(f"eval_goals: {cache_path}: unreadable ({exc}), the oracle scores are recomputed", file=sys.stderr)
+        cache = {}
+    results, summary = {}, {}
+    for split in splits:
         results[split] = evaluate_split(data, split, args, cache)
         summary[split] = summarise(split, results[split])
         write_json(cache_path, cache)
@@ -211,7 +314,7 @@ def main(argv=None) -> int:
            "high_hz": args.high_hz, "oracle_stft": json.loads(args.oracle_stft), "summary": summary,
            "results": results}
     write_json(out, doc)
-    print(table(summary))
+    print(table(summary, args.high_hz))
     return 0
 
 

@@ -2,14 +2,18 @@
 
     /work/coord/quiet .venv/bin/python tools/model_sizes.py 128,2,20,2048,512 192,2,12,2048,512
 
-Each argument is ``hidden,layers,embedding_dim,n_fft,hop`` of a Chimera++ model at 44.1 kHz.
-Prints the parameter count, the float16 size, the median time of a training step (batch 8 x
+Each argument is ``hidden,layers,embedding_dim,n_fft,hop`` of a Chimera++ model at 44.1 kHz
+(whole numbers, each >= 1; hop at most n_fft / 2), all checked before any is measured.
+Prints the parameter count, the float16 size (2 bytes a parameter, in MB of 10^6 bytes: what
+``save_checkpoint(..., weights_dtype=torch.float16)`` writes, but for some kB of configuration
+and float32 feature statistics), the median time of a training step (batch 8 x
 2 s, forward, Chimera++ objective, backward, Adam; 4 steps after a warm-up) and the time of a
 mask-inference forward pass on 20 s of stereo with the embedding head skipped, all on
 ``--threads`` torch threads (default 2). Run it under /work/coord/quiet.
 """
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -20,11 +24,43 @@ from chimera.objectives import objective
 RATE = 44100
 
 
+def config(hidden, layers, dim, n_fft, hop):
+    """The Chimera++ configuration of one shape (ValueError for an impossible one)."""
+    return preset("chimerapp", "small", hidden=hidden, layers=layers, embedding_dim=dim,
+                  stft=dict(sample_rate=RATE, n_fft=n_fft, hop_length=hop, window="sqrt_hann"),
+                  n_sources=2, source_names=("vocals", "accompaniment"))
+
+
+def shape(text: str) -> tuple:
+    """An argparse type: ``hidden,layers,embedding_dim,n_fft,hop``, five whole numbers >= 1
+    that make a model (the Chimera++ objective needs the embedding head: D >= 1)."""
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(parts) != 5 or len(values) != 5 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected hidden,layers,embedding_dim,n_fft,hop, five whole "
+                                         "numbers >= 1 (e.g. 192,2,12,2048,512)")
+    try:
+        config(*values)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return n
+
+
 def measure(hidden, layers, dim, n_fft, hop, batch=8, seconds=2.0):
-    cfg = preset("chimerapp", "small", hidden=hidden, layers=layers, embedding_dim=dim,
-                 stft=dict(sample_rate=RATE, n_fft=n_fft, hop_length=hop, window="sqrt_hann"),
-                 n_sources=2, source_names=("vocals", "accompaniment"))
-    model = SeparationModel(cfg)
+    model = SeparationModel(config(hidden, layers, dim, n_fft, hop))
     params = sum(p.numel() for p in model.parameters())
     obj = objective("chimera", alpha=0.95, mi="tpsa")
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -49,20 +85,21 @@ def measure(hidden, layers, dim, n_fft, hop, batch=8, seconds=2.0):
     return params, step, infer
 
 
-def main():
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("shapes", nargs="+", help="hidden,layers,embedding_dim,n_fft,hop")
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    ap.add_argument("shapes", nargs="+", type=shape, metavar="SHAPE",
+                    help="hidden,layers,embedding_dim,n_fft,hop (e.g. 192,2,12,2048,512)")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print("| hidden × layers | D | n_fft / hop | parameters | float16 | train step (8 × 2 s) | 20 s stereo, mask inference |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for shape in a.shapes:
-        h, n, d, nf, hp = map(int, shape.split(","))
+    for h, n, d, nf, hp in a.shapes:
         params, step, infer = measure(h, n, d, nf, hp)
         print(f"| {h} × {n} | {d} | {nf} / {hp} | {params / 1e6:.2f} M | {2 * params / 1e6:.1f} MB | "
               f"{step:.2f} s | {infer:.2f} s (RTF {infer / 20:.3f}) |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

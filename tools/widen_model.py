@@ -13,18 +13,22 @@ gradients (the new units are active), so the new units join in from the first st
 copied units).
 
 Only models whose heads read the trunk (``mask_input = "trunk"``) and whose layers have no
-residual connections are widened; anything else is refused with the reason.
+residual connections are widened; anything else is refused with the reason. The output is
+written atomically (complete or not at all); an existing file is replaced only with
+``--force``, and never the checkpoint read.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
+import os
 import sys
 
 import torch
 
-from chimera.models import SeparationModel, load_checkpoint, save_checkpoint
+from chimera.atomic import unwritable_folder
+from chimera.models import CheckpointError, SeparationModel, load_checkpoint, save_checkpoint
 
 GATES = 4  # an nn.LSTM stacks the input, forget, cell and output gates' rows
 
@@ -85,19 +89,43 @@ def widen(model: SeparationModel, hidden: int, generator: torch.Generator | None
     return wide
 
 
+def check_output(checkpoint: str, out: str, force: bool) -> None:
+    """Refuse, in one line and before any work, an output that cannot or must not be written."""
+    if os.path.isdir(out):
+        raise SystemExit(f"widen_model: {out}: is a folder, not a file name")
+    if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out, checkpoint):
+        raise SystemExit(f"widen_model: {out}: is the checkpoint read; write the widened model to another file")
+    if os.path.exists(out) and not force:
+        raise SystemExit(f"widen_model: {out}: exists (use --force to overwrite)")
+    blocked = unwritable_folder(out)
+    if blocked is not None:
+        raise SystemExit(f"widen_model: {out}: cannot be written ({blocked} is not a writable folder)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", help="the trained model (a chimera checkpoint)")
-    ap.add_argument("out", help="where to write the widened model")
-    ap.add_argument("--hidden", type=int, required=True, help="units per direction in each BLSTM layer")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the new units' initial weights")
+    ap.add_argument("out", help="where to write the widened model (missing folders are made)")
+    ap.add_argument("--hidden", type=int, required=True,
+                    help="units per direction in each BLSTM layer (at least the checkpoint's)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the new units' initial weights (default 0)")
+    ap.add_argument("--force", action="store_true", help="replace an existing output file")
     args = ap.parse_args(argv)
-    model, _ = load_checkpoint(args.checkpoint)
+    check_output(args.checkpoint, args.out, args.force)
+    if os.path.isdir(args.checkpoint):
+        raise SystemExit(f"widen_model: {args.checkpoint}: is a folder, not a checkpoint file")
+    try:
+        model, _ = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        raise SystemExit(f"widen_model: {e}") from None
     try:
         wide = widen(model, args.hidden, torch.Generator().manual_seed(args.seed))
     except ValueError as e:
-        raise SystemExit(f"widen_model: {args.checkpoint}: {e}")
-    save_checkpoint(args.out, wide)
+        raise SystemExit(f"widen_model: {args.checkpoint}: {e}") from None
+    try:  # atomic: complete or absent (chimera.atomic)
+        save_checkpoint(args.out, wide)
+    except OSError as e:
+        raise SystemExit(f"widen_model: {args.out}: cannot be written ({e.strerror or e})") from None
     n = sum(p.numel() for p in wide.parameters())
     print(f"{args.out}: hidden {model.config.hidden} -> {args.hidden}, {n / 1e6:.2f} M parameters")
     return 0
