@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
 from chimera.evaluate import track_median
 from chimera.separate import DEFAULT_MISI_ITERS, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS, METHODS, Separator
-from tools.choose_segment import distinct, improvement, model_or_exit, read_tracks, validation_files
+from tools.choose_segment import distinct, improvement, model_or_exit, positive, read_tracks, validation_files
 from tools.eval_goals import leak_db  # the leak as the held-out goals measure it
 
 
@@ -97,17 +96,6 @@ def count(value: str) -> int:
     return n
 
 
-def positive_exponent(value: str) -> float:
-    """An argparse type: a finite number > 0 (the Wiener filter's exponent)."""
-    try:
-        x = float(value)
-    except ValueError:
-        x = math.nan
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number > 0")
-    return x
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, nargs="+",
@@ -119,7 +107,7 @@ def main(argv=None) -> int:
                          "model's name also works)")
     ap.add_argument("--wiener", nargs="+", type=count, default=[DEFAULT_WIENER_ITERS], metavar="N",
                     help=f"Wiener iterations to compare (default: the Separator's, {DEFAULT_WIENER_ITERS})")
-    ap.add_argument("--wiener-exponent", nargs="+", type=positive_exponent, default=[DEFAULT_WIENER_EXPONENT],
+    ap.add_argument("--wiener-exponent", nargs="+", type=positive("number"), default=[DEFAULT_WIENER_EXPONENT],
                     metavar="P",
                     help=f"exponents of the Wiener filter to compare (default: the Separator's, "
                          f"{DEFAULT_WIENER_EXPONENT:g})")

@@ -91,15 +91,18 @@ def distinct(values: list, option: str, key=None) -> list:
     return values
 
 
-def segment_seconds(value: str) -> float:
-    """An argparse type: a finite number of seconds > 0."""
-    try:
-        x = float(value)
-    except ValueError:
-        x = math.nan
-    if not (math.isfinite(x) and x > 0):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number of seconds > 0")
-    return x
+def positive(what: str):
+    """An argparse type: a finite number > 0, said as "a finite `what` > 0" when it is not
+    (the tools' seconds, exponents and frequencies)."""
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            x = math.nan
+        if not (math.isfinite(x) and x > 0):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a finite {what} > 0")
+        return x
+    return parse
 
 
 def improvement(estimate, reference, mixture) -> float:
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a validation folder of <track>/{mixture,<source>...}.wav")
     ap.add_argument("--model", default=None, help="checkpoint or bundled model name (default: the bundled model)")
-    ap.add_argument("--segments", type=segment_seconds, nargs="+", default=DEFAULT_SEGMENTS, metavar="SECONDS",
+    ap.add_argument("--segments", type=positive("number of seconds"), nargs="+", default=DEFAULT_SEGMENTS, metavar="SECONDS",
                     help="segment lengths to compare, each 2 s at least (the Separator's 1-s cross-fade twice; "
                          f"default: {' '.join(f'{x:g}' for x in DEFAULT_SEGMENTS)}, the Separator's "
                          f"{DEFAULT_SEGMENT:g} among them)")
