@@ -391,6 +391,38 @@ def test_copies_of_training_material_are_dropped_from_held_out_splits():
     assert out == {"train": ["a", "B"], "valid": ["c", "C"], "test": ["d"]}
 
 
+def test_texts_inside_or_around_an_earlier_splits_text_are_dropped():
+    # "Brooke's Law: Whenever ..." in training and "Whenever ..." in test: the same words read
+    # by other voices, which the equality check let through
+    splits = {"train": ["Brooke's Law: Whenever a system becomes defined, a fool breaks it.", "Short one."],
+              "valid": ["Whenever a system becomes defined -- a fool breaks it!", "Short one, said he.",
+                        "A valid text of its own.", "Its own words"],
+              "test": ["A VALID text of its own", "Its own words, and more", "A test text of its own."]}
+    out = material.drop_contained_texts(splits, material._text_fingerprint)
+    assert out["train"] == splits["train"]  # training loses nothing
+    assert out["valid"] == ["A valid text of its own.", "Its own words"]
+    # valid splits off test too: a test text equal to, or around, a valid text is dropped
+    assert out["test"] == ["A test text of its own."]
+    assert material.drop_contained_texts({"train": ["Same."], "valid": [], "test": ["sAME!"]},
+                                         material._text_fingerprint)["test"] == []
+
+
+def test_music_sharing_long_stretches_counts_as_one_recording(tmp_path):
+    # track7 repeats track9 for 102 s and shallow-green is built on call_of_the_winding_path's
+    # loops: other bytes, so the byte check let them into test
+    def mf(pkg, name):
+        return material.MusicFile(f"/usr/share/games/x/music/{name}", pkg)
+    for first, second in material.SAME_MUSIC:
+        assert material._music_print(mf(*first)) == material._music_print(mf(*second))
+    other = tmp_path / "other.ogg"
+    other.write_bytes(b"OggS other")
+    splits = {"train": [mf("warzone2100-music", "track9.opus")],
+              "valid": [material.MusicFile(str(other), "warzone2100-music")],  # by its bytes
+              "test": [mf("warzone2100-music", "track7.opus"), mf("supertux-data", "shallow-green.ogg")]}
+    out = material.drop_cross_split_duplicates(splits, material._music_print)
+    assert out == {"train": splits["train"], "valid": splits["valid"], "test": [splits["test"][1]]}
+
+
 @needs_debs
 def test_music_and_texts_never_cross_splits_by_content():
     import hashlib
@@ -405,6 +437,23 @@ def test_music_and_texts_never_cross_splits_by_content():
     texts = material.fortune_texts()
     assert not crossing(texts, lambda t: re.sub(r"[^a-z]", "", t.lower()))
     assert len(texts["valid"]) > 500 and len(texts["test"]) > 500
+    # nor inside (or around) a text of an earlier split: 49 valid and test texts were
+    letters = {k: [re.sub(r"[^a-z]", "", t.lower()) for t in v] for k, v in texts.items()}
+    for held, earlier in (("valid", letters["train"]), ("test", letters["train"] + letters["valid"])):
+        joined = "\0".join(earlier)
+        assert not [t for t in letters[held] if t in joined]
+        joined = "\0".join(letters[held])
+        assert not [t for t in earlier if t in joined]
+    # music repeating long stretches of a training file stays in training only
+    names = {k: {(m.package, os.path.basename(m.path)) for m in v} for k, v in music.items()}
+    for first, second in material.SAME_MUSIC:
+        assert first in names["train"] and not {first, second} & (names["valid"] | names["test"])
+    # splits from held-out material are stamped anew: ones built with those texts and music are out of date
+    from tools.demodata import build
+    assert build.HELD_OUT_MATERIAL >= 3
+    for split, spec in SONG_SPLITS.items():
+        cfg = build._split_config("song", split, 1, 6.0, Options())
+        assert cfg.get("held_out_material") == (build.HELD_OUT_MATERIAL if spec.material != "train" else None)
 
 
 @needs_debs

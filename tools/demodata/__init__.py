@@ -20,7 +20,8 @@ Splits (``tracks.SONG_SPLITS``)
   ``solo-instrumental``, ``solo-synthetic``, ``solo-real``, ``solo-sung`` (one source silent).
   Music, texts and recorded clips are split by a fixed hash of their names, whatever the seed;
   a valid or held-out file, text or clip whose content (a clip's decoded samples) is also in an
-  earlier split is left out.
+  earlier split is left out, as are texts inside or around an earlier split's text (letters
+  compared) and music that repeats long stretches of a training file (``material.SAME_MUSIC``).
   ``--train-kinds`` re-weights the vocal kinds of ``train`` (e.g. ``sung=0.5,speech=0.25,
   recorded=0.25``); ``--formant-share`` gives that share of the training sung phrases and
   recorded clips other formants (``dsp.formant_warp``: the spectral envelope warped by

@@ -27,7 +27,9 @@ BUILDING = ".building"     # a split being built (or cut short): ours to replace
 MIN_SECONDS = 2.0          # a voice starts within 1.5 s and needs 0.5 s: shorter tracks may have none
 # Valid and held-out material lists lost copies of training material (music, texts) in this
 # revision: their splits are stamped with it so that older builds are not taken as current.
-HELD_OUT_MATERIAL = 2
+# 3: texts inside (or around) an earlier split's text, and music sharing long stretches with
+# training music, left out (valid and test texts, test music: every split but train and tr).
+HELD_OUT_MATERIAL = 3
 # And recorded clips lost decoded copies of training clips (same samples, other Ogg bytes)
 # in the next: the splits that draw clips are stamped with that too.
 HELD_OUT_CLIPS = 1
