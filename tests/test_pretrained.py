@@ -32,7 +32,7 @@ HIGH_SI_SDRI = {"vocals": 9.54, "accompaniment": 10.29}
 # Leak on the held-out solos (tests/data/solos): the energy of the output that should be
 # silent over the input's, in dB; issue 20's goal is -20 dB or less for instrumentals,
 # synthetic and real voices. These excerpts all meet it, and so does the median of the
-# held-out split of 8 instrumentals of 45 s (-22.04 dB, model card).
+# held-out split of 8 instrumentals of 45 s (-26.85 dB, model card).
 SOLO_SILENT = {"solo-instrumental": "vocals", "solo-synthetic": "accompaniment", "solo-real": "accompaniment",
                "solo-sung": "accompaniment"}
 LEAK_DB = {"solo-instrumental": -65.57, "solo-synthetic": -34.02, "solo-real": -35.92, "solo-sung": -59.82}
