@@ -134,6 +134,12 @@ def main(argv):
     if args.pg:
         with open(f"{args.pg}.{os.environ.get('RANK', '0')}", "w") as f:
             f.write(str(dist.is_initialized()))
+        # a rank that exits non-zero first makes torchrun kill the others, perhaps before they
+        # write theirs: wait (a while at most) for every rank's file, without a process group
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(os.path.exists(f"{args.pg}.{k}") for k in range(world)):
+            time.sleep(0.05)
     return rc
 
 
