@@ -22,7 +22,7 @@ from chimera.audio import OUTPUT_FORMATS, AudioError
 from chimera.models import CheckpointError
 from chimera.separate import (DEFAULT_BATCH_SIZE, DEFAULT_FILENAME, DEFAULT_HIGH_BAND, DEFAULT_MISI_ITERS,
                               DEFAULT_OVERLAP, DEFAULT_SEGMENT, DEFAULT_WIENER_EXPONENT, DEFAULT_WIENER_ITERS,
-                              HIGH_BAND_MODES, MAX_WIENER_CHANNELS, METHODS, Separator)
+                              HIGH_BAND_MODES, MAX_WIENER_CHANNELS, METHODS, Separator, parse_device)
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +268,9 @@ def _device(value):
     """--device checked when parsed: torch's own refusal of a name is a traceback later."""
     if value != "auto":
         try:
-            torch.device(value)
-        except (RuntimeError, ValueError):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+            parse_device(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

@@ -101,18 +101,24 @@ DEFAULT_FILENAME = "{track}/{stem}.{ext}"
 FILENAME_FIELDS = ("track", "trackext", "stem", "ext", "relpath")
 
 
+def parse_device(device, given=None) -> torch.device:
+    """``torch.device(device)``; a ValueError naming the choices for a name torch does not know
+    (torch's words on "gpu" name none), said as `given` (what the user wrote) if not None.
+    What ``--device`` is checked with when parsed, too."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{device if given is None else given!r} is not a device; "
+                         "use auto, cpu, cuda or cuda:N") from None
+
+
 def resolve_device(device):
     """`device` as a torch.device ("auto" or None: the first GPU, else the CPU; an index: that
     GPU); a ValueError for a name torch does not know or a GPU that is not there."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    given = device
-    if _is_number(device, numbers.Integral):  # torch's "accelerator" index: said as the GPU it is
-        device = f"cuda:{device}"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):  # torch's words on "gpu" name no choices
-        raise ValueError(f"{given!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    # torch's "accelerator" index: said as the GPU it is
+    device = parse_device(f"cuda:{device}" if _is_number(device, numbers.Integral) else device, given=device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device}: no CUDA device is available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
